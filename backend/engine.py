@@ -1,0 +1,538 @@
+"""The local CPU engine: loads bundled models with llama-cpp-python and generates text.
+
+Concurrency model (like Ollama's OLLAMA_NUM_PARALLEL / OLLAMA_MAX_QUEUE):
+- each loaded model has up to `num_parallel` llama.cpp contexts ("slots"); one request
+  uses one slot, so parallel requests never share state and never mix outputs;
+- requests beyond the free slots wait; beyond `max_queue` waiting requests, `QueueFull`;
+- generation runs in a worker thread (llama.cpp releases the GIL) and hands tokens to the
+  event loop; setting the request's cancel event stops it at the next token.
+Models unload after their keep-alive (default 5 minutes) once no request uses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+from llama_cpp import Llama
+
+from backend import catalog, model_files, prompts
+from backend.catalog import ModelSpec
+
+log = logging.getLogger("backend.engine")
+
+DEFAULT_NUM_CTX = 2048
+DEFAULT_KEEP_ALIVE = 300.0  # seconds, Ollama's default of 5 minutes
+
+
+class EngineError(Exception):
+    status_code = 500
+
+
+class ModelNotFound(EngineError):
+    status_code = 404
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model '{name}' not found")
+
+
+class QueueFull(EngineError):
+    status_code = 503
+
+    def __init__(self) -> None:
+        # Ollama's wording when OLLAMA_MAX_QUEUE is exceeded.
+        super().__init__("server busy, please try again.  maximum pending requests exceeded")
+
+
+@dataclass
+class Options:
+    """Ollama `options` that this engine honours (Ollama's defaults)."""
+
+    temperature: float = 0.8
+    top_p: float = 0.9
+    top_k: int = 40
+    min_p: float = 0.0
+    repeat_penalty: float = 1.1
+    num_predict: int = -1  # -1: until the model stops or the context is full
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    num_ctx: int = DEFAULT_NUM_CTX
+
+
+@dataclass
+class Stats:
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0  # all durations in nanoseconds, as Ollama
+    eval_count: int = 0
+    eval_duration: int = 0
+    load_duration: int = 0
+    done_reason: str = "stop"
+    context: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Slot:
+    llama: Llama
+    n_ctx: int
+    busy: bool = False
+
+
+class _LoadedModel:
+    def __init__(self, spec: ModelSpec, num_parallel: int) -> None:
+        self.spec = spec
+        self.slots: list[_Slot] = []
+        self.free = asyncio.Semaphore(num_parallel)
+        self.create_lock = asyncio.Lock()
+        self.active = 0
+        self.keep_alive: float = DEFAULT_KEEP_ALIVE  # seconds; negative = forever
+        self.expires_at: float | None = None  # wall clock
+        self.size = model_files.gguf_path(spec.tag).stat().st_size
+
+
+def parse_keep_alive(value: Any) -> float | None:
+    """Ollama keep_alive: seconds as a number, or a Go duration ("5m", "1h30m", "-1").
+
+    Returns seconds (negative = forever) or None when absent. Raises ValueError.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("keep_alive must be a duration like '5m' or a number of seconds")
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("keep_alive must be a duration like '5m' or a number of seconds")
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    sign = -1.0 if text.startswith("-") else 1.0
+    rest = text.lstrip("+-")
+    total, number = 0.0, ""
+    i = 0
+    while i < len(rest):
+        ch = rest[i]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            i += 1
+            continue
+        unit = next(
+            (u for u in ("ns", "us", "µs", "ms", "h", "m", "s") if rest.startswith(u, i)), None
+        )
+        if unit is None or not number:
+            raise ValueError(f"keep_alive {value!r} is not a duration like '5m' or '30s'")
+        total += float(number) * units[unit]
+        number = ""
+        i += len(unit)
+    if number or not rest:
+        raise ValueError(f"keep_alive {value!r} is not a duration like '5m' or '30s'")
+    return sign * total
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        num_parallel: int = 4,
+        max_queue: int = 512,
+        default_keep_alive: float = DEFAULT_KEEP_ALIVE,
+        n_threads: int | None = None,
+    ) -> None:
+        self.num_parallel = max(1, num_parallel)
+        self.max_queue = max_queue
+        self.default_keep_alive = default_keep_alive
+        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self.loaded: dict[str, _LoadedModel] = {}
+        self._waiting = 0
+        self._generating = 0
+        self._load_locks: dict[str, asyncio.Lock] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    # --- catalog -------------------------------------------------------------------------
+    @staticmethod
+    def available() -> list[ModelSpec]:
+        return catalog.local_models()
+
+    @staticmethod
+    def resolve(name: str) -> ModelSpec:
+        spec = catalog.find(name)
+        if spec is None or not spec.local:
+            raise ModelNotFound(name)
+        return spec
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def close(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+        for tag in list(self.loaded):
+            self._unload(tag)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.time()
+            for tag, model in list(self.loaded.items()):
+                if model.active == 0 and model.expires_at is not None and now >= model.expires_at:
+                    log.info("keep-alive expired, unloading %s", tag)
+                    self._unload(tag)
+
+    def _unload(self, tag: str) -> None:
+        model = self.loaded.pop(tag, None)
+        if model:
+            for slot in model.slots:
+                slot.llama.close()
+
+    async def ensure_loaded(self, spec: ModelSpec) -> tuple[_LoadedModel, int]:
+        """Load the model if needed; returns it and the load time in nanoseconds."""
+        lock = self._load_locks.setdefault(spec.tag, asyncio.Lock())
+        async with lock:
+            model = self.loaded.get(spec.tag)
+            if model is not None:
+                return model, 0
+            t0 = time.perf_counter_ns()
+            model = await asyncio.to_thread(_LoadedModel, spec, self.num_parallel)
+            slot = await asyncio.to_thread(self._new_slot, spec, DEFAULT_NUM_CTX, self.n_threads)
+            model.slots.append(slot)
+            model.keep_alive = self.default_keep_alive
+            self.loaded[spec.tag] = model
+            log.info("loaded %s in %.2fs", spec.tag, (time.perf_counter_ns() - t0) / 1e9)
+            return model, time.perf_counter_ns() - t0
+
+    def _new_slot(self, spec: ModelSpec, n_ctx: int, n_threads: int) -> _Slot:
+        llama = Llama(
+            model_path=str(model_files.gguf_path(spec.tag)),
+            n_ctx=n_ctx,
+            n_batch=512,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            verbose=False,
+        )
+        return _Slot(llama=llama, n_ctx=n_ctx)
+
+    def set_keep_alive(self, model: _LoadedModel, keep_alive: float | None) -> None:
+        ka = self.default_keep_alive if keep_alive is None else keep_alive
+        model.keep_alive = ka
+        model.expires_at = None if ka < 0 else time.time() + ka
+
+    async def unload(self, name: str) -> None:
+        spec = self.resolve(name)
+        model = self.loaded.get(spec.tag)
+        if model is not None:
+            model.keep_alive = 0
+            model.expires_at = time.time()
+            if model.active == 0:
+                self._unload(spec.tag)
+
+    # --- slots ---------------------------------------------------------------------------
+    async def acquire(self, spec: ModelSpec, num_ctx: int) -> tuple[_LoadedModel, _Slot, int]:
+        """Wait for a free slot of the model (loading it if needed).
+
+        Raises QueueFull when too many requests are already waiting.
+        """
+        model, load_ns = await self.ensure_loaded(spec)
+        model.active += 1  # counts waiting users too, so it is not unloaded under them
+        try:
+            if model.free.locked():  # every slot busy: this request queues
+                if self._waiting >= self.max_queue:
+                    raise QueueFull()
+                self._waiting += 1
+                try:
+                    await model.free.acquire()
+                finally:
+                    self._waiting -= 1
+            else:
+                await model.free.acquire()
+        except BaseException:
+            model.active -= 1
+            raise
+        try:
+            slot, extra_load = await self._take_slot(model, spec, num_ctx)
+        except BaseException:
+            model.free.release()
+            model.active -= 1
+            raise
+        return model, slot, load_ns + extra_load
+
+    async def _take_slot(
+        self, model: _LoadedModel, spec: ModelSpec, num_ctx: int
+    ) -> tuple[_Slot, int]:
+        # Decide under the lock, build the new context outside it, so that several new
+        # streams create their contexts at the same time.
+        async with model.create_lock:
+            free = [s for s in model.slots if not s.busy]
+            match = next((s for s in free if s.n_ctx == num_ctx), None)
+            if match is not None:
+                match.busy = True
+                return match, 0
+            if free:  # all contexts exist but none has this size: replace a free one
+                old = free[0]
+                model.slots.remove(old)
+                old.llama.close()
+            placeholder = _Slot(llama=None, n_ctx=num_ctx, busy=True)  # type: ignore[arg-type]
+            model.slots.append(placeholder)
+        t0 = time.perf_counter_ns()
+        try:
+            built = await asyncio.to_thread(self._new_slot, spec, num_ctx, self.n_threads)
+        except BaseException:
+            model.slots.remove(placeholder)
+            raise
+        placeholder.llama = built.llama
+        return placeholder, time.perf_counter_ns() - t0
+
+    def release(self, model: _LoadedModel, slot: _Slot) -> None:
+        slot.busy = False
+        model.free.release()
+        model.active -= 1
+        model.expires_at = None if model.keep_alive < 0 else time.time() + model.keep_alive
+        if model.active == 0 and model.keep_alive == 0:
+            self._unload(model.spec.tag)
+
+    # --- generation ----------------------------------------------------------------------
+    def _threads_now(self) -> int:
+        # One stream alone uses every core; parallel streams use one thread each, since
+        # llama.cpp's thread pools slow to a crawl when they oversubscribe the cores.
+        return self.n_threads if self._generating <= 1 else 1
+
+    def start_generation(
+        self,
+        model: _LoadedModel,
+        slot: _Slot,
+        *,
+        messages: list[prompts.Message] | None,
+        raw_prompt: str | None,
+        options: Options,
+        stats: Stats,
+    ) -> Generation:
+        return Generation(self, model, slot, messages, raw_prompt, options, stats)
+
+
+class Generation:
+    """One request's generation on a leased slot.
+
+    The slot goes back to the pool only once the worker thread has stopped, however the
+    request ends (finished, failed, client gone, or never started), so two threads never
+    drive one llama.cpp context.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        model: _LoadedModel,
+        slot: _Slot,
+        messages: list[prompts.Message] | None,
+        raw_prompt: str | None,
+        options: Options,
+        stats: Stats,
+    ) -> None:
+        self._engine, self._model, self._slot = engine, model, slot
+        self._args = (messages, raw_prompt, options, stats)
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._thread_done = False
+        self._closed = False
+        self._released = False
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """Stream text pieces; fills `stats` as it goes."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def emit(kind: str, value: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        def on_exit() -> None:  # last act of the worker thread
+            loop.call_soon_threadsafe(self._thread_finished)
+
+        messages, raw_prompt, options, stats = self._args
+        self._engine._generating += 1
+        self._thread = threading.Thread(
+            target=_generate_in_thread,
+            args=(
+                self._model.spec,
+                self._slot.llama,
+                messages,
+                raw_prompt,
+                options,
+                stats,
+                emit,
+                self._cancel,
+                self._engine._threads_now,
+                on_exit,
+            ),
+            name=f"generate-{self._model.spec.tag}",
+            daemon=True,
+        )
+        self._thread.start()
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "text":
+                    yield value
+                elif kind == "error":
+                    raise EngineError(str(value))
+                else:  # done
+                    return
+        finally:
+            self._cancel.set()
+
+    def close(self) -> None:
+        """Stop generating (at the next token) and give the slot back once stopped."""
+        self._closed = True
+        self._cancel.set()
+        if self._thread is None or self._thread_done:
+            self._release()
+
+    def _thread_finished(self) -> None:
+        self._thread_done = True
+        self._engine._generating -= 1
+        if self._closed:
+            self._release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._engine.release(self._model, self._slot)
+
+
+def _tokenize(llama: Llama, segments: list[prompts.Segment]) -> list[int]:
+    tokens: list[int] = []
+    for i, seg in enumerate(segments):
+        tokens += llama.tokenize(seg.text.encode(), add_bos=(i == 0), special=seg.special)
+    return tokens
+
+
+def _generate_in_thread(
+    spec: ModelSpec,
+    llama: Llama,
+    messages: list[prompts.Message] | None,
+    raw_prompt: str | None,
+    options: Options,
+    stats: Stats,
+    emit: Callable[[str, Any], None],
+    cancel: threading.Event,
+    threads_now: Callable[[], int],
+    on_exit: Callable[[], None],
+) -> None:
+    try:
+        _generate(spec, llama, messages, raw_prompt, options, stats, emit, cancel, threads_now)
+        emit("done", None)
+    except Exception as exc:  # reported to the client as an error line
+        log.exception("generation failed")
+        emit("error", exc)
+    finally:
+        on_exit()
+
+
+def _generate(
+    spec: ModelSpec,
+    llama: Llama,
+    messages: list[prompts.Message] | None,
+    raw_prompt: str | None,
+    options: Options,
+    stats: Stats,
+    emit: Callable[[str, Any], None],
+    cancel: threading.Event,
+    threads_now: Callable[[], int],
+) -> None:
+    assert spec.prompt_format is not None
+    threads = threads_now()
+    llama_cpp.llama_set_n_threads(llama.ctx, threads, threads)
+    if raw_prompt is not None:
+        tokens = llama.tokenize(raw_prompt.encode(), add_bos=True, special=True)
+    else:
+        tokens = _tokenize(llama, prompts.render(spec.prompt_format, messages or []))
+    n_ctx = llama.n_ctx()
+    # Like Ollama: a prompt longer than the context keeps its beginning-of-sequence token and
+    # its most recent part, leaving room to answer.
+    room = max(n_ctx // 4, 1) if options.num_predict < 0 else min(options.num_predict, n_ctx // 2)
+    if len(tokens) > n_ctx - room:
+        keep = n_ctx - room
+        tokens = tokens[:1] + tokens[len(tokens) - keep + 1 :]
+    stats.prompt_eval_count = len(tokens)
+
+    stops = list(options.stop) + prompts.STOP_STRINGS[spec.prompt_format]
+    hold = max(len(s) for s in stops) if stops else 0
+    vocab = llama._model.vocab
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    seed = options.seed if options.seed is not None else random.randrange(2**31)
+    llama.set_seed(seed)
+
+    pending = ""  # text not yet sent: it may be the start of a stop string
+    generated: list[int] = []
+    limit = options.num_predict
+    t_start = time.perf_counter_ns()
+    t_first: int | None = None
+    stats.done_reason = "stop"
+    for token in llama.generate(
+        tokens,
+        top_k=options.top_k,
+        top_p=options.top_p,
+        min_p=options.min_p,
+        temp=options.temperature,
+        repeat_penalty=options.repeat_penalty,
+    ):
+        if t_first is None:
+            t_first = time.perf_counter_ns()
+        if threads_now() != threads:  # other streams started or ended
+            threads = threads_now()
+            llama_cpp.llama_set_n_threads(llama.ctx, threads, threads)
+        if cancel.is_set():
+            stats.done_reason = "cancelled"
+            break
+        if llama_cpp.llama_vocab_is_eog(vocab, token):
+            break
+        generated.append(token)
+        pending += decoder.decode(llama.detokenize([token], special=False))
+        cut = _find_stop(pending, stops)
+        if cut is not None:
+            pending = pending[:cut]
+            break
+        safe = len(pending) - _stop_prefix_len(pending, stops, hold)
+        if safe > 0:
+            emit("text", pending[:safe])
+            pending = pending[safe:]
+        if 0 <= limit <= len(generated):
+            stats.done_reason = "length"
+            break
+        if len(tokens) + len(generated) >= n_ctx:
+            stats.done_reason = "length"
+            break
+    pending += decoder.decode(b"", final=True)
+    if pending and stats.done_reason != "cancelled":
+        emit("text", pending)
+    t_end = time.perf_counter_ns()
+    t_first = t_first or t_end
+    stats.prompt_eval_duration = t_first - t_start
+    stats.eval_count = len(generated)
+    stats.eval_duration = max(t_end - t_first, 1)
+    stats.context = tokens + generated
+    if stats.done_reason == "cancelled":
+        log.info("client went away: stopped %s after %d tokens", spec.tag, len(generated))
+
+
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _stop_prefix_len(text: str, stops: list[str], hold: int) -> int:
+    """Length of the longest end of `text` that could begin a stop string."""
+    for n in range(min(hold, len(text)), 0, -1):
+        tail = text[-n:]
+        if any(s.startswith(tail) for s in stops):
+            return n
+    return 0

@@ -1,0 +1,576 @@
+"""Deploy the chat to Cloud Run with one command.
+
+    python -m deploy.deploy --project P --region R [--dry-run] [--routing single|per-family]
+
+It builds both images with Cloud Build into Artifact Registry, deploys the private GPU backend
+(Ollama on an NVIDIA L4) and the public UI, lets only the UI's service account invoke the
+backend, keeps the share-link key in Secret Manager, and prints the demo URL.
+
+Every step is a gcloud command. `--dry-run` prints them as a bash script, shell-quoted and one
+per line, instead of running them; the real run executes exactly the same steps through
+subprocess. Values only known after a step (service URLs) appear as ${VARIABLES} in the dry
+run and are filled in from that step's output in the real run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend.catalog import production_models
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Parallel requests per loaded model. Dockerfile.llm's `ARG OLLAMA_NUM_PARALLEL` default must
+# equal it (tests/test_deploy.py checks); every build passes it explicitly, and the backend's
+# Cloud Run --concurrency is the same number, so Cloud Run never sends an instance more
+# requests than one model can run at once (the rest wait in Cloud Run or go to a new instance).
+OLLAMA_NUM_PARALLEL = 4
+SERVING_PORT = 8080  # OLLAMA_HOST in Dockerfile.llm
+READY_PORT = 8081  # LLM_READY_PORT in Dockerfile.llm: answers only once every model is loaded
+READY_PATH = "/ready"
+# Startup probe: every 5 s for up to 240 s (48 x 5 s), the startup window every Cloud Run
+# service accepts (Google documents up to 1800 s for GPU jobs). Loading ~10 GB of streamed
+# weights should take well under that; raise PROBE_FAILURE_THRESHOLD if real loads do not.
+PROBE_PERIOD_SECONDS = 5
+PROBE_TIMEOUT_SECONDS = 3
+PROBE_FAILURE_THRESHOLD = 48
+# Long enough for the longest stream (max tokens on a slow, busy instance).
+REQUEST_TIMEOUT_SECONDS = 3600
+# The UI's own queue (LLM_CONCURRENCY=100 streams + LLM_MAX_QUEUE=200 waiting, ui/settings.py)
+# should decide who waits, and tell them so; Cloud Run's per-instance cap stays above it.
+UI_CONCURRENCY = 500
+
+# Regions where Cloud Run offers NVIDIA L4 GPUs, from Google's GPU pages for Cloud Run
+# (cloud.google.com/run/docs/configuring/services/gpu and .../workerpools/gpu), checked when
+# this was written. The latest version marks us-central1 and asia-south1 "by invitation only"
+# for L4. Google adds regions over time: --skip-region-check deploys elsewhere at your own risk.
+L4_REGIONS: dict[str, str] = {
+    "asia-south1": "Mumbai, by invitation only",
+    "asia-southeast1": "Singapore",
+    "europe-west1": "Belgium",
+    "europe-west4": "Netherlands",
+    "us-central1": "Iowa, by invitation only for L4 in Google's latest list",
+    "us-east4": "Northern Virginia",
+}
+
+APIS = (
+    "run.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "secretmanager.googleapis.com",
+    "iam.googleapis.com",
+)
+
+# Local timeouts for each gcloud call (they must end; Cloud Build has its own limit too).
+BUILD_TIMEOUT_SECONDS = 3 * 3600
+DEPLOY_TIMEOUT_SECONDS = 45 * 60
+COMMAND_TIMEOUT_SECONDS = 10 * 60
+
+PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,12}[a-z0-9]$")
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+VARIABLE_RE = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+
+# Generates the share-link key on the deployer's machine; the value only ever travels on stdin.
+SECRET_GENERATOR = ("python3", "-c", 'import secrets; print(secrets.token_urlsafe(32), end="")')
+
+
+class DeployError(Exception):
+    """Bad input; the message says what to pass instead (exit status 2)."""
+
+
+class StepFailed(DeployError):
+    """A gcloud step failed or timed out (exit status 1)."""
+
+
+# --- the plan: a list of steps, printed (dry run) or executed (real run) ------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One gcloud command.
+
+    unless: a check command; when it succeeds the step is skipped (create-if-missing).
+    capture: store the command's stdout in this variable for later steps (${NAME}).
+    secret_stdin: feed a freshly generated random key on stdin (never in argv or output).
+    """
+
+    argv: tuple[str, ...]
+    timeout: float = COMMAND_TIMEOUT_SECONDS
+    unless: tuple[str, ...] | None = None
+    capture: str | None = None
+    secret_stdin: bool = False
+
+
+@dataclass(frozen=True)
+class Say:
+    """A message for the person deploying (the demo URL at the end)."""
+
+    text: str
+
+
+@dataclass
+class Plan:
+    steps: list[Step | Say] = field(default_factory=list)
+
+    def run(
+        self,
+        *argv: str,
+        timeout: float = COMMAND_TIMEOUT_SECONDS,
+        unless: tuple[str, ...] | None = None,
+        capture: str | None = None,
+        secret_stdin: bool = False,
+    ) -> None:
+        self.steps.append(Step(argv, timeout, unless, capture, secret_stdin))
+
+    def say(self, text: str) -> None:
+        self.steps.append(Say(text))
+
+
+def shell_word(arg: str) -> str:
+    """Quote one argument for bash; ${VARIABLES} stay expandable (inside double quotes)."""
+    if not VARIABLE_RE.search(arg):
+        return shlex.quote(arg)
+    parts: list[str] = []
+    last = 0
+    for match in VARIABLE_RE.finditer(arg):
+        literal = arg[last : match.start()]
+        parts.append(re.sub(r'(["\\$`])', r"\\\1", literal))
+        parts.append(match.group(0))
+        last = match.end()
+    parts.append(re.sub(r'(["\\$`])', r"\\\1", arg[last:]))
+    return '"' + "".join(parts) + '"'
+
+
+def shell_command(argv: Sequence[str]) -> str:
+    return " ".join(shell_word(arg) for arg in argv)
+
+
+def render(plan: Plan) -> str:
+    """The plan as a bash script: what --dry-run prints."""
+    lines = ["#!/usr/bin/env bash", "set -euo pipefail"]
+    for step in plan.steps:
+        if isinstance(step, Say):
+            lines.append(f"echo {shell_word(step.text)}")
+            continue
+        line = shell_command(step.argv)
+        if step.secret_stdin:
+            line = f"{shell_command(SECRET_GENERATOR)} | {line}"
+        if step.capture:
+            line = f"{step.capture}=$({line})"
+        if step.unless:
+            line = f"{shell_command(step.unless)} >/dev/null 2>&1 || {line}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def substitute(arg: str, values: dict[str, str]) -> str:
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise DeployError(f"internal error: ${{{name}}} used before a step produced it")
+        return values[name]
+
+    return VARIABLE_RE.sub(value, arg)
+
+
+Runner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def execute(plan: Plan, run: Runner = subprocess.run, log: Callable[[str], None] = print) -> None:
+    """The real run: the same steps, through subprocess, stopping at the first failure."""
+    values: dict[str, str] = {}
+    for step in plan.steps:
+        if isinstance(step, Say):
+            log(substitute(step.text, values))
+            continue
+        if step.unless:
+            check = [substitute(a, values) for a in step.unless]
+            found = run(
+                check,
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=COMMAND_TIMEOUT_SECONDS,
+            )
+            if found.returncode == 0:
+                log(f"+ {shell_command(check)}  # exists, skipping: {shell_command(step.argv)}")
+                continue
+        argv = [substitute(a, values) for a in step.argv]
+        log(f"+ {shell_command(argv)}")
+        try:
+            result = run(
+                argv,
+                check=True,
+                text=True,
+                timeout=step.timeout,
+                input=secrets.token_urlsafe(32) if step.secret_stdin else None,
+                stdout=subprocess.PIPE if step.capture else None,
+            )
+        except subprocess.CalledProcessError as exc:
+            raise StepFailed(
+                f"step failed with exit status {exc.returncode}: {shell_command(argv)}"
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise StepFailed(
+                f"step did not finish within {step.timeout:.0f}s: {shell_command(argv)}"
+            ) from None
+        if step.capture:
+            output = (result.stdout or "").strip()
+            if not output.startswith("https://"):
+                raise StepFailed(f"expected a URL from {shell_command(argv)}, got {output[:200]!r}")
+            values[step.capture] = output
+
+
+# --- what to deploy -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    project: str
+    region: str
+    routing: str = "single"
+    prefix: str = "llm-chat"
+    tag: str = "latest"
+    max_instances: int = 1
+    min_instances: int = 0
+    ui_max_instances: int = 1
+    rotate_share_secret: bool = False
+
+    @property
+    def registry(self) -> str:
+        return f"{self.region}-docker.pkg.dev/{self.project}/{self.prefix}"
+
+    def service_account(self, role: str) -> str:
+        return f"{self.prefix}-{role}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def secret(self) -> str:
+        return f"{self.prefix}-share-secret"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One GPU service: its name, image, baked models and the variable holding its URL."""
+
+    family: str | None  # None: the single backend serving every model
+    service: str
+    image: str
+    models: tuple[str, ...]
+    url_variable: str
+
+
+def families() -> list[str]:
+    """Model families of the production models, in catalog order."""
+    seen: list[str] = []
+    for spec in production_models():
+        if spec.family not in seen:
+            seen.append(spec.family)
+    return seen
+
+
+def backends(config: Config) -> list[Backend]:
+    models = production_models()
+    if config.routing == "single":
+        return [
+            Backend(
+                family=None,
+                service=f"{config.prefix}-backend",
+                image=f"{config.registry}/backend:{config.tag}",
+                models=tuple(m.tag for m in models),
+                url_variable="BACKEND_URL",
+            )
+        ]
+    return [
+        Backend(
+            family=family,
+            service=f"{config.prefix}-backend-{family}",
+            image=f"{config.registry}/backend-{family}:{config.tag}",
+            models=tuple(m.tag for m in models if m.family == family),
+            url_variable=f"BACKEND_URL_{family.upper()}",
+        )
+        for family in families()
+    ]
+
+
+def env_vars_flag(env: dict[str, str]) -> str:
+    """--set-env-vars; values with commas (JSON) need gcloud's alternate delimiter syntax."""
+    if any("," in value for value in env.values()):
+        return "--set-env-vars=^;^" + ";".join(f"{k}={v}" for k, v in env.items())
+    return "--set-env-vars=" + ",".join(f"{k}={v}" for k, v in env.items())
+
+
+def startup_probe() -> str:
+    return (
+        f"--startup-probe=httpGet.path={READY_PATH},httpGet.port={READY_PORT},"
+        f"initialDelaySeconds=0,periodSeconds={PROBE_PERIOD_SECONDS},"
+        f"timeoutSeconds={PROBE_TIMEOUT_SECONDS},failureThreshold={PROBE_FAILURE_THRESHOLD}"
+    )
+
+
+def build_plan(config: Config) -> Plan:
+    p, r = f"--project={config.project}", f"--region={config.region}"
+    plan = Plan()
+    ui_sa = config.service_account("ui")
+    backend_sa = config.service_account("backend")
+    targets = backends(config)
+
+    plan.run("gcloud", "services", "enable", *APIS, p)
+    plan.run(
+        "gcloud", "artifacts", "repositories", "create", config.prefix,
+        "--repository-format=docker", f"--location={config.region}",
+        "--description=serverless-llm-chat images", p,
+        unless=("gcloud", "artifacts", "repositories", "describe", config.prefix,
+                f"--location={config.region}", p),
+    )  # fmt: skip
+    # Service accounts first: IAM needs a moment to know them before the bindings below.
+    for role, name in (("backend", "LLM backend (no roles)"), ("ui", "LLM chat UI")):
+        plan.run(
+            "gcloud", "iam", "service-accounts", "create", f"{config.prefix}-{role}",
+            f"--display-name={name}", p,
+            unless=("gcloud", "iam", "service-accounts", "describe",
+                    config.service_account(role), p),
+        )  # fmt: skip
+
+    for backend in targets:
+        substitutions = (
+            f"_IMAGE={backend.image},_MODELS={' '.join(backend.models)},"
+            f"_NUM_PARALLEL={OLLAMA_NUM_PARALLEL}"
+        )
+        plan.run(
+            "gcloud", "builds", "submit", str(REPO_ROOT),
+            f"--config={REPO_ROOT / 'deploy' / 'cloudbuild-llm.yaml'}",
+            f"--substitutions={substitutions}", p,
+            timeout=BUILD_TIMEOUT_SECONDS,
+        )  # fmt: skip
+    ui_image = f"{config.registry}/ui:{config.tag}"
+    plan.run(
+        "gcloud", "builds", "submit", str(REPO_ROOT),
+        f"--config={REPO_ROOT / 'deploy' / 'cloudbuild-ui.yaml'}",
+        f"--substitutions=_IMAGE={ui_image}", p,
+        timeout=BUILD_TIMEOUT_SECONDS,
+    )  # fmt: skip
+
+    for backend in targets:
+        plan.run(
+            "gcloud", "run", "deploy", backend.service, f"--image={backend.image}", p, r,
+            "--gpu=1", "--gpu-type=nvidia-l4", "--no-gpu-zonal-redundancy",
+            "--cpu=8", "--memory=32Gi", "--no-cpu-throttling",
+            f"--concurrency={OLLAMA_NUM_PARALLEL}",
+            f"--max-instances={config.max_instances}",
+            f"--min-instances={config.min_instances}",
+            f"--timeout={REQUEST_TIMEOUT_SECONDS}",
+            f"--port={SERVING_PORT}", startup_probe(),
+            "--no-allow-unauthenticated", f"--service-account={backend_sa}",
+            f"--labels=app={config.prefix},component=backend", "--quiet",
+            timeout=DEPLOY_TIMEOUT_SECONDS,
+        )  # fmt: skip
+        plan.run(
+            "gcloud", "run", "services", "describe", backend.service, p, r,
+            "--format=value(status.url)",
+            capture=backend.url_variable,
+        )  # fmt: skip
+        # Only the UI's identity may call the GPU service; nobody else, not even allUsers.
+        plan.run(
+            "gcloud", "run", "services", "add-iam-policy-binding", backend.service, p, r,
+            f"--member=serviceAccount:{ui_sa}", "--role=roles/run.invoker", "--quiet",
+        )  # fmt: skip
+
+    # The share-link signing key: created once, kept across deploys (rotating it invalidates
+    # every link already shared) unless --rotate-share-secret asks for a new version.
+    plan.run(
+        "gcloud", "secrets", "create", config.secret, "--replication-policy=automatic", p,
+        unless=("gcloud", "secrets", "describe", config.secret, p),
+    )  # fmt: skip
+    plan.run(
+        "gcloud", "secrets", "versions", "add", config.secret, "--data-file=-", p,
+        unless=None if config.rotate_share_secret else (
+            "gcloud", "secrets", "versions", "describe", "latest",
+            f"--secret={config.secret}", p,
+        ),
+        secret_stdin=True,
+    )  # fmt: skip
+    plan.run(
+        "gcloud", "secrets", "add-iam-policy-binding", config.secret, p,
+        f"--member=serviceAccount:{ui_sa}", "--role=roles/secretmanager.secretAccessor",
+        "--quiet",
+    )  # fmt: skip
+
+    env = {"LLM_AUTH": "google"}
+    if config.routing == "single":
+        env["LLM_BACKEND_URL"] = f"${{{targets[0].url_variable}}}"
+    else:
+        routes = {b.family: f"${{{b.url_variable}}}" for b in targets if b.family}
+        env["LLM_BACKEND_ROUTES"] = json.dumps(routes, separators=(",", ":"))
+        # Every family has its own route; the default URL only keeps the UI from ever
+        # falling back to an embedded engine, which the UI image does not have.
+        env["LLM_BACKEND_URL"] = f"${{{targets[0].url_variable}}}"
+    ui_service = f"{config.prefix}-ui"
+    plan.run(
+        "gcloud", "run", "deploy", ui_service, f"--image={ui_image}", p, r,
+        "--allow-unauthenticated", f"--service-account={ui_sa}",
+        env_vars_flag(env), f"--set-secrets=LLM_SHARE_SECRET={config.secret}:latest",
+        "--cpu=1", "--memory=1Gi", f"--concurrency={UI_CONCURRENCY}",
+        f"--max-instances={config.ui_max_instances}", "--min-instances=0",
+        # Gradio keeps each session's queue and event stream in one process.
+        "--session-affinity", f"--timeout={REQUEST_TIMEOUT_SECONDS}", "--cpu-boost",
+        f"--labels=app={config.prefix},component=ui", "--quiet",
+        timeout=DEPLOY_TIMEOUT_SECONDS,
+    )  # fmt: skip
+    plan.run(
+        "gcloud", "run", "services", "describe", ui_service, p, r,
+        "--format=value(status.url)",
+        capture="UI_URL",
+    )  # fmt: skip
+    plan.say("Demo URL: ${UI_URL}")
+    return plan
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def region_list() -> str:
+    return ", ".join(
+        f"{name} (by invitation only)" if "invitation" in where else name
+        for name, where in sorted(L4_REGIONS.items())
+    )
+
+
+def parse_args(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.deploy",
+        description="Build and deploy the chat (GPU backend + UI) to Cloud Run.",
+    )
+    parser.add_argument("--project", default="", help="Google Cloud project id (required)")
+    parser.add_argument("--region", default="", help="a Cloud Run region with L4 GPUs")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the gcloud commands, run nothing"
+    )
+    parser.add_argument(
+        "--routing",
+        choices=("single", "per-family"),
+        default="single",
+        help="one GPU service for all models (default) or one per model family",
+    )
+    parser.add_argument(
+        "--max-instances", type=int, default=1,
+        help="GPU instances per backend service (each needs one L4 of GPU quota; default 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min-instances", type=int, default=0,
+        help="GPU instances kept warm per backend (billed while idle; default 0)",
+    )  # fmt: skip
+    parser.add_argument("--ui-max-instances", type=int, default=1, help="default 1")
+    parser.add_argument("--prefix", default="llm-chat", help="name prefix of every resource")
+    parser.add_argument("--tag", default="", help="image tag (default: current UTC time)")
+    parser.add_argument(
+        "--rotate-share-secret", action="store_true",
+        help="add a new share-link key version (invalidates existing share links)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--skip-region-check", action="store_true",
+        help="deploy to a region missing from the known L4 list",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+
+    project = args.project.strip()
+    if not project:
+        raise DeployError(
+            "missing Google Cloud project: pass PROJECT=<project-id> to `make deploy` "
+            "(or --project <project-id> to python -m deploy.deploy)"
+        )
+    if not PROJECT_RE.match(project):
+        raise DeployError(
+            f"project {project!r} is not a Google Cloud project id (6-30 characters: "
+            "lowercase letters, digits and hyphens, starting with a letter)"
+        )
+    region = args.region.strip()
+    if not region:
+        raise DeployError(
+            f"missing region: pass REGION=<region> to `make deploy` (or --region); "
+            f"Cloud Run L4 GPU regions: {region_list()}"
+        )
+    if region not in L4_REGIONS and not args.skip_region_check:
+        raise DeployError(
+            f"region {region!r} does not offer Cloud Run NVIDIA L4 GPUs. "
+            f"Choose one of: {region_list()} "
+            "(or pass --skip-region-check if Google has added it since)"
+        )
+    if not re.fullmatch(r"[a-z]+-[a-z]+[0-9]+", region):
+        raise DeployError(f"region {region!r} is not a region name like us-central1")
+    if not PREFIX_RE.match(args.prefix):
+        raise DeployError(
+            f"prefix {args.prefix!r} must be 2-14 lowercase letters, digits or hyphens, "
+            "starting with a letter (it names services, service accounts and the secret)"
+        )
+    tag = args.tag or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    if not TAG_RE.match(tag):
+        raise DeployError(f"image tag {tag!r} may only contain letters, digits, '_', '.', '-'")
+    for name, value, low in (
+        ("--max-instances", args.max_instances, 1),
+        ("--min-instances", args.min_instances, 0),
+        ("--ui-max-instances", args.ui_max_instances, 1),
+    ):
+        if not low <= value <= 100:
+            raise DeployError(f"{name} must be between {low} and 100, got {value}")
+    if args.min_instances > args.max_instances:
+        raise DeployError(
+            f"--min-instances ({args.min_instances}) exceeds --max-instances ({args.max_instances})"
+        )
+    config = Config(
+        project=project,
+        region=region,
+        routing=args.routing,
+        prefix=args.prefix,
+        tag=tag,
+        max_instances=args.max_instances,
+        min_instances=args.min_instances,
+        ui_max_instances=args.ui_max_instances,
+        rotate_share_secret=args.rotate_share_secret,
+    )
+    return config, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config, args = parse_args(sys.argv[1:] if argv is None else argv)
+        plan = build_plan(config)
+        if "invitation" in L4_REGIONS.get(config.region, ""):
+            print(
+                f"deploy: note: {config.region} offers L4 GPUs by invitation only; if the "
+                "backend deploy is refused, use europe-west1, europe-west4, us-east4 or "
+                "asia-southeast1",
+                file=sys.stderr,
+            )
+        if args.dry_run:
+            sys.stdout.write(render(plan))
+            return 0
+        if shutil.which("gcloud") is None:
+            raise DeployError(
+                "gcloud not found: install the Google Cloud CLI "
+                "(https://cloud.google.com/sdk/docs/install), run `gcloud auth login`, "
+                "or use --dry-run to only print the commands"
+            )
+        execute(plan, log=lambda line: print(line, flush=True))
+        return 0
+    except StepFailed as exc:
+        print(f"deploy: error: {exc}", file=sys.stderr)
+        return 1
+    except DeployError as exc:
+        print(f"deploy: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

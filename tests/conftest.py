@@ -1,0 +1,30 @@
+"""Shared fixtures. One real engine process serves the whole test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.procs import Proc, start_engine
+
+
+@pytest.fixture(scope="session")
+def engine_proc() -> Iterator[tuple[Proc, str]]:
+    """One real local engine shared by all tests (both models bundled), and its URL.
+
+    Ten parallel slots per model so that concurrency tests interleave streams.
+    """
+    proc, url = start_engine(
+        None, "--num-parallel", "10", "--max-queue", "64", name="engine-session"
+    )
+    try:
+        yield proc, url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def engine(engine_proc: tuple[Proc, str]) -> str:
+    """Base URL of the shared engine."""
+    return engine_proc[1]

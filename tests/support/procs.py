@@ -1,0 +1,88 @@
+"""Start real processes and servers for tests: free ports, readiness waits, clean stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until `url` answers any HTTP status, or fail with the process's output."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            httpx.get(url, timeout=2.0)
+            return
+        except httpx.HTTPError as exc:
+            last = exc
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s: {last!r}")
+
+
+class Proc:
+    """A child process whose output goes to a log file under test-artifacts/."""
+
+    def __init__(self, name: str, args: Sequence[str], env: dict[str, str] | None = None):
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.name = name
+        # Unique per process: several test runs may share the folder.
+        self.log_path = ARTIFACTS / f"{name}-{os.getpid()}-{id(self):x}.log"
+        self._log = self.log_path.open("wb")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.popen = subprocess.Popen(
+            list(args),
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout)
+        self._log.close()
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+
+def start_engine(port: int | None = None, *extra: str, name: str = "engine") -> tuple[Proc, str]:
+    """Start the real local engine (`python -m backend`) and wait until it serves."""
+    port = port or free_port()
+    proc = Proc(
+        name, [sys.executable, "-m", "backend", "--host", "127.0.0.1", "--port", str(port), *extra]
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/", timeout=120, proc=proc.popen)
+    return proc, url

@@ -1,0 +1,281 @@
+"""The local engine through the official `ollama` Python client (sync and async)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import httpx
+import ollama
+import pytest
+
+from backend.catalog import local_models
+
+SMOL = "smollm2:135m"
+GEMMA = "gemma3:270m"
+HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture(scope="module")
+def client(engine: str) -> ollama.Client:
+    return ollama.Client(host=engine, timeout=httpx.Timeout(120.0, connect=5.0))
+
+
+def test_root_and_version(engine: str) -> None:
+    assert httpx.get(engine + "/", timeout=5).text == "Ollama is running"
+    assert httpx.get(engine + "/api/version", timeout=5).json()["version"]
+
+
+def test_list_shows_bundled_models(client: ollama.Client) -> None:
+    listed = {m.model: m for m in client.list().models}
+    assert set(listed) == {m.tag for m in local_models()}
+    assert listed[GEMMA].details.family == "gemma"
+    assert listed[SMOL].details.family == "llama"
+    assert all(m.size and m.size > 10_000_000 for m in listed.values())
+
+
+def test_show_says_gemma_is_a_base_model(client: ollama.Client) -> None:
+    shown = client.show(GEMMA)
+    assert "not chat-tuned" in (shown.modelfile or "")
+    assert "<start_of_turn>" in (shown.template or "")
+    assert shown.details.parameter_size == "270M"
+    assert "chat-tuned" in client.show(SMOL).modelfile and "not" not in client.show(SMOL).modelfile
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+def test_both_models_chat_non_empty(client: ollama.Client, model: str) -> None:
+    resp = client.chat(model=model, messages=HELLO, options={"num_predict": 16, "seed": 1})
+    assert resp.message.role == "assistant"
+    assert resp.message.content.strip()
+    assert resp.done and resp.eval_count and resp.eval_count <= 16
+    assert resp.prompt_eval_count and resp.prompt_eval_count > 3
+    assert resp.eval_duration and resp.eval_duration > 0
+    assert resp.total_duration and resp.total_duration >= resp.eval_duration
+
+
+def test_chat_streams_chunks_with_final_stats(client: ollama.Client) -> None:
+    chunks = list(client.chat(model=SMOL, messages=HELLO, stream=True, options={"num_predict": 12}))
+    assert len(chunks) >= 3
+    assert all(not c.done for c in chunks[:-1])
+    last = chunks[-1]
+    assert last.done and last.done_reason in ("stop", "length")
+    assert last.eval_count == len([c for c in chunks[:-1] if c.message.content]) or last.eval_count
+    text = "".join(c.message.content for c in chunks)
+    assert text.strip()
+
+
+def test_generate_streamed_and_not(client: ollama.Client) -> None:
+    full = client.generate(model=GEMMA, prompt="Once upon a time", options={"num_predict": 8})
+    assert full.response and full.done and full.context
+    parts = list(
+        client.generate(
+            model=GEMMA, prompt="Once upon a time", stream=True, options={"num_predict": 8}
+        )
+    )
+    assert parts[-1].done and "".join(p.response for p in parts).strip()
+
+
+def test_num_predict_caps_eval_count(client: ollama.Client) -> None:
+    for n in (1, 5):
+        resp = client.chat(
+            model=SMOL,
+            messages=[{"role": "user", "content": "Count to 100."}],
+            options={"num_predict": n},
+        )
+        assert resp.eval_count == n
+        assert resp.done_reason == "length"
+
+
+def test_same_seed_and_zero_temperature_is_deterministic(client: ollama.Client) -> None:
+    opts = {"seed": 42, "temperature": 0, "num_predict": 20}
+    msgs = [{"role": "user", "content": "Name three colors."}]
+    a = client.chat(model=SMOL, messages=msgs, options=opts).message.content
+    b = client.chat(model=SMOL, messages=msgs, options=opts).message.content
+    assert a == b and a.strip()
+
+
+def test_seed_changes_sampled_text(client: ollama.Client) -> None:
+    msgs = [{"role": "user", "content": "Tell me a random word."}]
+    outs = {
+        client.chat(
+            model=SMOL, messages=msgs, options={"seed": s, "temperature": 1.5, "num_predict": 12}
+        ).message.content
+        for s in range(4)
+    }
+    assert len(outs) > 1
+
+
+def test_stop_option_ends_generation(client: ollama.Client) -> None:
+    msgs = [{"role": "user", "content": "Count from 1 to 20."}]
+    opts = {"temperature": 0, "num_predict": 40}
+    plain = client.chat(model=SMOL, messages=msgs, options=opts).message.content
+    stop = plain[len(plain) // 2 : len(plain) // 2 + 2]  # a string from the middle of the answer
+    assert len(stop) == 2
+    cut = client.chat(model=SMOL, messages=msgs, options={**opts, "stop": [stop]})
+    assert cut.message.content == plain[: plain.find(stop)]
+    assert cut.done_reason == "stop"
+
+
+def test_load_and_unload_with_keep_alive(client: ollama.Client) -> None:
+    client.chat(model=GEMMA, messages=[], keep_alive=0)  # unload
+    assert GEMMA not in {m.model for m in client.ps().models}
+    loaded = client.chat(model=GEMMA, messages=[], keep_alive="10m")
+    assert loaded.done and loaded.done_reason == "load"
+    assert GEMMA in {m.model for m in client.ps().models}
+    client.generate(model=GEMMA, prompt="", keep_alive=0)
+    assert GEMMA not in {m.model for m in client.ps().models}
+
+
+def test_short_keep_alive_expires(client: ollama.Client) -> None:
+    client.chat(model=GEMMA, messages=HELLO, options={"num_predict": 2}, keep_alive="1s")
+    assert GEMMA in {m.model for m in client.ps().models}
+    deadline = time.monotonic() + 10
+    while GEMMA in {m.model for m in client.ps().models}:
+        assert time.monotonic() < deadline, "model stayed loaded past its keep_alive"
+        time.sleep(0.3)
+
+
+def test_load_duration_reported_when_loading(client: ollama.Client) -> None:
+    client.chat(model=GEMMA, messages=[], keep_alive=0)
+    cold = client.chat(model=GEMMA, messages=HELLO, options={"num_predict": 2})
+    warm = client.chat(model=GEMMA, messages=HELLO, options={"num_predict": 2})
+    assert cold.load_duration and cold.load_duration > 1_000_000  # > 1 ms: a real load
+    assert warm.load_duration == 0
+
+
+def test_unknown_model_is_404(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model="no-such-model:1b", messages=HELLO)
+    assert err.value.status_code == 404
+    assert "no-such-model:1b" in err.value.error and "not found" in err.value.error
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (
+            {"model": SMOL, "messages": HELLO, "options": {"temperature": "hot"}},
+            "options.temperature",
+        ),
+        ({"model": SMOL, "messages": "hello"}, "messages"),
+        ({"model": SMOL, "messages": HELLO, "stream": "yes"}, "stream"),
+        ({"messages": HELLO}, "model is required"),
+        ({"model": SMOL, "messages": [{"role": "wizard", "content": "x"}]}, "role"),
+        ({"model": SMOL, "messages": HELLO, "keep_alive": "soon"}, "keep_alive"),
+    ],
+)
+def test_bad_fields_are_400_naming_the_field(engine: str, body: dict, needle: str) -> None:
+    resp = httpx.post(engine + "/api/chat", json=body, timeout=30)
+    assert resp.status_code == 400
+    assert needle in resp.json()["error"]
+
+
+def test_malformed_json_is_400(engine: str) -> None:
+    resp = httpx.post(engine + "/api/chat", content=b"{not json", timeout=10)
+    assert resp.status_code == 400 and "JSON" in resp.json()["error"]
+
+
+def test_client_maps_400_to_response_error(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model=SMOL, messages=HELLO, options={"top_p": 7})
+    assert err.value.status_code == 400 and "top_p" in err.value.error
+
+
+@pytest.mark.parametrize("endpoint", ["pull", "push", "create", "delete", "copy"])
+def test_management_endpoints_refused_clearly(engine: str, endpoint: str) -> None:
+    resp = httpx.post(f"{engine}/api/{endpoint}", json={"model": "x"}, timeout=10)
+    assert resp.status_code >= 400
+    assert "only serves its bundled models" in resp.json()["error"]
+
+
+async def test_async_client_streams_and_maps_errors(engine: str) -> None:
+    aclient = ollama.AsyncClient(host=engine, timeout=httpx.Timeout(120.0, connect=5.0))
+    parts = [
+        p
+        async for p in await aclient.chat(
+            model=SMOL, messages=HELLO, stream=True, options={"num_predict": 8}
+        )
+    ]
+    assert parts[-1].done and "".join(p.message.content for p in parts).strip()
+    assert {m.model for m in (await aclient.list()).models} >= {SMOL, GEMMA}
+    with pytest.raises(ollama.ResponseError) as err:
+        await aclient.chat(model="missing", messages=HELLO)
+    assert err.value.status_code == 404
+
+
+async def test_parallel_streams_complete_without_mixing(engine: str) -> None:
+    """8 parallel streamed chats each equal the same request run alone (greedy decoding)."""
+    aclient = ollama.AsyncClient(host=engine, timeout=httpx.Timeout(300.0, connect=5.0))
+    topics = ["cats", "the sea", "bread", "rain", "music", "trains", "winter", "bees"]
+    opts = {"temperature": 0, "seed": 7, "num_predict": 24}
+
+    async def one(topic: str) -> tuple[str, list[float]]:
+        times, text = [], ""
+        msgs = [{"role": "user", "content": f"Write one sentence about {topic}."}]
+        async for part in await aclient.chat(model=SMOL, messages=msgs, stream=True, options=opts):
+            times.append(time.monotonic())
+            text += part.message.content
+        return text, times
+
+    alone = {t: (await one(t))[0] for t in topics}
+    for _round in range(2):  # the first round also creates the extra llama.cpp contexts
+        results = await asyncio.gather(*(one(t) for t in topics))
+        for topic, (text, _) in zip(topics, results, strict=True):
+            assert text == alone[topic], f"parallel output for {topic!r} differs from solo run"
+    # They really ran at the same time: streams started before the first one finished
+    # (serialized, only one would). One may lag on a busy machine: llama.cpp's two-thread
+    # pool of the stream that started alone stalls when the cores are oversubscribed.
+    first_finish = min(times[-1] for _, times in results)
+    started_early = sum(times[0] < first_finish for _, times in results)
+    assert started_early >= len(topics) - 1
+
+
+async def test_disconnect_mid_stream_frees_the_slot(engine: str) -> None:
+    """Clients that go away stop their generations: their slots serve the next requests."""
+    endless = {
+        "model": SMOL,
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "options": {"num_predict": 100000, "temperature": 1},
+    }
+    short = {"model": SMOL, "messages": HELLO, "stream": False, "options": {"num_predict": 4}}
+    timeout = httpx.Timeout(60.0, connect=5.0)
+    async with httpx.AsyncClient(base_url=engine, timeout=timeout) as client:
+        # Occupy all 10 slots with generations that would run for minutes, then drop them.
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(10):
+                resp = await stack.enter_async_context(
+                    client.stream("POST", "/api/chat", json=endless)
+                )
+                lines = resp.aiter_lines()
+                await lines.__anext__()  # generating
+                stack.push_async_callback(lines.aclose)
+        # Ten new requests only get slots if the dropped generations really stopped.
+        results = await asyncio.wait_for(
+            asyncio.gather(*(client.post("/api/chat", json=short) for _ in range(10))),
+            timeout=45,
+        )
+    assert [r.status_code for r in results] == [200] * 10
+    assert all(r.json()["eval_count"] == 4 for r in results)
+
+
+async def test_queue_beyond_limit_gets_503() -> None:
+    """One slot and a queue of one: a third concurrent request is refused with 503."""
+    from tests.support.procs import start_engine
+
+    proc, url = start_engine(None, "--num-parallel", "1", "--max-queue", "1", name="engine-q1")
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(120, connect=5)) as c:
+            body = {
+                "model": SMOL,
+                "messages": HELLO,
+                "stream": False,
+                "options": {"num_predict": 200, "temperature": 1},
+            }
+            results = await asyncio.gather(*(c.post("/api/chat", json=body) for _ in range(3)))
+        codes = sorted(r.status_code for r in results)
+        assert codes == [200, 200, 503]
+        busy = next(r for r in results if r.status_code == 503)
+        assert "maximum pending requests exceeded" in busy.json()["error"]
+    finally:
+        proc.stop()

@@ -1,0 +1,210 @@
+"""All UI settings in one place.
+
+Precedence: an explicit keyword argument beats an environment variable beats the default.
+Every field names its environment variable in its description, so an error can say which
+variable to set.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_LOCAL_BACKEND = "http://127.0.0.1:11434"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("["):
+            return json.loads(value)
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    # --- where the models are ------------------------------------------------------------
+    backend_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LLM_BACKEND_URL", "OLLAMA_HOST", "backend_url"),
+        description=(
+            "Ollama API base URL (env LLM_BACKEND_URL, or OLLAMA_HOST). Unset: use an Ollama "
+            "on 127.0.0.1:11434 if one answers, else start the embedded CPU engine."
+        ),
+    )
+    backend_routes: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices("LLM_BACKEND_ROUTES", "backend_routes"),
+        description=(
+            'Per-family backends (env LLM_BACKEND_ROUTES), JSON like {"gemma": "https://..."}'
+            " or gemma=https://...,llama=https://... Families not listed use backend_url."
+        ),
+    )
+    allowed_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("LLM_ALLOWED_MODELS", "allowed_models"),
+        description="Comma-separated model allow-list (env LLM_ALLOWED_MODELS); empty = all.",
+    )
+
+    # --- authentication to the backend ----------------------------------------------------
+    auth: Literal["auto", "none", "google"] = Field(
+        default="auto",
+        validation_alias=AliasChoices("LLM_AUTH", "auth"),
+        description=(
+            "Backend auth (env LLM_AUTH): 'google' sends a Google ID token, 'none' sends "
+            "nothing, 'auto' = google for https backends, none otherwise."
+        ),
+    )
+    auth_audience: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LLM_AUTH_AUDIENCE", "auth_audience"),
+        description="ID token audience (env LLM_AUTH_AUDIENCE); default: the backend root URL.",
+    )
+
+    # --- serving -------------------------------------------------------------------------
+    host: str = Field(default="0.0.0.0", validation_alias=AliasChoices("LLM_UI_HOST", "host"))
+    port: int = Field(default=7860, validation_alias=AliasChoices("PORT", "port"))
+    concurrency_limit: int = Field(
+        default=100,
+        ge=1,
+        validation_alias=AliasChoices("LLM_CONCURRENCY", "concurrency_limit"),
+        description="Streams served at once by one UI process (env LLM_CONCURRENCY).",
+    )
+    max_queue: int = Field(
+        default=200,
+        ge=1,
+        validation_alias=AliasChoices("LLM_MAX_QUEUE", "max_queue"),
+        description="Requests waiting beyond the concurrency limit (env LLM_MAX_QUEUE).",
+    )
+    rate_limit_per_minute: int = Field(
+        default=30,
+        ge=1,
+        validation_alias=AliasChoices("LLM_RATE_LIMIT", "rate_limit_per_minute"),
+        description="Chat requests one client may start per minute (env LLM_RATE_LIMIT).",
+    )
+    gradio_share: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("LLM_GRADIO_SHARE", "gradio_share"),
+        description="Open Gradio's public share tunnel for a quick demo (env LLM_GRADIO_SHARE).",
+    )
+
+    # --- input limits --------------------------------------------------------------------
+    max_message_chars: int = Field(
+        default=8000,
+        ge=1,
+        validation_alias=AliasChoices("LLM_MAX_MESSAGE_CHARS", "max_message_chars"),
+        description="Longest accepted user message in characters (env LLM_MAX_MESSAGE_CHARS).",
+    )
+    max_tokens_limit: int = Field(
+        default=2048,
+        ge=1,
+        validation_alias=AliasChoices("LLM_MAX_TOKENS_LIMIT", "max_tokens_limit"),
+        description="Largest max-tokens a user may ask for (env LLM_MAX_TOKENS_LIMIT).",
+    )
+    context_tokens: int = Field(
+        default=2048,
+        ge=256,
+        validation_alias=AliasChoices("LLM_CONTEXT_TOKENS", "context_tokens"),
+        description="Context window the UI fits history into (env LLM_CONTEXT_TOKENS).",
+    )
+
+    # --- timeouts (seconds; never None) --------------------------------------------------
+    connect_timeout: float = Field(
+        default=5.0, gt=0, validation_alias=AliasChoices("LLM_CONNECT_TIMEOUT", "connect_timeout")
+    )
+    read_timeout: float = Field(
+        default=300.0, gt=0, validation_alias=AliasChoices("LLM_READ_TIMEOUT", "read_timeout")
+    )
+    probe_timeout: float = Field(
+        default=1.5,
+        gt=0,
+        validation_alias=AliasChoices("LLM_PROBE_TIMEOUT", "probe_timeout"),
+        description="A backend that does not answer /api/version this fast is cold.",
+    )
+    cold_start_deadline: float = Field(
+        default=300.0,
+        gt=0,
+        validation_alias=AliasChoices("LLM_COLD_START_DEADLINE", "cold_start_deadline"),
+        description="Time allowed for a cold start with retries (env LLM_COLD_START_DEADLINE).",
+    )
+    typical_cold_start: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices("LLM_TYPICAL_COLD_START", "typical_cold_start"),
+        description="Cold-start duration shown before this process has measured one.",
+    )
+
+    # --- share links and votes -----------------------------------------------------------
+    share_secret: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LLM_SHARE_SECRET", "share_secret"),
+        description=(
+            "Key that signs share links (env LLM_SHARE_SECRET). Unset: a key kept in the "
+            "user's cache folder (fine locally; set it on Cloud Run)."
+        ),
+    )
+    public_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LLM_PUBLIC_URL", "public_url"),
+        description="Public base URL used in share links (env LLM_PUBLIC_URL).",
+    )
+    vote_log: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LLM_VOTE_LOG", "vote_log"),
+        description="JSON-lines file of battle votes the leaderboard reads (env LLM_VOTE_LOG).",
+    )
+
+    @field_validator("allowed_models", mode="before")
+    @classmethod
+    def _csv_models(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("backend_routes", mode="before")
+    @classmethod
+    def _routes(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return {}
+            if value.startswith("{"):
+                return json.loads(value)
+            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+            bad = [p[0] for p in pairs if len(p) != 2]
+            if bad:
+                raise ValueError(f"LLM_BACKEND_ROUTES entry {bad[0]!r} is not family=url")
+            return {k.strip().lower(): v.strip() for k, v in pairs}
+        return value
+
+    @field_validator("backend_url", mode="before")
+    @classmethod
+    def _normalize_url(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return None
+            return normalize_backend_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> Settings:
+        self.backend_routes = {k: normalize_backend_url(v) for k, v in self.backend_routes.items()}
+        return self
+
+
+def normalize_backend_url(value: str) -> str:
+    """Accept what OLLAMA_HOST accepts: `host`, `host:port`, `http://host:port`."""
+    value = value.strip().rstrip("/")
+    if "://" not in value:
+        value = "http://" + value
+    scheme, rest = value.split("://", 1)
+    host = rest.split("/", 1)[0]
+    if scheme == "http" and ":" not in host.rsplit("]", 1)[-1]:
+        # Like Ollama's own client: a bare http host means the default Ollama port.
+        new_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
+        rest = f"{new_host}:11434" + rest[len(host) :]
+    return f"{scheme}://{rest}"
