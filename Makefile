@@ -34,6 +34,18 @@ lint: $(VENV)/.installed-dev
 test: lint
 	$(BIN)/python -m pytest
 
+# The whole cold experience locally: a Cloud Run emulator (ID tokens from a fake metadata
+# server, scale to zero after 60 s idle, 5 s emulated instance start, 429 beyond 4 requests)
+# in front of the engine, and the UI with Google auth on. Watch localhost:8080/_emulator/state.
+run-cold: $(VENV)/.installed
+	@$(BIN)/python -m backend.cloudrun --port 8080 --start-delay 5 --idle-timeout 60 \
+	    --max-instances 1 --concurrency 4 --queue-timeout 10 --request-timeout 300 \
+	    --metadata --metadata-port 8090 & \
+	emu=$$!; trap 'kill $$emu 2>/dev/null; wait $$emu 2>/dev/null' EXIT INT TERM; \
+	LLM_BACKEND_URL=http://127.0.0.1:8080 LLM_AUTH=google \
+	GCE_METADATA_HOST=127.0.0.1:8090 GCE_METADATA_IP=127.0.0.1:8090 \
+	$(BIN)/python -m ui
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache test-artifacts
 

@@ -1,0 +1,75 @@
+"""Google's servers for tests: one fake metadata server per test process, and emulators.
+
+google-auth reads GCE_METADATA_HOST once, when `google.auth.compute_engine` is first
+imported (at the first ID-token fetch), so one fake server must serve the whole process and
+its address must be in the environment before that import. GCE_METADATA_IP (the "am I on
+GCE?" ping) is read at every fetch; `metadata_for_test` sets it per test, so tests that do
+not ask for the fake still see "not on Google Cloud".
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from backend.cloudrun import EmulatorConfig, RunningEmulator, start_emulator
+from backend.fake_metadata import FakeMetadataServer, start_fake_metadata
+
+_server: FakeMetadataServer | None = None
+_server_lock = threading.Lock()
+
+
+def shared_metadata() -> FakeMetadataServer:
+    """The process-wide fake metadata server (started on first use)."""
+    global _server
+    with _server_lock:
+        if _server is None:
+            _server = start_fake_metadata()
+            os.environ["GCE_METADATA_HOST"] = _server.host
+        metadata_module = sys.modules.get("google.auth.compute_engine._metadata")
+        seen = getattr(metadata_module, "_GCE_METADATA_HOST", _server.host)
+        if seen != _server.host:
+            raise RuntimeError(
+                f"google-auth was imported with GCE_METADATA_HOST={seen!r} before the fake "
+                f"metadata server ({_server.host}) started; start it first "
+                "(tests.support.google_fakes.shared_metadata())."
+            )
+        return _server
+
+
+@contextmanager
+def metadata_for_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeMetadataServer]:
+    """The fake metadata server, reset, and this process pointed at it for one test."""
+    server = shared_metadata()
+    server.reset()
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("GCE_METADATA_IP", server.host)
+    yield server
+    server.reset()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def emulator(**overrides: Any) -> RunningEmulator:
+    """A Cloud Run emulator trusting the shared fake metadata server's tokens."""
+    settings: dict[str, Any] = {"certs_url": shared_metadata().certs_url, **overrides}
+    return start_emulator(EmulatorConfig(**settings))
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

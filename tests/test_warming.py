@@ -1,0 +1,162 @@
+"""Cold starts through the Cloud Run emulator: phases, retries, one send, pre-warm."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from backend.cloudrun import EmulatorConfig, RunningEmulator, start_emulator
+from tests.support.procs import free_port
+from ui.backend_client import BackendClient, ReplyDone, TokenDelta
+from ui.errors import BackendTimeout
+from ui.settings import Settings
+from ui.warming import ColdStartTracker, Prewarmer, WarmingStatus, stream_with_warmup
+
+SMOL = "smollm2:135m"
+MSGS = [{"role": "user", "content": "Say hello."}]
+START_DELAY = 2.0
+
+
+def settings_for(url: str, **extra: object) -> Settings:
+    return Settings(
+        backend_url=url, auth="none", probe_timeout=0.5, cold_start_deadline=60, **extra
+    )
+
+
+def scaled_to_zero(concurrency: int) -> RunningEmulator:
+    """A scaled-to-zero backend: the first request waits START_DELAY plus engine start."""
+    return start_emulator(
+        EmulatorConfig(
+            start_delay=START_DELAY,
+            idle_timeout=60,
+            concurrency=concurrency,
+            queue_timeout=0.3,
+            require_auth=False,
+            engine_args=("--num-parallel", str(concurrency)),
+        )
+    )
+
+
+@pytest.fixture()
+def cold_backend() -> Iterator[RunningEmulator]:
+    """One request at a time, so a second one meets 429."""
+    with scaled_to_zero(concurrency=1) as emu:
+        yield emu
+
+
+@pytest.fixture()
+def cold_backend_4() -> Iterator[RunningEmulator]:
+    """Ollama's usual concurrency of 4 per instance."""
+    with scaled_to_zero(concurrency=4) as emu:
+        yield emu
+
+
+async def collect(client: BackendClient, tracker: ColdStartTracker, **kw: object) -> list:
+    return [
+        e
+        async for e in stream_with_warmup(
+            client, SMOL, MSGS, tracker=tracker, options={"num_predict": 6}, tick=0.25, **kw
+        )
+    ]
+
+
+def chat_requests(emu: RunningEmulator) -> int:
+    return int(emu.state()["counters"].get("POST /api/chat", 0))
+
+
+async def test_cold_start_reports_phases_then_streams_and_sends_once(
+    cold_backend: RunningEmulator,
+) -> None:
+    client = BackendClient(settings_for(cold_backend.url))
+    tracker = ColdStartTracker(default=30.0)
+    t0 = time.monotonic()
+    events = await collect(client, tracker)
+    took = time.monotonic() - t0
+
+    statuses = [e for e in events if isinstance(e, WarmingStatus)]
+    tokens = [e for e in events if isinstance(e, TokenDelta)]
+    assert statuses[0].phase == "starting"
+    assert statuses[0].typical == 30.0  # the default before any cold start was seen
+    waiting = [s for s in statuses if s.phase != "ready"]
+    assert len(waiting) >= 4  # ticks every 0.25 s during >= 2 s of start
+    elapsed = [s.elapsed for s in waiting]
+    assert elapsed == sorted(elapsed) and elapsed[-1] >= START_DELAY - 0.5
+    assert (
+        "GPU instance" in waiting[0].text and f"{waiting[-1].elapsed:.0f} s" in waiting[-1].html()
+    )
+    # The banner's last word before the first token is "ready", then only tokens follow.
+    ready_at = next(i for i, e in enumerate(events) if getattr(e, "phase", "") == "ready")
+    assert all(not isinstance(e, WarmingStatus) for e in events[ready_at + 1 :])
+    assert tokens and isinstance(events[-1], ReplyDone)
+    assert chat_requests(cold_backend) == 1  # sent once, held by the emulator until ready
+    assert tracker.observed == 1 and 0 < tracker.typical <= took
+
+    # Warm now: no banner at all.
+    again = await collect(client, tracker)
+    assert not any(isinstance(e, WarmingStatus) for e in again)
+    assert chat_requests(cold_backend) == 2
+    await client.aclose()
+
+
+async def test_busy_backend_retries_until_capacity_frees(cold_backend: RunningEmulator) -> None:
+    client = BackendClient(settings_for(cold_backend.url))
+    tracker = ColdStartTracker(default=10.0)
+    await collect(client, tracker)  # wake it up
+    # Occupy the only slot (concurrency 1) with a long reply.
+    long_reply = asyncio.create_task(collect_plain(client, "gemma3:270m", {"num_predict": 400}))
+    await asyncio.sleep(1.0)
+    events = await collect(client, tracker)
+    phases = [e.phase for e in events if isinstance(e, WarmingStatus)]
+    assert "busy" in phases
+    busy = next(e for e in events if isinstance(e, WarmingStatus) and e.phase == "busy")
+    assert "busy, retrying" in busy.text
+    assert isinstance(events[-1], ReplyDone)
+    assert cold_backend.state()["counters"].get("429", 0) >= 1
+    await long_reply
+    await client.aclose()
+
+
+async def collect_plain(client: BackendClient, model: str, options: dict) -> list:
+    """A reply without warm-up handling (the base Gemma model rarely stops early)."""
+    msgs = [{"role": "user", "content": "Once upon a time"}]
+    return [e async for e in client.chat_stream(model, msgs, options=options)]
+
+
+async def test_unreachable_backend_fails_clearly_within_deadline() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    client = BackendClient(settings_for(url).model_copy(update={"cold_start_deadline": 3.0}))
+    t0 = time.monotonic()
+    seen: list[object] = []
+    with pytest.raises(BackendTimeout) as err:
+        async for event in stream_with_warmup(client, SMOL, MSGS, tracker=ColdStartTracker(5)):
+            seen.append(event)
+    assert time.monotonic() - t0 < 6
+    assert "did not become ready within 3 s" in err.value.user_message
+    assert any(isinstance(e, WarmingStatus) and e.phase == "starting" for e in seen)
+    await client.aclose()
+
+
+async def test_prewarm_makes_the_first_message_warm(cold_backend_4: RunningEmulator) -> None:
+    cold_backend = cold_backend_4
+    client = BackendClient(settings_for(cold_backend.url))
+    warmer = Prewarmer(client)
+    assert warmer.warm(SMOL) is True
+    assert warmer.warm(SMOL) is False  # one warm-up in flight per model, not a stampede
+    deadline = time.monotonic() + 60
+    while SMOL not in {m.name for m in await _running(client)}:
+        assert time.monotonic() < deadline, "pre-warm did not load the model"
+        await asyncio.sleep(0.3)
+    events = await collect(client, ColdStartTracker(30))
+    assert not any(isinstance(e, WarmingStatus) for e in events)
+    assert chat_requests(cold_backend) == 2  # the load-only request and the message
+    await client.aclose()
+
+
+async def _running(client: BackendClient) -> list:
+    try:
+        return await client.running_models()
+    except Exception:
+        return []

@@ -1,0 +1,280 @@
+"""Cold starts, made honest: detect them, report their phase, retry, and pre-warm.
+
+A serverless GPU backend scales to zero. The first request after idle waits for a GPU
+instance to start (Cloud Run holds the request meanwhile), then for the model to load into
+GPU memory. `stream_with_warmup` wraps one chat request and, until its first token, yields
+`WarmingStatus` updates every `tick` seconds:
+
+    phase "starting"  the backend does not answer its quick probe: an instance is starting
+    phase "loading"   the backend answers but the model is not in /api/ps: it is loading
+    phase "busy"      429/503: every instance is busy; retrying with backoff
+    phase "ready"     the first token arrived (the banner goes away)
+
+The user's message is sent once. It is re-sent only after an answer that proves it was not
+processed (connection refused, 429, 503), with exponential backoff, all within one overall
+deadline (`settings.cold_start_deadline`).
+
+`ColdStartTracker` learns the typical cold-start time from the cold starts this process has
+seen. `Prewarmer` wakes the backend and loads a model in the background when a page opens or
+the model changes: one in-flight warm-up per backend and model, nothing periodic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import statistics
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from backend.catalog import find
+from ui.backend_client import BackendClient, ChatEvent
+from ui.errors import BackendBusy, BackendError, BackendTimeout, BackendUnreachable
+
+log = logging.getLogger(__name__)
+
+Phase = Literal["starting", "loading", "busy", "ready"]
+
+
+@dataclass(frozen=True)
+class WarmingStatus:
+    phase: Phase
+    model: str
+    elapsed: float  # seconds since the user sent the message
+    typical: float  # typical cold start seen by this process (or the configured default)
+    retry_in: float | None = None  # seconds until the next attempt (phase "busy")
+
+    @property
+    def text(self) -> str:
+        name = display_name(self.model)
+        if self.phase == "starting":
+            return "Starting a GPU instance (the backend was scaled to zero)"
+        if self.phase == "loading":
+            return f"Loading {name} into GPU memory"
+        if self.phase == "busy":
+            wait = f" in {self.retry_in:.0f} s" if self.retry_in else ""
+            return f"All GPU instances are busy, retrying{wait}"
+        return "Ready"
+
+    def html(self) -> str:
+        """The warming banner: phase, elapsed seconds, typical duration."""
+        if self.phase == "ready":
+            return ""
+        pct = min(100, int(100 * self.elapsed / max(self.typical, 1)))
+        over = self.elapsed > self.typical
+        typical = (
+            f"taking longer than the usual ~{self.typical:.0f} s"
+            if over
+            else f"usually ~{self.typical:.0f} s"
+        )
+        return (
+            f'<div class="warming-banner" role="status" aria-live="polite" '
+            f'data-phase="{self.phase}">'
+            f'<span class="warming-phase">{html.escape(self.text)}…</span> '
+            f'<span class="warming-elapsed">{self.elapsed:.0f} s</span> '
+            f'<span class="warming-typical">({typical})</span>'
+            f'<div class="warming-bar"><div style="width:{pct}%"></div></div>'
+            "<small>Your message is queued and will be sent once; no need to press again."
+            "</small></div>"
+        )
+
+
+def display_name(model: str) -> str:
+    spec = find(model)
+    return spec.display_name if spec else model
+
+
+class ColdStartTracker:
+    """Typical cold-start duration: the median of the last cold starts this process saw."""
+
+    def __init__(self, default: float, keep: int = 20) -> None:
+        self.default = default
+        self._seen: deque[float] = deque(maxlen=keep)
+
+    def record(self, seconds: float) -> None:
+        self._seen.append(seconds)
+
+    @property
+    def typical(self) -> float:
+        return statistics.median(self._seen) if self._seen else self.default
+
+    @property
+    def observed(self) -> int:
+        return len(self._seen)
+
+
+# Errors after which the request certainly was not processed, so sending again is safe.
+_RETRYABLE = (BackendBusy, BackendUnreachable)
+
+
+async def detect_phase(client: BackendClient, model: str) -> Phase | None:
+    """None when warm (backend answers and the model is loaded), else the cold phase."""
+    try:
+        await client.probe(model)
+    except BackendBusy:
+        return "busy"
+    except (BackendTimeout, BackendUnreachable):
+        return "starting"
+    try:
+        running = await asyncio.wait_for(
+            client.running_models(), timeout=client.settings.probe_timeout
+        )
+    except (BackendError, TimeoutError):
+        return "starting"
+    return None if any(m.name == model for m in running) else "loading"
+
+
+async def stream_with_warmup(
+    client: BackendClient,
+    model: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    tracker: ColdStartTracker,
+    options: Mapping[str, Any] | None = None,
+    keep_alive: str | float | None = None,
+    tick: float = 1.0,
+) -> AsyncIterator[WarmingStatus | ChatEvent]:
+    """One chat reply with cold-start handling (see the module docstring).
+
+    Yields WarmingStatus updates before the first token when the backend is cold, then the
+    backend client's TokenDelta / ReplyDone events. Raises `ui.errors.BackendError`.
+    """
+    settings = client.settings
+    t0 = time.monotonic()
+    deadline = t0 + settings.cold_start_deadline
+    phase = await detect_phase(client, model)
+    cold = phase is not None
+    backoff = 1.0
+
+    def status(p: Phase, retry_in: float | None = None) -> WarmingStatus:
+        return WarmingStatus(p, model, time.monotonic() - t0, tracker.typical, retry_in)
+
+    while True:
+        if phase is not None:
+            yield status(phase)
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        task = asyncio.create_task(
+            _pump(
+                client.chat_stream(model, messages, options=options, keep_alive=keep_alive), queue
+            )
+        )
+        watcher: asyncio.Task[None] | None = None
+        phase_box: list[Phase | None] = [phase]
+        if phase == "starting":
+            watcher = asyncio.create_task(_watch_startup(client, model, phase_box))
+        try:
+            first = True
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(queue.get(), timeout=tick)
+                except TimeoutError:
+                    if first and phase_box[0] is not None:
+                        yield status(phase_box[0])
+                    continue
+                if kind == "error":
+                    raise value
+                if kind == "end":
+                    return
+                if first:
+                    first = False
+                    if watcher:
+                        watcher.cancel()
+                    if cold:
+                        took = time.monotonic() - t0
+                        tracker.record(took)
+                        log.info("cold start of %s took %.1f s", model, took)
+                        yield status("ready")
+                yield value
+        except _RETRYABLE as exc:
+            if not first:
+                raise  # part of the reply arrived: resending would answer twice
+            wait = min(backoff, 8.0)
+            if time.monotonic() + wait > deadline:
+                raise BackendTimeout(
+                    f"The model backend did not become ready within "
+                    f"{settings.cold_start_deadline:.0f} s ({exc.user_message})"
+                ) from exc
+            cold = True
+            phase = "busy" if isinstance(exc, BackendBusy) else "starting"
+            end = time.monotonic() + wait
+            while (left := end - time.monotonic()) > 0:
+                yield status(phase, retry_in=left)
+                await asyncio.sleep(min(tick, left))
+            backoff *= 2
+        finally:
+            if watcher:
+                watcher.cancel()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def _pump(events: AsyncIterator[ChatEvent], queue: asyncio.Queue[tuple[str, Any]]) -> None:
+    try:
+        async for event in events:
+            await queue.put(("event", event))
+        await queue.put(("end", None))
+    except BackendError as exc:
+        await queue.put(("error", exc))
+
+
+async def _watch_startup(client: BackendClient, model: str, phase_box: list[Phase | None]) -> None:
+    """While an instance starts, re-probe so the banner can move on to "loading"."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            await client.probe(model)
+        except BackendError:
+            continue
+        phase_box[0] = "loading"
+        return
+
+
+class Prewarmer:
+    """Wakes a backend and loads a model in the background (page load, model change)."""
+
+    def __init__(self, client: BackendClient, keep_alive: str | float | None = None) -> None:
+        self.client = client
+        self.keep_alive = keep_alive
+        self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    def warm(self, model: str) -> bool:
+        """Start warming `model` unless that is already under way. Returns True if started."""
+        key = (self.client.url_for(model), model)
+        task = self._inflight.get(key)
+        if task is not None and not task.done():
+            return False
+        self._inflight[key] = asyncio.create_task(self._warm(model), name=f"prewarm {model}")
+        return True
+
+    async def _warm(self, model: str) -> None:
+        settings = self.client.settings
+        t0 = time.monotonic()
+        deadline = t0 + settings.cold_start_deadline
+        backoff = 1.0
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                # A cheap request first: on Cloud Run it starts an instance (and is held
+                # until the instance is up); then load the model with no prompt.
+                await asyncio.wait_for(self.client.list_models(), timeout=left)
+                await asyncio.wait_for(
+                    self.client.load_model(model, keep_alive=self.keep_alive),
+                    timeout=max(deadline - time.monotonic(), 0.1),
+                )
+                log.info("pre-warmed %s in %.1f s", model, time.monotonic() - t0)
+                return
+            except _RETRYABLE as exc:
+                if time.monotonic() + backoff > deadline:
+                    log.info("pre-warm of %s gave up: %s", model, exc.user_message)
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 8.0)
+            except (BackendError, TimeoutError) as exc:
+                log.info(
+                    "pre-warm of %s did not finish: %s", model, getattr(exc, "user_message", exc)
+                )
+                return
