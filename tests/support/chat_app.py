@@ -1,0 +1,106 @@
+"""Run the real Gradio app in-process on a free port, and read its chat outputs."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tests.support.procs import free_port
+from ui.app import build_app, launch
+from ui.settings import Settings
+
+# Settings every test app starts from: no auth (local backends), quick timeouts.
+BASE_SETTINGS: dict[str, Any] = {
+    "auth": "none",
+    "connect_timeout": 3.0,
+    "read_timeout": 60.0,
+    "host": "127.0.0.1",
+}
+
+
+@contextmanager
+def running_app(**settings: Any) -> Iterator[str]:
+    """Build and launch the app; yields its base URL; closes it afterwards."""
+    config = Settings(**{**BASE_SETTINGS, **settings})
+    demo = build_app(config)
+    _, url, _ = launch(demo, config, server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield url.rstrip("/")
+    finally:
+        demo.close()
+
+
+def msg(role: str, text: str, title: str | None = None) -> dict[str, Any]:
+    """A Chatbot message in the form Gradio's API accepts (content as a list of parts)."""
+    message: dict[str, Any] = {"role": role, "content": [{"type": "text", "text": text}]}
+    if title is not None:
+        message["metadata"] = {"title": title}
+    return message
+
+
+def text_of(message: dict[str, Any]) -> str:
+    """The text of a Chatbot message in either Gradio's content-list form or plain form."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content or [] if isinstance(part, dict))
+
+
+def is_note(message: dict[str, Any]) -> bool:
+    return bool((message.get("metadata") or {}).get("title"))
+
+
+def note_title(message: dict[str, Any]) -> str:
+    return str((message.get("metadata") or {}).get("title") or "")
+
+
+def replies(history: list[dict[str, Any]]) -> list[str]:
+    """Assistant reply texts (notes left out)."""
+    return [text_of(m) for m in history if m["role"] == "assistant" and not is_note(m)]
+
+
+def last_note(history: list[dict[str, Any]]) -> dict[str, Any]:
+    notes = [m for m in history if is_note(m)]
+    assert notes, f"no stats/error note in {history!r}"
+    return notes[-1]
+
+
+def eval_count(note: dict[str, Any]) -> int:
+    match = re.search(r"(\d+) tokens? generated", text_of(note))
+    assert match, f"no token count in note {note!r}"
+    return int(match.group(1))
+
+
+def prompt_tokens(note: dict[str, Any]) -> int:
+    match = re.search(r"prompt (\d+) tokens", text_of(note))
+    assert match, f"no prompt token count in note {note!r}"
+    return int(match.group(1))
+
+
+UNCHANGED = {"__type__": "update"}  # how gradio_client shows an output left as it was
+
+
+def rejection(outputs: tuple[Any, ...]) -> str:
+    """The reason shown for a /chat request that was not sent, checking that the message
+    box and the chat were left unchanged."""
+    box, history, banner = outputs
+    assert (box, history) == (UNCHANGED, UNCHANGED), f"a rejected request changed {outputs!r}"
+    assert "chat-banner-error" in banner, banner
+    return html.unescape(banner)
+
+
+def chat_args(
+    message: str,
+    history: list[dict[str, Any]] | None = None,
+    *,
+    model: Any = "smollm2:135m",
+    system_prompt: Any = "",
+    temperature: Any = 0.7,
+    top_p: Any = 0.9,
+    max_tokens: Any = 8,
+) -> tuple[Any, ...]:
+    """Positional inputs of the /chat endpoint."""
+    return (message, history or [], model, system_prompt, temperature, top_p, max_tokens)

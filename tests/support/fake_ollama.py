@@ -1,0 +1,186 @@
+"""A real local HTTP server that speaks Ollama's API and breaks on purpose.
+
+Protocol-level stand-in for a broken backend in fault tests (the real engine is used for
+everything that works). The model name picks the behaviour of /api/chat:
+
+    fake-ok        streams `tokens` words, then a done line with stats
+    fake-slow      like fake-ok with `slow_delay` between words (for queue tests)
+    fake-500       HTTP 500 with {"error": ...}
+    fake-503       HTTP 503 (queue full)
+    fake-401       HTTP 401 (auth denied)
+    fake-midstream streams 3 words, then an {"error": ...} line inside the 200 stream
+    fake-drop      streams 3 words, then closes the connection mid-body
+    fake-garbage   streams 2 words, then a line that is not JSON
+    anything else  HTTP 404 {"error": "model 'x' not found"}
+
+Every request is recorded in `requests` as (method, path, json body or None); `hangups`
+counts streams the client closed early.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MODELS = [
+    "fake-ok", "fake-slow", "fake-500", "fake-503", "fake-401", "fake-midstream", "fake-drop",
+    "fake-garbage",
+]  # fmt: skip
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients hanging up mid-stream is what fault tests do
+
+
+class FakeOllama:
+    def __init__(self, *, token_delay: float = 0.01, slow_delay: float = 0.5) -> None:
+        self.token_delay = token_delay
+        self.slow_delay = slow_delay
+        self.requests: list[tuple[str, str, Any]] = []
+        self.hangups = 0  # streams the client closed before their end
+        self._lock = threading.Lock()
+        self.server = _QuietServer(("127.0.0.1", 0), self._handler_class())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeOllama:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [body for method, path, body in self.requests if path == "/api/chat"]
+
+    def _record(self, method: str, path: str, body: Any) -> None:
+        with self._lock:
+            self.requests.append((method, path, body))
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                fake._record("GET", self.path, None)
+                if self.path == "/":
+                    self._send(200, "Ollama is running", "text/plain")
+                elif self.path == "/api/version":
+                    self._json(200, {"version": "0.0.0-fake"})
+                elif self.path == "/api/tags":
+                    models = [
+                        {
+                            "name": m,
+                            "model": m,
+                            "size": 1000,
+                            "details": {"family": "fake", "parameter_size": "1M"},
+                        }
+                        for m in MODELS
+                    ]
+                    self._json(200, {"models": models})
+                elif self.path == "/api/ps":
+                    self._json(200, {"models": []})
+                else:
+                    self._json(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                fake._record("POST", self.path, body)
+                if self.path != "/api/chat":
+                    self._json(404, {"error": "not found"})
+                    return
+                model = body.get("model", "")
+                limit = int((body.get("options") or {}).get("num_predict") or 8)
+                if model == "fake-500":
+                    self._json(500, {"error": "llama runner process has terminated"})
+                elif model == "fake-503":
+                    self._json(503, {"error": "server busy, please try again"})
+                elif model == "fake-401":
+                    self._json(401, {"error": "unauthorized"})
+                elif model in ("fake-ok", "fake-slow"):
+                    delay = fake.slow_delay if model == "fake-slow" else fake.token_delay
+                    self._stream(model, min(limit, 8), delay, ending="done")
+                elif model == "fake-midstream":
+                    self._stream(model, 3, fake.token_delay, ending="error")
+                elif model == "fake-drop":
+                    self._stream(model, 3, fake.token_delay, ending="drop")
+                elif model == "fake-garbage":
+                    self._stream(model, 2, fake.token_delay, ending="garbage")
+                else:
+                    self._json(404, {"error": f"model '{model}' not found"})
+
+            # --- helpers ----------------------------------------------------------------
+            def _send(self, status: int, text: str, ctype: str) -> None:
+                data = text.encode()
+                self.send_response(status)
+                self.send_header("content-type", ctype)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _json(self, status: int, obj: Any) -> None:
+                self._send(status, json.dumps(obj), "application/json")
+
+            def _chunk(self, obj: Any | bytes) -> None:
+                data = obj if isinstance(obj, bytes) else (json.dumps(obj) + "\n").encode()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            def _stream(self, model: str, words: int, delay: float, ending: str) -> None:
+                self.send_response(200)
+                self.send_header("content-type", "application/x-ndjson")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                started = time.monotonic()
+                try:
+                    for i in range(words):
+                        time.sleep(delay)
+                        message = {"role": "assistant", "content": f"word{i} "}
+                        self._chunk({"model": model, "message": message, "done": False})
+                    if ending == "error":
+                        self._chunk({"error": "the model runner crashed"})
+                    elif ending == "garbage":
+                        self._chunk(b"<html>proxy error</html>\n")
+                    elif ending == "drop":
+                        # Promise a chunk, send half of it, hang up.
+                        self.wfile.write(b'40\r\n{"model": ')
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return
+                    else:
+                        elapsed = int((time.monotonic() - started) * 1e9)
+                        self._chunk(
+                            {
+                                "model": model,
+                                "message": {"role": "assistant", "content": ""},
+                                "done": True,
+                                "done_reason": "length" if words >= 8 else "stop",
+                                "total_duration": elapsed,
+                                "load_duration": 1000,
+                                "prompt_eval_count": 5,
+                                "eval_count": words,
+                                "eval_duration": max(elapsed, 1),
+                            }
+                        )
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client hung up (stop pressed)
+                    with fake._lock:
+                        fake.hangups += 1
+
+        return Handler

@@ -1,0 +1,322 @@
+"""The backend client against the real local engine, and against a real local HTTP server
+that speaks Ollama's protocol but fails on purpose (tests/support/fake_ollama.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.fake_ollama import FakeOllama
+from tests.support.procs import free_port
+from ui.auth import denied_message
+from ui.backend_client import BackendClient, ReplyDone, TokenDelta
+from ui.embedded_engine import EngineStartError, resolve_backend
+from ui.errors import (
+    BackendAuthError,
+    BackendBusy,
+    BackendError,
+    BackendResponseError,
+    BackendTimeout,
+    BackendUnreachable,
+    ModelNotFound,
+)
+from ui.settings import Settings
+
+MODEL = "smollm2:135m"
+HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+def make_client(url: str, **overrides: Any) -> BackendClient:
+    return BackendClient(Settings(backend_url=url, auth="none", **overrides))
+
+
+async def collect(client: BackendClient, model: str, **kwargs: Any) -> tuple[list[str], Any]:
+    texts: list[str] = []
+    done = None
+    async for event in client.chat_stream(model, HELLO, **kwargs):
+        if isinstance(event, TokenDelta):
+            assert done is None, "text after the final event"
+            texts.append(event.text)
+        else:
+            assert isinstance(event, ReplyDone)
+            done = event
+    return texts, done
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOllama]:
+    with FakeOllama() as server:
+        yield server
+
+
+# === against the real engine ===============================================================
+def test_stream_yields_tokens_then_stats_and_honours_num_predict(engine: str) -> None:
+    async def run() -> tuple[list[str], Any]:
+        client = make_client(engine)
+        try:
+            return await collect(client, MODEL, options={"num_predict": 5, "temperature": 0})
+        finally:
+            await client.aclose()
+
+    texts, done = asyncio.run(run())
+    assert done is not None, "the stream ended without its final event"
+    stats = done.stats
+    assert stats.eval_count == 5
+    assert stats.done_reason == "length"
+    assert 1 <= len(texts) <= 5 and "".join(texts).strip()
+    assert stats.tokens_per_second is not None and stats.tokens_per_second > 0
+    assert stats.total_seconds is not None and stats.total_seconds > 0
+    assert stats.prompt_eval_count and stats.prompt_eval_count > 0
+
+
+def test_list_models_matches_api_tags(engine: str) -> None:
+    tags = httpx.get(f"{engine}/api/tags", timeout=10).json()["models"]
+
+    async def run() -> list[Any]:
+        client = make_client(engine)
+        try:
+            return await client.list_models()
+        finally:
+            await client.aclose()
+
+    models = asyncio.run(run())
+    assert sorted(m.name for m in models) == sorted(t["model"] for t in tags)
+    by_name = {m.name: m for m in models}
+    assert by_name["gemma3:270m"].family == "gemma"
+    assert by_name[MODEL].family == "llama"
+    assert by_name["gemma3:270m"].parameter_size == "270M"
+    assert all(m.backend_url == engine for m in models)
+
+
+def test_probe_load_and_running_models(engine: str) -> None:
+    async def run() -> tuple[str, Any, list[Any]]:
+        client = make_client(engine)
+        try:
+            version = await client.probe(MODEL)
+            stats = await client.load_model(MODEL, keep_alive="5m")
+            running = await client.running_models()
+            return version, stats, running
+        finally:
+            await client.aclose()
+
+    version, stats, running = asyncio.run(run())
+    assert version and version != "unknown"
+    assert stats.eval_count in (None, 0), "loading must not generate"
+    assert MODEL in [r.name for r in running]
+
+
+def test_unknown_model_is_model_not_found(engine: str) -> None:
+    async def run() -> None:
+        client = make_client(engine)
+        try:
+            await collect(client, "nonexistent:1b")
+        finally:
+            await client.aclose()
+
+    with pytest.raises(ModelNotFound) as info:
+        asyncio.run(run())
+    assert info.value.status_code == 404
+    assert "nonexistent:1b" in info.value.user_message
+
+
+def test_per_family_routing_lists_the_union(engine: str, fake: FakeOllama) -> None:
+    """llama models go to the engine, everything else to the default (fake) backend: each
+    model is listed from the backend that serves it, and chats are routed the same way."""
+    client = make_client(fake.url, backend_routes={"llama": engine})
+    assert client.url_for(MODEL) == engine
+    assert client.url_for("gemma3:270m") == fake.url
+    assert client.backend_urls == [fake.url, engine]
+
+    async def run() -> tuple[list[Any], Any]:
+        try:
+            models = await client.list_models()
+            _, done = await collect(client, MODEL, options={"num_predict": 2})
+            return models, done
+        finally:
+            await client.aclose()
+
+    models, done = asyncio.run(run())
+    names = {m.name: m.backend_url for m in models}
+    assert names[MODEL] == engine
+    assert "gemma3:270m" not in names, "the engine is not the route for gemma models"
+    assert names["fake-ok"] == fake.url
+    assert done.stats.eval_count == 2
+
+
+def test_one_client_per_backend_per_loop(fake: FakeOllama) -> None:
+    client = make_client(fake.url, connect_timeout=2.5, read_timeout=42.0)
+
+    async def grab() -> Any:
+        first = client._client(fake.url)
+        assert client._client(fake.url) is first
+        timeout = first._client.timeout
+        assert (timeout.connect, timeout.read) == (2.5, 42.0)
+        assert timeout.write is not None and timeout.pool is not None
+        await client.aclose()
+        return first
+
+    assert asyncio.run(grab()) is not asyncio.run(grab()), "a new loop needs a new client"
+
+
+# === failures, each mapped to one of our errors ===========================================
+@pytest.mark.parametrize(
+    ("model", "error", "status", "words"),
+    [
+        ("fake-500", BackendResponseError, 500, "llama runner process has terminated"),
+        ("fake-503", BackendBusy, 503, "busy"),
+        ("fake-midstream", BackendResponseError, None, "the model runner crashed"),
+        ("fake-drop", BackendUnreachable, None, "broke off in the middle of the reply"),
+        ("fake-garbage", BackendResponseError, None, "cannot read"),
+        ("no-such-model", ModelNotFound, 404, "not found"),
+    ],
+)
+def test_backend_errors_are_mapped(
+    fake: FakeOllama, model: str, error: type[BackendError], status: int | None, words: str
+) -> None:
+    received: list[str] = []
+
+    async def run() -> None:
+        client = make_client(fake.url)
+        try:
+            async for event in client.chat_stream(model, HELLO):
+                if isinstance(event, TokenDelta):
+                    received.append(event.text)
+        finally:
+            await client.aclose()
+
+    with pytest.raises(error) as info:
+        asyncio.run(run())
+    assert info.value.status_code == status
+    assert words in info.value.user_message
+    if model in ("fake-midstream", "fake-drop", "fake-garbage"):
+        assert received, "text before the failure must reach the caller"
+
+
+def test_auth_denied_uses_the_auth_message(fake: FakeOllama) -> None:
+    async def run() -> None:
+        client = make_client(fake.url)
+        try:
+            await collect(client, "fake-401")
+        finally:
+            await client.aclose()
+
+    with pytest.raises(BackendAuthError) as info:
+        asyncio.run(run())
+    assert info.value.status_code == 401
+    assert info.value.user_message == denied_message(401, fake.url)
+
+
+def test_nothing_listening_is_unreachable() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+
+    async def run() -> None:
+        client = make_client(url)
+        try:
+            await client.list_models()
+        finally:
+            await client.aclose()
+
+    with pytest.raises(BackendUnreachable) as info:
+        asyncio.run(run())
+    assert info.value.status_code is None
+    assert "cannot be reached" in info.value.user_message
+
+
+def test_silent_backend_times_out() -> None:
+    """A server that accepts connections but never answers: the probe gives up after
+    probe_timeout, and a stream after read_timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+        async def run() -> list[BaseException]:
+            client = make_client(url, probe_timeout=0.3, read_timeout=0.5)
+            errors: list[BaseException] = []
+            for call in (client.probe(), collect(client, "fake-ok")):
+                try:
+                    await call
+                except Exception as exc:
+                    errors.append(exc)
+            await client.aclose()
+            return errors
+
+        probe_error, stream_error = asyncio.run(run())
+    assert isinstance(probe_error, BackendTimeout)
+    assert "0.3 s" in probe_error.user_message
+    assert isinstance(stream_error, BackendTimeout)
+    assert "0.5 s" in stream_error.user_message
+
+
+def test_slow_stream_hits_the_read_timeout(fake: FakeOllama) -> None:
+    async def run() -> list[str]:
+        client = make_client(fake.url, read_timeout=0.2)
+        texts: list[str] = []
+        try:
+            async for event in client.chat_stream("fake-slow", HELLO):
+                if isinstance(event, TokenDelta):
+                    texts.append(event.text)
+        finally:
+            await client.aclose()
+        return texts
+
+    with pytest.raises(BackendTimeout, match=r"sent nothing for 0\.2 s"):
+        asyncio.run(run())
+
+
+# === picking the backend at startup (ui/embedded_engine.py) ===============================
+def test_resolve_backend_keeps_a_configured_url() -> None:
+    settings = Settings(backend_url="http://10.0.0.1:9999", auth="none")
+    resolved, engine = resolve_backend(settings, local_url=f"http://127.0.0.1:{free_port()}")
+    assert resolved.backend_url == "http://10.0.0.1:9999" and engine is None
+
+
+def test_resolve_backend_uses_an_ollama_that_answers(fake: FakeOllama) -> None:
+    resolved, engine = resolve_backend(Settings(backend_url=None, auth="none"), fake.url)
+    assert resolved.backend_url == fake.url and engine is None
+
+
+class _NotOllama(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<html>some other web app</html>"
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_resolve_backend_refuses_a_port_held_by_something_else() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotOllama)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(EngineStartError, match="not Ollama answers"):
+            resolve_backend(Settings(backend_url=None, auth="none"), url)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_resolve_backend_starts_and_stops_the_embedded_engine() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    resolved, engine = resolve_backend(Settings(backend_url=None, auth="none"), url)
+    assert engine is not None
+    try:
+        assert resolved.backend_url == url
+        tags = httpx.get(f"{url}/api/tags", timeout=10).json()["models"]
+        assert {t["model"] for t in tags} == {"gemma3:270m", "smollm2:135m"}
+    finally:
+        engine.stop()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/", timeout=2)

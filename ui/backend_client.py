@@ -1,0 +1,429 @@
+"""The one boundary between the UI and the model backends (Ollama's HTTP API).
+
+Built on the official `ollama.AsyncClient`, which forwards httpx keyword arguments, so each
+client gets explicit timeouts, a bounded connection pool and (for Cloud Run backends) an
+`httpx.Auth` that adds a Google ID token. Every failure leaves this module as one of the
+errors in `ui.errors`, with a message a user understands; callers never see httpx or
+ollama exceptions.
+
+Streaming API::
+
+    async for event in client.chat_stream(model, messages, options={...}):
+        if isinstance(event, TokenDelta): ...   # event.text
+        else: ...                               # ReplyDone: event.stats (Ollama's numbers)
+
+Routing: `settings.backend_routes` maps a model family ("gemma", "llama", ...) to its own
+backend URL; every other model uses the default backend URL. One `ollama.AsyncClient` is
+kept per backend URL per event loop (httpx clients must not cross loops; Gradio runs all
+async handlers in one loop, so in practice there is one client per backend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httpx
+import ollama
+import pydantic
+
+from backend.catalog import Family, family_of
+from ui.auth import auth_for, denied_message, root_url
+from ui.errors import (
+    BackendAuthError,
+    BackendBusy,
+    BackendError,
+    BackendResponseError,
+    BackendTimeout,
+    BackendUnreachable,
+    ModelNotFound,
+)
+from ui.settings import DEFAULT_LOCAL_BACKEND, Settings
+
+logger = logging.getLogger(__name__)
+
+NS_PER_S = 1_000_000_000
+
+
+# === typed results =======================================================================
+@dataclass(frozen=True)
+class TokenDelta:
+    """A piece of reply text, in stream order."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ReplyStats:
+    """Ollama's numbers from the final stream line (durations in nanoseconds)."""
+
+    eval_count: int | None = None
+    eval_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    total_duration: int | None = None
+    done_reason: str | None = None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        if not self.eval_count or not self.eval_duration:
+            return None
+        return self.eval_count / (self.eval_duration / NS_PER_S)
+
+    @property
+    def load_seconds(self) -> float | None:
+        return None if self.load_duration is None else self.load_duration / NS_PER_S
+
+    @property
+    def total_seconds(self) -> float | None:
+        return None if self.total_duration is None else self.total_duration / NS_PER_S
+
+    @classmethod
+    def from_response(cls, part: ollama.ChatResponse) -> ReplyStats:
+        return cls(
+            eval_count=part.eval_count,
+            eval_duration=part.eval_duration,
+            load_duration=part.load_duration,
+            prompt_eval_count=part.prompt_eval_count,
+            prompt_eval_duration=part.prompt_eval_duration,
+            total_duration=part.total_duration,
+            done_reason=part.done_reason,
+        )
+
+
+@dataclass(frozen=True)
+class ReplyDone:
+    """The last event of a reply."""
+
+    stats: ReplyStats
+
+
+ChatEvent = TokenDelta | ReplyDone
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model a backend offers (from /api/tags)."""
+
+    name: str
+    family: Family  # our grouping: gemma / llama / mistral / other
+    reported_family: str | None  # what the backend said, e.g. "gemma3"
+    parameter_size: str | None  # e.g. "270M"
+    quantization: str | None  # e.g. "Q4_K_M"
+    size_bytes: int | None
+    backend_url: str
+
+
+@dataclass(frozen=True)
+class RunningModel:
+    """A model loaded in a backend's memory (from /api/ps)."""
+
+    name: str
+    size_bytes: int | None
+    size_vram: int | None
+    expires_at: str | None
+    backend_url: str
+
+
+# === the client ==========================================================================
+class BackendClient:
+    """Talks to one default backend plus optional per-family backends."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.default_url = (settings.backend_url or DEFAULT_LOCAL_BACKEND).rstrip("/")
+        self.routes: dict[str, str] = {
+            family.lower(): url.rstrip("/") for family, url in settings.backend_routes.items()
+        }
+        self.timeout = httpx.Timeout(
+            connect=settings.connect_timeout,
+            read=settings.read_timeout,
+            write=max(settings.connect_timeout, 10.0),
+            pool=settings.connect_timeout,
+        )
+        # Each running stream holds one connection; leave room above the concurrency limit
+        # for model lists and probes.
+        self.limits = httpx.Limits(
+            max_connections=settings.concurrency_limit + 20, max_keepalive_connections=20
+        )
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, ollama.AsyncClient]
+        ] = weakref.WeakKeyDictionary()
+
+    # --- routing ------------------------------------------------------------------------
+    @property
+    def backend_urls(self) -> list[str]:
+        """Every distinct backend, the default first."""
+        urls = [self.default_url]
+        urls += [u for u in self.routes.values() if u not in urls]
+        return urls
+
+    def url_for(self, model: str, reported_family: str | None = None) -> str:
+        return self.routes.get(family_of(model, reported_family), self.default_url)
+
+    def audience_for(self, url: str) -> str:
+        """The ID-token audience for a backend (used in access-denied messages)."""
+        return self.settings.auth_audience or root_url(url)
+
+    def _client(self, url: str) -> ollama.AsyncClient:
+        loop = asyncio.get_running_loop()
+        per_loop = self._clients.setdefault(loop, {})
+        client = per_loop.get(url)
+        if client is None:
+            client = ollama.AsyncClient(
+                host=url,
+                timeout=self.timeout,
+                limits=self.limits,
+                auth=auth_for(self.settings, url),
+            )
+            per_loop[url] = client
+        return client
+
+    async def aclose(self) -> None:
+        """Close the clients of the running loop."""
+        loop = asyncio.get_running_loop()
+        for client in self._clients.pop(loop, {}).values():
+            await client.close()
+
+    # --- chat ---------------------------------------------------------------------------
+    async def chat_stream(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        options: Mapping[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+    ) -> AsyncIterator[ChatEvent]:
+        """Stream one reply: TokenDelta events, then exactly one ReplyDone.
+
+        Raises a `ui.errors.BackendError` subclass; text already yielded stays valid.
+        Closing the iterator early (the user pressed stop) closes the HTTP stream, which
+        makes Ollama stop generating.
+        """
+        url = self.url_for(model)
+        client = self._client(url)
+        started = False
+        try:
+            parts = await client.chat(
+                model=model,
+                messages=list(messages),
+                options=dict(options) if options else None,
+                keep_alive=keep_alive,
+                stream=True,
+            )
+            # It is an async generator; aclosing closes the HTTP stream on early exit.
+            stream = cast("AsyncGenerator[ollama.ChatResponse, None]", parts)
+            async with aclosing(stream):
+                async for part in stream:
+                    started = True
+                    text = part.message.content if part.message else None
+                    if text:
+                        yield TokenDelta(text)
+                    if part.done:
+                        yield ReplyDone(ReplyStats.from_response(part))
+                        return
+            raise BackendResponseError("The model backend ended the reply before it was complete.")
+        except Exception as exc:
+            raise self._map_error(exc, url=url, model=model, mid_stream=started) from exc
+
+    async def load_model(self, model: str, keep_alive: str | float | None = None) -> ReplyStats:
+        """Load a model into memory without generating (a chat request with no messages)."""
+        url = self.url_for(model)
+        try:
+            response = await self._client(url).chat(
+                model=model, messages=[], keep_alive=keep_alive, stream=False
+            )
+        except Exception as exc:
+            raise self._map_error(exc, url=url, model=model) from exc
+        return ReplyStats.from_response(response)
+
+    # --- listing and probing -----------------------------------------------------------
+    async def list_models(self, *, deadline: float | None = None) -> list[ModelInfo]:
+        """The union of the models of all backends (each model from the backend that serves
+        it). Raises the first error only when no backend answered; a failing backend among
+        several is logged and skipped. `deadline` (seconds) bounds the whole call."""
+        results = await asyncio.gather(
+            *(self._list_one(url, deadline) for url in self.backend_urls),
+            return_exceptions=True,
+        )
+        models: dict[str, ModelInfo] = {}
+        errors: list[BaseException] = []
+        for url, result in zip(self.backend_urls, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.warning("Listing models of %s failed: %s", url, result)
+                errors.append(result)
+                continue
+            for info in result:
+                models.setdefault(info.name, info)
+        if errors and not models and len(errors) == len(results):
+            raise errors[0]
+        return sorted(models.values(), key=lambda m: (m.family, m.name))
+
+    async def _list_one(self, url: str, deadline: float | None) -> list[ModelInfo]:
+        try:
+            async with asyncio.timeout(deadline):
+                response = await self._client(url).list()
+        except Exception as exc:
+            raise self._map_error(exc, url=url, deadline=deadline) from exc
+        found: list[ModelInfo] = []
+        for entry in response.models:
+            if not entry.model:
+                continue
+            details = entry.details
+            reported = details.family if details else None
+            # Only keep models this backend is the route for: the list then holds exactly
+            # the models a chat request can reach.
+            if self.url_for(entry.model, reported) != url:
+                continue
+            found.append(
+                ModelInfo(
+                    name=entry.model,
+                    family=family_of(entry.model, reported),
+                    reported_family=reported,
+                    parameter_size=details.parameter_size if details else None,
+                    quantization=details.quantization_level if details else None,
+                    size_bytes=int(entry.size) if entry.size is not None else None,
+                    backend_url=url,
+                )
+            )
+        return found
+
+    async def running_models(self) -> list[RunningModel]:
+        """Models loaded right now, over all backends (from /api/ps)."""
+        running: list[RunningModel] = []
+        for url in self.backend_urls:
+            try:
+                response = await self._client(url).ps()
+            except Exception as exc:
+                raise self._map_error(exc, url=url) from exc
+            for entry in response.models:
+                if not entry.model:
+                    continue
+                running.append(
+                    RunningModel(
+                        name=entry.model,
+                        size_bytes=int(entry.size) if entry.size is not None else None,
+                        size_vram=int(entry.size_vram) if entry.size_vram is not None else None,
+                        expires_at=entry.expires_at.isoformat() if entry.expires_at else None,
+                        backend_url=url,
+                    )
+                )
+        return running
+
+    async def probe(self, model: str | None = None) -> str:
+        """Quick liveness check of the backend serving `model` (default backend if None):
+        GET /api/version within `settings.probe_timeout`. Returns the version string.
+        A warm Ollama answers in milliseconds; a scaled-to-zero one does not."""
+        url = self.url_for(model) if model else self.default_url
+        deadline = self.settings.probe_timeout
+        try:
+            async with asyncio.timeout(deadline):
+                # The ollama client has no version call; its httpx client carries the same
+                # base URL, auth and timeouts.
+                response = await self._client(url)._client.get("/api/version")
+                response.raise_for_status()
+                version = response.json().get("version")
+        except Exception as exc:
+            raise self._map_error(exc, url=url, deadline=deadline) from exc
+        return str(version or "unknown")
+
+    # --- error mapping -------------------------------------------------------------------
+    def _map_error(
+        self,
+        exc: BaseException,
+        *,
+        url: str,
+        model: str | None = None,
+        mid_stream: bool = False,
+        deadline: float | None = None,
+    ) -> BackendError:
+        """Turn anything raised below this module into a `ui.errors` error."""
+        if isinstance(exc, BackendError):  # ours already (also from ui.auth)
+            return exc
+        if isinstance(exc, ollama.ResponseError):
+            return self._map_status(exc.status_code, str(exc.error), url=url, model=model)
+        if isinstance(exc, TimeoutError):  # asyncio.timeout around a whole call
+            return BackendTimeout(f"The model backend did not answer within {deadline:g} s.")
+        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+            return BackendTimeout(
+                f"The model backend did not accept a connection within "
+                f"{self.settings.connect_timeout:g} s."
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return BackendTimeout(
+                f"The model backend sent nothing for {self.settings.read_timeout:g} s."
+            )
+        if isinstance(exc, ConnectionError | httpx.ConnectError):
+            # ollama turns httpx.ConnectError into the builtin ConnectionError.
+            logger.warning("Backend %s refused the connection", url)
+            return BackendUnreachable(
+                "The model backend cannot be reached (the connection was refused)."
+            )
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+            if mid_stream:
+                return BackendUnreachable(
+                    "The connection to the model backend broke off in the middle of the reply."
+                )
+            return BackendUnreachable("The connection to the model backend broke off.")
+        if isinstance(exc, httpx.HTTPStatusError):
+            return self._map_status(
+                exc.response.status_code, _server_message(exc.response), url=url, model=model
+            )
+        if isinstance(exc, json.JSONDecodeError | pydantic.ValidationError | KeyError):
+            logger.warning("Unreadable answer from %s: %r", url, exc)
+            return BackendResponseError("The model backend sent an answer the UI cannot read.")
+        if isinstance(exc, httpx.HTTPError):
+            return BackendUnreachable(
+                f"Talking to the model backend failed ({type(exc).__name__})."
+            )
+        logger.exception("Unexpected error talking to %s", url, exc_info=exc)
+        return BackendResponseError(f"Talking to the model backend failed ({type(exc).__name__}).")
+
+    def _map_status(
+        self, status: int, server_message: str, *, url: str, model: str | None
+    ) -> BackendError:
+        message = _shorten(server_message)
+        if status == -1:  # ollama's marker for an {"error": ...} line inside a 200 stream
+            return BackendResponseError(
+                f"The model backend reported an error in the middle of the reply: {message}"
+            )
+        if status == 404:
+            name = f"“{model}”" if model else "That model"
+            return ModelNotFound(
+                f"The model {name} is not available on the backend ({message}).", status_code=404
+            )
+        if status in (429, 503):
+            return BackendBusy(
+                "All model backends are busy right now (HTTP "
+                f"{status}: {message}). Please try again in a moment.",
+                status_code=status,
+            )
+        if status in (401, 403):
+            return BackendAuthError(
+                denied_message(status, self.audience_for(url)), status_code=status
+            )
+        return BackendResponseError(
+            f"The model backend returned an error (HTTP {status}): {message}", status_code=status
+        )
+
+
+def _server_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return response.text
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    return response.text
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split()) or "no details"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

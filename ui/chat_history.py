@@ -1,0 +1,265 @@
+"""Chat history as the browser holds it, and what of it reaches the model.
+
+The conversation lives in the browser (the Chatbot value, saved in a `gr.BrowserState`) and
+comes back with every request, so it is untrusted input: `parse_history` checks its shape.
+
+Display messages are Gradio message dicts. Two kinds of assistant messages:
+- replies: `{"role": "assistant", "content": "..."}` - part of the conversation;
+- notes: messages with `metadata["title"]` (Gradio shows them as a small collapsible line):
+  the stats line under a reply, or an error line. Notes are never sent to the model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+CHARS_PER_TOKEN = 4  # rough average for English text with these tokenizers
+TOKENS_PER_MESSAGE = 4  # role markers and separators of chat templates
+MAX_HISTORY_MESSAGES = 2000  # far more than any context holds; bounds the work per request
+LOAD_SHOWN_ABOVE_S = 0.05  # a load_duration below this means "model was already loaded"
+WARNING_SIGN = "⚠"  # U+26A0 without the emoji selector: common text fonts have it
+
+Message = dict[str, Any]
+
+
+class HistoryRejected(ValueError):
+    """The history sent by the client is malformed; `user_message` says how."""
+
+    def __init__(self, user_message: str) -> None:
+        self.user_message = user_message
+        super().__init__(user_message)
+
+
+# === parsing =============================================================================
+def parse_history(raw: object) -> list[Message]:
+    """Validate a Chatbot value (either Gradio's normalized form with content lists, or
+    plain `{"role", "content": str}` dicts) and return plain display messages."""
+    if raw is None:
+        return []
+    if isinstance(raw, dict) and "root" in raw:  # a serialized ChatbotDataMessages
+        raw = raw["root"]
+    if not isinstance(raw, list):
+        raise HistoryRejected("The chat history must be a list of messages.")
+    if len(raw) > MAX_HISTORY_MESSAGES:
+        raise HistoryRejected(
+            f"The chat history has {len(raw)} messages; the limit is {MAX_HISTORY_MESSAGES}. "
+            "Clear the chat to start over."
+        )
+    history: list[Message] = []
+    for position, item in enumerate(raw, start=1):
+        if not isinstance(item, dict):
+            raise HistoryRejected(f"Chat history entry {position} is not a message.")
+        role = item.get("role")
+        if role not in ("user", "assistant", "system"):
+            raise HistoryRejected(
+                f"Chat history entry {position} has role {role!r}; expected 'user' or 'assistant'."
+            )
+        text = _content_text(item.get("content"), position)
+        message: Message = {"role": role, "content": text}
+        metadata = item.get("metadata")
+        if isinstance(metadata, dict) and isinstance(metadata.get("title"), str):
+            message["metadata"] = {
+                k: v
+                for k, v in metadata.items()
+                if k in ("title", "status", "log", "duration") and v is not None
+            }
+        history.append(message)
+    return history
+
+
+def _content_text(content: object, position: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        content = [content]
+    if isinstance(content, list):
+        parts: list[str] = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and part.get("type", "text") == "text":
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise HistoryRejected(f"Chat history entry {position} has no text.")
+                parts.append(text)
+            else:
+                raise HistoryRejected(
+                    f"Chat history entry {position} holds a file or component; "
+                    "this chat handles text only."
+                )
+        return "".join(parts)
+    raise HistoryRejected(f"Chat history entry {position} has no text content.")
+
+
+def is_note(message: Message) -> bool:
+    metadata = message.get("metadata")
+    return isinstance(metadata, dict) and bool(metadata.get("title"))
+
+
+# === what the model sees =================================================================
+def conversation(history: Sequence[Message]) -> list[Message]:
+    """The model-facing turns of a display history (notes and empty replies left out)."""
+    turns: list[Message] = []
+    for message in history:
+        if is_note(message) or message["role"] == "system":
+            continue
+        if message["role"] == "assistant" and not message["content"].strip():
+            continue
+        turns.append({"role": message["role"], "content": message["content"]})
+    return turns
+
+
+def estimate_tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE
+
+
+@dataclass
+class FittedPrompt:
+    messages: list[Message]  # system (if any) + kept turns, ready for /api/chat
+    dropped: int = 0  # turns left out from the start
+    estimated_tokens: int = 0
+
+
+def fit_to_context(
+    system_prompt: str, turns: Sequence[Message], *, context_tokens: int, reply_tokens: int
+) -> FittedPrompt:
+    """Drop the oldest turns until the prompt plus the reply fits the context window.
+
+    The system prompt and the newest turn are always kept. The reply reserve is capped at
+    half the context so that a large max-tokens does not squeeze the history to nothing.
+    """
+    budget = context_tokens - min(reply_tokens, context_tokens // 2)
+    system = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+    used = sum(estimate_tokens(m["content"]) for m in system)
+    kept: list[Message] = []
+    for message in reversed(turns):
+        cost = estimate_tokens(message["content"])
+        if kept and used + cost > budget:
+            break
+        kept.append(message)
+        used += cost
+    kept.reverse()
+    # Start on a user turn: a reply without its question confuses chat templates.
+    while len(kept) > 1 and kept[0]["role"] != "user":
+        used -= estimate_tokens(kept.pop(0)["content"])
+    return FittedPrompt(system + kept, dropped=len(turns) - len(kept), estimated_tokens=used)
+
+
+# === history edits ======================================================================
+def split_last_user_turn(history: Sequence[Message]) -> tuple[list[Message], str | None]:
+    """(history before the last user message, that message's text); (history, None) if
+    there is no user message. Used by retry (resend it) and undo (give it back)."""
+    for index in range(len(history) - 1, -1, -1):
+        if history[index]["role"] == "user":
+            return list(history[:index]), history[index]["content"]
+    return list(history), None
+
+
+def history_before(history: Sequence[Message], index: int) -> list[Message]:
+    """Everything before display position `index` (for editing a sent message)."""
+    if not 0 <= index < len(history):
+        raise HistoryRejected(f"There is no message number {index + 1} to edit.")
+    return list(history[:index])
+
+
+# === notes ==============================================================================
+@dataclass
+class ReplyFigures:
+    """What the stats line under a reply shows."""
+
+    ttft_s: float | None = None  # time to first token, measured by the UI
+    total_s: float | None = None  # send to last token, measured by the UI
+    tokens_per_s: float | None = None  # from Ollama's eval_count / eval_duration
+    eval_count: int | None = None
+    prompt_tokens: int | None = None
+    load_s: float | None = None  # Ollama's load_duration, when a load happened
+    done_reason: str | None = None
+    model: str | None = None
+    notices: list[str] = field(default_factory=list)
+
+
+def stats_note(figures: ReplyFigures) -> Message:
+    title = [
+        f"{figures.ttft_s:.2f} s to first token" if figures.ttft_s is not None else None,
+        f"{figures.tokens_per_s:.1f} tokens/s" if figures.tokens_per_s is not None else None,
+        f"{figures.total_s:.2f} s total" if figures.total_s is not None else None,
+        (
+            f"model load {figures.load_s:.2f} s"
+            if figures.load_s is not None and figures.load_s > LOAD_SHOWN_ABOVE_S
+            else None
+        ),
+    ]
+    details = []
+    if figures.eval_count is not None:
+        by = f" by {figures.model}" if figures.model else ""
+        noun = "token" if figures.eval_count == 1 else "tokens"
+        details.append(f"{figures.eval_count} {noun} generated{by}")
+    if figures.prompt_tokens is not None:
+        details.append(f"prompt {figures.prompt_tokens} tokens")
+    if figures.done_reason == "length":
+        details.append("stopped at the max-tokens limit")
+    lines = [" · ".join(details)] if details else []
+    lines += [f"{WARNING_SIGN} {notice}" for notice in figures.notices]
+    metadata: dict[str, Any] = {"title": " · ".join(t for t in title if t)}
+    if not figures.notices:
+        metadata["status"] = "done"  # collapsed; notices keep it open so they are seen
+    return {"role": "assistant", "content": "\n".join(lines), "metadata": metadata}
+
+
+def stopped_note(figures: ReplyFigures) -> Message:
+    """The note under a reply the user stopped (no Ollama stats: the stream was cut)."""
+    title = ["Stopped"]
+    if figures.ttft_s is not None:
+        title.append(f"{figures.ttft_s:.2f} s to first token")
+    if figures.total_s is not None:
+        title.append(f"{figures.total_s:.2f} s total")
+    lines = ["You stopped this reply, so it is incomplete."]
+    lines += [f"{WARNING_SIGN} {notice}" for notice in figures.notices]
+    return {
+        "role": "assistant",
+        "content": "\n".join(lines),
+        "metadata": {"title": " · ".join(title), "status": "done"},
+    }
+
+
+def error_note(user_message: str, *, partial: bool, notices: Sequence[str] = ()) -> Message:
+    lines = []
+    if partial:
+        lines.append("The reply above is incomplete.")
+    lines.append("Your message is kept: press ↻ (retry) to send it again.")
+    lines += [f"{WARNING_SIGN} {notice}" for notice in notices]
+    return {
+        "role": "assistant",
+        "content": "\n".join(lines),
+        "metadata": {"title": f"{WARNING_SIGN} {user_message}"},
+    }
+
+
+_FIGURE_PATTERNS = {
+    "ttft_s": re.compile(r"([\d.]+) s to first token"),
+    "tokens_per_s": re.compile(r"([\d.]+) tokens/s"),
+    "total_s": re.compile(r"([\d.]+) s total"),
+    "load_s": re.compile(r"model load ([\d.]+) s"),
+}
+_EVAL_COUNT = re.compile(r"(\d+) tokens? generated")
+
+
+def read_stats_note(message: Message) -> dict[str, float | int] | None:
+    """The figures of a stats note (keys: ttft_s, tokens_per_s, total_s, load_s,
+    eval_count), or None if the message is not one. Inverse of `stats_note`."""
+    if not is_note(message):
+        return None
+    title = str(message["metadata"]["title"])
+    if title.startswith(WARNING_SIGN) or not _FIGURE_PATTERNS["total_s"].search(title):
+        return None
+    figures: dict[str, float | int] = {}
+    for key, pattern in _FIGURE_PATTERNS.items():
+        if match := pattern.search(title):
+            figures[key] = float(match.group(1))
+    if match := _EVAL_COUNT.search(message.get("content") or ""):
+        figures["eval_count"] = int(match.group(1))
+    return figures
