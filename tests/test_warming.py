@@ -11,7 +11,7 @@ import pytest
 from backend.cloudrun import EmulatorConfig, RunningEmulator, start_emulator
 from tests.support.procs import free_port
 from ui.backend_client import BackendClient, ReplyDone, TokenDelta
-from ui.errors import BackendTimeout
+from ui.errors import BackendTimeout, BackendUnreachable
 from ui.settings import Settings
 from ui.warming import ColdStartTracker, Prewarmer, WarmingStatus, stream_with_warmup
 
@@ -68,8 +68,9 @@ def chat_requests(emu: RunningEmulator) -> int:
 
 
 async def test_cold_start_reports_phases_then_streams_and_sends_once(
-    cold_backend: RunningEmulator,
+    cold_backend_4: RunningEmulator,
 ) -> None:
+    cold_backend = cold_backend_4
     client = BackendClient(settings_for(cold_backend.url))
     tracker = ColdStartTracker(default=30.0)
     t0 = time.monotonic()
@@ -125,17 +126,38 @@ async def collect_plain(client: BackendClient, model: str, options: dict) -> lis
     return [e async for e in client.chat_stream(model, msgs, options=options)]
 
 
-async def test_unreachable_backend_fails_clearly_within_deadline() -> None:
+async def test_refused_connection_is_retried_briefly_then_named() -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens here
-    client = BackendClient(settings_for(url).model_copy(update={"cold_start_deadline": 3.0}))
+    client = BackendClient(settings_for(url).model_copy(update={"connect_retry_window": 4.0}))
     t0 = time.monotonic()
     seen: list[object] = []
-    with pytest.raises(BackendTimeout) as err:
-        async for event in stream_with_warmup(client, SMOL, MSGS, tracker=ColdStartTracker(5)):
+    with pytest.raises(BackendUnreachable) as err:
+        async for event in stream_with_warmup(
+            client, SMOL, MSGS, tracker=ColdStartTracker(5), tick=0.25
+        ):
             seen.append(event)
-    assert time.monotonic() - t0 < 6
-    assert "did not become ready within 3 s" in err.value.user_message
-    assert any(isinstance(e, WarmingStatus) and e.phase == "starting" for e in seen)
+    assert 3.0 < time.monotonic() - t0 < 7  # retried after 1 s and 2 s, then gave up
+    assert "cannot be reached" in err.value.user_message
+    retrying = [e for e in seen if isinstance(e, WarmingStatus) and e.phase == "unreachable"]
+    assert retrying and "connection refused), retrying in" in retrying[0].text
+    await client.aclose()
+
+
+async def test_cold_start_deadline_bounds_busy_retries(cold_backend: RunningEmulator) -> None:
+    """429 until the deadline: a clear error naming the deadline, not an endless wait."""
+    client = BackendClient(settings_for(cold_backend.url))
+    await collect(client, ColdStartTracker(5))  # wake it up
+    hog = asyncio.create_task(collect_plain(client, "gemma3:270m", {"num_predict": 2000}))
+    await asyncio.sleep(1.0)
+    short = BackendClient(
+        settings_for(cold_backend.url).model_copy(update={"cold_start_deadline": 2.5})
+    )
+    with pytest.raises(BackendTimeout) as err:
+        await collect(short, ColdStartTracker(5))
+    assert "did not become ready within 2 s" in err.value.user_message
+    hog.cancel()
+    await asyncio.gather(hog, return_exceptions=True)
+    await short.aclose()
     await client.aclose()
 
 

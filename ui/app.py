@@ -16,9 +16,10 @@ from typing import Any
 import gradio as gr
 
 from ui.backend_client import BackendClient
-from ui.chat_page import WarmupHook, build_chat_page
+from ui.chat_page import build_chat_page
 from ui.model_directory import ModelDirectory
 from ui.settings import Settings
+from ui.warming import ColdStartTracker, Prewarmer
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +34,18 @@ class AppContext:
     settings: Settings
     client: BackendClient
     models: ModelDirectory
-    warmup: WarmupHook | None = None
+    tracker: ColdStartTracker  # typical cold start, learned by this process (all pages)
+    prewarmer: Prewarmer
 
 
 PageBuilder = Callable[[AppContext], Any]
 
 
 def _chat_tab(ctx: AppContext) -> Any:
-    return build_chat_page(ctx.demo, ctx.settings, ctx.client, ctx.models, warmup=ctx.warmup)
+    return build_chat_page(
+        ctx.demo, ctx.settings, ctx.client, ctx.models,
+        tracker=ctx.tracker, prewarmer=ctx.prewarmer,
+    )  # fmt: skip
 
 
 # (tab label, tab id, builder). Compare and Leaderboard tabs go here.
@@ -64,13 +69,15 @@ def build_app(
     settings: Settings,
     *,
     client: BackendClient | None = None,
-    warmup: WarmupHook | None = None,
 ) -> gr.Blocks:
     """The whole UI with its queue configured. `settings.backend_url` should be resolved
     (see `ui.embedded_engine.resolve_backend`); unset means the local default URL."""
     client = client or BackendClient(settings)
     with gr.Blocks(title=TITLE, fill_width=False) as demo:
-        ctx = AppContext(demo, settings, client, ModelDirectory(settings, client), warmup)
+        ctx = AppContext(
+            demo, settings, client, ModelDirectory(settings, client),
+            ColdStartTracker(settings.typical_cold_start), Prewarmer(client),
+        )  # fmt: skip
         gr.Markdown(f"## {TITLE}", elem_id="app-title")
         with gr.Tabs():
             for label, tab_id, builder in TABS:

@@ -16,9 +16,9 @@ API endpoints (for `gradio_client`; all inputs are checked here, not by the widg
 
 The banner slot: the streaming handlers have the banner (a `gr.HTML` above the chat, empty
 by default) as their third output. `ChatPage.stream_reply` yields `(history, banner)`
-pairs (banner is HTML, "" = hidden); the `warmup` hook passed to
-`build_chat_page` runs before the request is sent and may yield banner HTML (e.g. a cold
-start "warming" notice with elapsed seconds); the first token clears the banner.
+pairs (banner is HTML, "" = hidden). While the backend is cold the banner shows the warming
+phase with elapsed and typical seconds (`ui.warming`); the first token clears it. Page load
+and a model change pre-warm the backend (`Prewarmer`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import html
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,7 @@ from ui.model_directory import ModelDirectory, ModelRejected
 from ui.rate_limit import RateLimiter, client_key
 from ui.settings import Settings
 from ui.stop_signals import StopSignals, until_stopped
+from ui.warming import ColdStartTracker, Prewarmer, WarmingStatus, stream_with_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,6 @@ EMPTY_MESSAGE_HINT = "Type a message first: empty messages are not sent."
 # A js function's returned array is read as one value per output, hence the extra [...].
 SAVE_HISTORY_JS = "(history) => [history]"
 RESTORE_HISTORY_JS = "(saved) => [Array.isArray(saved) ? saved : []]"
-
-WarmupHook = Callable[[BackendClient, str], AsyncIterator[str]]
 
 
 class InputRejected(ValueError):
@@ -146,13 +145,15 @@ class ChatPage:
         directory: ModelDirectory,
         *,
         limiter: RateLimiter | None = None,
-        warmup: WarmupHook | None = None,
+        tracker: ColdStartTracker | None = None,
+        prewarmer: Prewarmer | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
         self.directory = directory
         self.limiter = limiter or RateLimiter(settings.rate_limit_per_minute)
-        self.warmup = warmup
+        self.tracker = tracker or ColdStartTracker(settings.typical_cold_start)
+        self.prewarmer = prewarmer or Prewarmer(client)
         self.stops = StopSignals()
         self.components: ChatComponents | None = None  # set by build_chat_page
 
@@ -262,16 +263,19 @@ class ChatPage:
     ) -> AsyncIterator[tuple[list[Message], str]]:
         display = turn.display
         started = time.monotonic()
-        if self.warmup is not None:
-            async for warming in until_stopped(self.warmup(self.client, turn.model), stop):
-                yield display, warming
         first_token_s: float | None = None
         reply = ""
         stats: ReplyStats | None = None
         try:
-            events = self.client.chat_stream(turn.model, turn.messages, options=turn.options)
+            # Sent once; before the first token a cold backend yields warming updates.
+            events = stream_with_warmup(
+                self.client, turn.model, turn.messages, tracker=self.tracker,
+                options=turn.options,
+            )  # fmt: skip
             async for event in until_stopped(events, stop):
-                if isinstance(event, TokenDelta):
+                if isinstance(event, WarmingStatus):
+                    yield display, event.html()
+                elif isinstance(event, TokenDelta):
                     reply += event.text
                     if first_token_s is None:
                         first_token_s = time.monotonic() - started
@@ -427,6 +431,16 @@ class ChatPage:
         async for history, banner in self.stream_reply(turn):
             yield box, history, banner
 
+    async def prewarm(self, model: object) -> None:
+        """Wake the backend and load `model` in the background (page load, model change).
+        Returns at once; nothing periodic, so no GPU is kept warm without a user."""
+        if isinstance(model, str) and self.directory.is_allowed(model.strip()):
+            try:
+                name = await self.directory.check(model)
+            except ModelRejected:
+                return
+            self.prewarmer.warm(name)
+
     async def model_dropdown(self) -> Any:
         choices = await self.directory.choices(deadline=MODEL_LIST_DEADLINE_S)
         if choices.problem:
@@ -509,10 +523,11 @@ def build_chat_page(
     client: BackendClient,
     directory: ModelDirectory,
     *,
-    warmup: WarmupHook | None = None,
+    tracker: ColdStartTracker | None = None,
+    prewarmer: Prewarmer | None = None,
 ) -> ChatPage:
     """Lay out the chat inside the current Blocks context (a Tab) and wire its events."""
-    page = ChatPage(settings, client, directory, warmup=warmup)
+    page = ChatPage(settings, client, directory, tracker=tracker, prewarmer=prewarmer)
     page.components = _layout(settings)
     _wire(demo, page, page.components)
     return page
@@ -660,7 +675,8 @@ def _wire(demo: gr.Blocks, page: ChatPage, c: ChatComponents) -> None:
         outputs=[c.model, c.model_info],
         api_visibility="undocumented",
         show_progress="hidden",
-    )
+    ).then(page.prewarm, inputs=[c.model], api_name="prewarm", show_progress="hidden")
+    c.model.input(page.prewarm, inputs=[c.model], show_progress="hidden", queue=False)
     c.model.change(
         lambda tag: _model_info(tag if isinstance(tag, str) else None),
         inputs=[c.model],

@@ -132,6 +132,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LLM_COLD_START_DEADLINE", "cold_start_deadline"),
         description="Time allowed for a cold start with retries (env LLM_COLD_START_DEADLINE).",
     )
+    connect_retry_window: float = Field(
+        default=15.0,
+        ge=0,
+        validation_alias=AliasChoices("LLM_CONNECT_RETRY_WINDOW", "connect_retry_window"),
+        description=(
+            "How long a refused connection is retried (env LLM_CONNECT_RETRY_WINDOW). Cloud "
+            "Run holds cold requests instead of refusing them, so a refusal means trouble."
+        ),
+    )
     typical_cold_start: float = Field(
         default=30.0,
         gt=0,

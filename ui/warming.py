@@ -8,11 +8,13 @@ GPU memory. `stream_with_warmup` wraps one chat request and, until its first tok
     phase "starting"  the backend does not answer its quick probe: an instance is starting
     phase "loading"   the backend answers but the model is not in /api/ps: it is loading
     phase "busy"      429/503: every instance is busy; retrying with backoff
+    phase "unreachable" the connection was refused; retried briefly (connect_retry_window)
     phase "ready"     the first token arrived (the banner goes away)
 
 The user's message is sent once. It is re-sent only after an answer that proves it was not
 processed (connection refused, 429, 503), with exponential backoff, all within one overall
-deadline (`settings.cold_start_deadline`).
+deadline (`settings.cold_start_deadline`; refused connections only within the shorter
+`settings.connect_retry_window`, since Cloud Run holds cold requests instead of refusing).
 
 `ColdStartTracker` learns the typical cold-start time from the cold starts this process has
 seen. `Prewarmer` wakes the backend and loads a model in the background when a page opens or
@@ -37,7 +39,7 @@ from ui.errors import BackendBusy, BackendError, BackendTimeout, BackendUnreacha
 
 log = logging.getLogger(__name__)
 
-Phase = Literal["starting", "loading", "busy", "ready"]
+Phase = Literal["starting", "loading", "busy", "unreachable", "ready"]
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,11 @@ class WarmingStatus:
             return "Starting a GPU instance (the backend was scaled to zero)"
         if self.phase == "loading":
             return f"Loading {name} into GPU memory"
+        wait = f" in {self.retry_in:.0f} s" if self.retry_in else ""
         if self.phase == "busy":
-            wait = f" in {self.retry_in:.0f} s" if self.retry_in else ""
             return f"All GPU instances are busy, retrying{wait}"
+        if self.phase == "unreachable":
+            return f"The model backend does not answer (connection refused), retrying{wait}"
         return "Ready"
 
     def html(self) -> str:
@@ -140,76 +144,79 @@ async def stream_with_warmup(
 ) -> AsyncIterator[WarmingStatus | ChatEvent]:
     """One chat reply with cold-start handling (see the module docstring).
 
-    Yields WarmingStatus updates before the first token when the backend is cold, then the
-    backend client's TokenDelta / ReplyDone events. Raises `ui.errors.BackendError`.
+    The request is sent at once; the cold-start check runs beside it, so a warm backend
+    costs no extra round trip before the first token. Yields WarmingStatus updates while a
+    cold backend gets ready, then the backend client's TokenDelta / ReplyDone events.
+    Raises `ui.errors.BackendError`.
     """
     settings = client.settings
     t0 = time.monotonic()
     deadline = t0 + settings.cold_start_deadline
-    phase = await detect_phase(client, model)
-    cold = phase is not None
+    phase: list[Phase | None] = [None]  # what the detector found; None = warm or unknown
     backoff = 1.0
+    retried = False
 
     def status(p: Phase, retry_in: float | None = None) -> WarmingStatus:
         return WarmingStatus(p, model, time.monotonic() - t0, tracker.typical, retry_in)
 
     while True:
-        if phase is not None:
-            yield status(phase)
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        task = asyncio.create_task(
-            _pump(
-                client.chat_stream(model, messages, options=options, keep_alive=keep_alive), queue
-            )
-        )
-        watcher: asyncio.Task[None] | None = None
-        phase_box: list[Phase | None] = [phase]
-        if phase == "starting":
-            watcher = asyncio.create_task(_watch_startup(client, model, phase_box))
+        chat = client.chat_stream(model, messages, options=options, keep_alive=keep_alive)
+        task = asyncio.create_task(_pump(chat, queue))
+        detector = asyncio.create_task(_detect(client, model, phase))
+        first = True
         try:
-            first = True
-            while True:
+            while first:
                 try:
                     kind, value = await asyncio.wait_for(queue.get(), timeout=tick)
                 except TimeoutError:
-                    if first and phase_box[0] is not None:
-                        yield status(phase_box[0])
+                    if phase[0] is not None:
+                        yield status(phase[0])
                     continue
                 if kind == "error":
                     raise value
                 if kind == "end":
                     return
-                if first:
-                    first = False
-                    if watcher:
-                        watcher.cancel()
-                    if cold:
-                        took = time.monotonic() - t0
-                        tracker.record(took)
-                        log.info("cold start of %s took %.1f s", model, took)
-                        yield status("ready")
+                first = False
+                detector.cancel()
+                if phase[0] is not None or retried:  # it was a cold start
+                    took = time.monotonic() - t0
+                    tracker.record(took)
+                    log.info("cold start of %s took %.1f s", model, took)
+                    yield status("ready")
+                yield value
+            while True:  # streaming: no more timers per token
+                kind, value = await queue.get()
+                if kind == "error":
+                    raise value
+                if kind == "end":
+                    return
                 yield value
         except _RETRYABLE as exc:
             if not first:
                 raise  # part of the reply arrived: resending would answer twice
             wait = min(backoff, 8.0)
-            if time.monotonic() + wait > deadline:
+            busy = isinstance(exc, BackendBusy)
+            give_up_at = deadline if busy else min(deadline, t0 + settings.connect_retry_window)
+            if time.monotonic() + wait > give_up_at:
+                if not busy:
+                    raise  # refused: say so plainly ("cannot be reached")
                 raise BackendTimeout(
                     f"The model backend did not become ready within "
                     f"{settings.cold_start_deadline:.0f} s ({exc.user_message})"
                 ) from exc
-            cold = True
-            phase = "busy" if isinstance(exc, BackendBusy) else "starting"
+            retried = True
+            waiting: Phase = "busy" if busy else "unreachable"
+            phase[0] = waiting
             end = time.monotonic() + wait
             while (left := end - time.monotonic()) > 0:
-                yield status(phase, retry_in=left)
+                yield status(waiting, retry_in=left)
                 await asyncio.sleep(min(tick, left))
             backoff *= 2
         finally:
-            if watcher:
-                watcher.cancel()
+            detector.cancel()
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.gather(task, detector, return_exceptions=True)
 
 
 async def _pump(events: AsyncIterator[ChatEvent], queue: asyncio.Queue[tuple[str, Any]]) -> None:
@@ -221,16 +228,17 @@ async def _pump(events: AsyncIterator[ChatEvent], queue: asyncio.Queue[tuple[str
         await queue.put(("error", exc))
 
 
-async def _watch_startup(client: BackendClient, model: str, phase_box: list[Phase | None]) -> None:
-    """While an instance starts, re-probe so the banner can move on to "loading"."""
-    while True:
+async def _detect(client: BackendClient, model: str, phase: list[Phase | None]) -> None:
+    """Find the cold phase; while an instance starts, re-probe until it moves on to
+    "loading" (the instance answers, the model is not in memory yet)."""
+    found = await detect_phase(client, model)
+    if phase[0] is None or found is not None:
+        phase[0] = found if found is not None else phase[0]
+    while phase[0] in ("starting", "busy"):
         await asyncio.sleep(1.0)
-        try:
-            await client.probe(model)
-        except BackendError:
-            continue
-        phase_box[0] = "loading"
-        return
+        found = await detect_phase(client, model)
+        if found in ("loading", None):
+            phase[0] = "loading"
 
 
 class Prewarmer:

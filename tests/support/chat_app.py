@@ -18,6 +18,9 @@ BASE_SETTINGS: dict[str, Any] = {
     "connect_timeout": 3.0,
     "read_timeout": 60.0,
     "host": "127.0.0.1",
+    # Refused connections fail at once here; their retries are tested in test_warming.py.
+    "connect_retry_window": 0.0,
+    "cold_start_deadline": 3.0,  # a backend answering 429/503 is retried this long
 }
 
 
