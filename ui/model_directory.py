@@ -74,6 +74,10 @@ class ModelDirectory:
     async def choices(self, *, deadline: float | None = None) -> ModelChoices:
         """Picker entries. If the backend cannot be asked (e.g. still starting), fall back to
         the allow-list so the user can pick and send; the chat request then waits for it."""
+        if self.allowed and deadline is not None:
+            # The allow-list alone can fill the picker: do not keep a page waiting on a
+            # backend that is still starting (the probe's budget tells warm from cold).
+            deadline = min(deadline, self.settings.probe_timeout)
         try:
             models = await self.available(deadline=deadline)
         except BackendError as exc:

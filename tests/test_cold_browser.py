@@ -1,0 +1,137 @@
+"""The cold start as a person sees it: a real browser, the app with Google auth on, and the
+Cloud Run emulator (ID tokens from the fake metadata server, scale to zero, start delay)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from backend.cloudrun import RunningEmulator
+from tests.support.chat_app import running_app
+from tests.support.google_fakes import emulator, shared_metadata, wait_until
+from tests.support.procs import ARTIFACTS
+from tests.test_chat_browser import CHROMIUM_ARGS, REPLIES, STATS, send, set_max_tokens
+
+pytestmark = pytest.mark.browser
+
+START_DELAY = 4.0
+IDLE = 5.0
+
+
+@pytest.fixture(scope="module")
+def cold_emulator() -> Iterator[RunningEmulator]:
+    shared_metadata()  # google-auth on both ends talks to the fake metadata server
+    emu = emulator(start_delay=START_DELAY, idle_timeout=IDLE, concurrency=4, queue_timeout=5)
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture(scope="module")
+def app_url(cold_emulator: RunningEmulator) -> Iterator[str]:
+    metadata = shared_metadata()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GCE_METADATA_IP", metadata.host)
+        mp.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+        with running_app(
+            backend_url=cold_emulator.url,
+            auth="google",
+            allowed_models=["smollm2:135m"],  # the picker works while the backend is cold
+            typical_cold_start=20.0,
+            probe_timeout=0.5,
+            cold_start_deadline=90.0,
+            rate_limit_per_minute=1000,
+        ) as url:
+            yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def chat_posts(emu: RunningEmulator) -> int:
+    return int(emu.state()["counters"].get("POST /api/chat", 0))
+
+
+def scaled_to_zero(emu: RunningEmulator) -> None:
+    wait_until(lambda: emu.state()["state"] == "cold", timeout=60, what="scale to zero")
+
+
+def open_chat(browser: Browser, url: str) -> Page:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    expect(page.locator("#model input")).to_have_value(re.compile("SmolLM2"), timeout=30_000)
+    set_max_tokens(page, 8)
+    return page
+
+
+def test_cold_start_banner_counts_then_gives_way_to_tokens(
+    app_url: str, browser: Browser, cold_emulator: RunningEmulator
+) -> None:
+    scaled_to_zero(cold_emulator)
+    posts_before = chat_posts(cold_emulator)
+    page = open_chat(browser, app_url)  # page load pre-warms: the instance starts now
+    try:
+        send(page, "Say hello.")
+        banner = page.locator("#chat-banner .warming-banner")
+        expect(banner).to_be_visible(timeout=5_000)
+        expect(banner).to_have_attribute("data-phase", re.compile("starting|loading"))
+        expect(banner).to_contain_text("usually ~20 s")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "cold-start.png"))
+        # The elapsed seconds count up while the instance starts.
+        seen: set[int] = set()
+        deadline = time.monotonic() + 60
+        while banner.count() and banner.is_visible() and time.monotonic() < deadline:
+            text = page.locator("#chat-banner .warming-elapsed").inner_text(timeout=1_000)
+            seen.add(int(text.split()[0]))
+            page.wait_for_timeout(200)
+        assert len(seen) >= 3, f"elapsed seconds should count up, saw {sorted(seen)}"
+        # Tokens arrived: the banner is gone and the reply is there, once.
+        expect(page.locator(STATS)).to_have_count(1, timeout=60_000)
+        expect(page.locator("#chat-banner .warming-banner")).to_have_count(0)
+        expect(page.locator(REPLIES)).to_have_count(1)
+        assert page.locator(REPLIES).first.inner_text().strip()
+        # One load-only request from the page-load pre-warm, and the message exactly once.
+        assert chat_posts(cold_emulator) - posts_before == 2
+    finally:
+        page.close()
+
+
+def test_prewarm_hides_the_cold_start_from_a_user_who_types(
+    app_url: str, browser: Browser, cold_emulator: RunningEmulator
+) -> None:
+    scaled_to_zero(cold_emulator)
+    posts_before = chat_posts(cold_emulator)
+    page = open_chat(browser, app_url)
+    try:
+        # The user "types" while the page-load pre-warm starts the instance and loads the model.
+        wait_until(
+            lambda: (
+                chat_posts(cold_emulator) > posts_before and cold_emulator.state()["in_flight"] == 0
+            ),
+            timeout=60,
+            what="the pre-warm load to finish",
+        )
+        send(page, "Say hello.")
+        saw_banner = False
+        deadline = time.monotonic() + 60
+        while page.locator(STATS).count() < 1:
+            assert time.monotonic() < deadline, "no reply"
+            saw_banner |= page.locator("#chat-banner .warming-banner").count() > 0
+            page.wait_for_timeout(30)
+        assert not saw_banner, "a pre-warmed backend should not show the warming banner"
+        stats = page.locator(STATS).first.inner_text()
+        assert "model load" not in stats  # the model was already in memory
+        assert cold_emulator.state()["starts"] >= 2
+    finally:
+        page.close()
