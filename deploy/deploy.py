@@ -407,7 +407,10 @@ def build_plan(config: Config) -> Plan:
         "--quiet",
     )  # fmt: skip
 
-    env = {"LLM_AUTH": "google"}
+    # The UI offers exactly the baked models: it can fill its picker from this list while
+    # a GPU backend is still scaled to zero.
+    baked = [m.tag for m in production_models()]
+    env = {"LLM_AUTH": "google", "LLM_ALLOWED_MODELS": ",".join(baked)}
     if config.routing == "single":
         env["LLM_BACKEND_URL"] = f"${{{targets[0].url_variable}}}"
     else:
@@ -432,6 +435,13 @@ def build_plan(config: Config) -> Plan:
         "gcloud", "run", "services", "describe", ui_service, p, r,
         "--format=value(status.url)",
         capture="UI_URL",
+    )  # fmt: skip
+    # Share links carry the public URL (TLS ends at Google's front end, so the request the
+    # UI sees may not say https).
+    plan.run(
+        "gcloud", "run", "services", "update", ui_service, p, r,
+        "--update-env-vars=LLM_PUBLIC_URL=${UI_URL}", "--quiet",
+        timeout=DEPLOY_TIMEOUT_SECONDS,
     )  # fmt: skip
     plan.say("Demo URL: ${UI_URL}")
     return plan

@@ -349,7 +349,12 @@ def test_dry_run_single_backend_wires_gpu_iam_and_secret() -> None:
     assert ui["argv"][3] == "llm-chat-ui"
     assert "--allow-unauthenticated" in ui_flags
     assert ui_flags["--service-account"] == ui_sa
-    assert env_flag(ui["argv"]) == {"LLM_BACKEND_URL": "${BACKEND_URL}", "LLM_AUTH": "google"}
+    assert env_flag(ui["argv"]) == {
+        "LLM_BACKEND_URL": "${BACKEND_URL}",
+        "LLM_AUTH": "google",
+        # The picker works from the baked models while the GPU service is scaled to zero.
+        "LLM_ALLOWED_MODELS": ",".join(m.tag for m in production_models()),
+    }
     assert ui_flags["--set-secrets"] == "LLM_SHARE_SECRET=llm-chat-share-secret:latest"
 
     secret_steps = [c for c in calls if c["argv"][:2] == ["gcloud", "secrets"]]
@@ -669,3 +674,50 @@ def test_pyproject_dependencies_do_not_pull_the_local_engine() -> None:
     local = names(project["optional-dependencies"]["local"])
     assert "llama-cpp-python" in local
     assert not runtime & local, runtime & local
+
+
+# --- the UI with the settings the deploy gives it -------------------------------------------
+
+
+def test_ui_starts_with_deploy_settings_against_the_emulator() -> None:
+    """`python -m ui` with exactly the env the deploy sets (backend URL, Google auth, allow-list,
+    share secret from Secret Manager) talks to an authenticating Cloud Run emulator."""
+    from gradio_client import Client
+
+    from tests.support.chat_app import chat_args, note_title
+    from tests.support.google_fakes import emulator, shared_metadata
+    from tests.support.procs import Proc, free_port, wait_http
+
+    ui = deploys(gcloud_calls(dry_run("--region", "europe-west1")))[1]
+    env = env_flag(ui["argv"])
+    secret_name = flags(ui["argv"])["--set-secrets"].split("=", 1)[0]
+    assert secret_name == "LLM_SHARE_SECRET"
+    metadata = shared_metadata()
+    emu = emulator(start_delay=0.5, idle_timeout=60)  # requires a verified ID token
+    port = free_port()
+    env = {
+        **{k: v.replace("${BACKEND_URL}", emu.url) for k, v in env.items()},
+        secret_name: "a-share-secret-from-secret-manager",  # what --set-secrets provides
+        "PORT": str(port),
+        "LLM_UI_HOST": "127.0.0.1",
+        **metadata.env(),  # Cloud Run's metadata server, faked at the protocol level
+    }
+    proc = Proc("ui-deployed", [sys.executable, "-m", "ui"], env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/", timeout=60, proc=proc.popen)
+        client = Client(url, verbose=False)
+        offered = [m["tag"] for m in client.predict(api_name="/models")]
+        assert offered == [m.tag for m in production_models()]
+        # The local engine behind the emulator has none of the production models: a 404 from
+        # the engine proves the request passed Cloud Run's IAM check with a real ID token.
+        _, history, _ = client.predict(*chat_args("Hi", model="gemma3:4b"), api_name="/chat")
+        assert "not available on the backend" in note_title(history[-1])
+        counters = emu.state()["counters"]
+        assert counters.get("POST /api/chat", 0) >= 1
+        assert not any(counters.get(code) for code in ("401", "403"))
+        assert metadata.issued_for(emu.url) >= 1
+        assert "a-share-secret-from-secret-manager" not in proc.log()
+    finally:
+        proc.stop()
+        emu.stop()
