@@ -49,11 +49,13 @@ from ui.chat_history import (
     stats_note,
     stopped_note,
 )
+from ui.deep_links import chat_link, notice_html, query_params
 from ui.errors import BackendError
 from ui.model_directory import ModelDirectory, ModelRejected
 from ui.rate_limit import RateLimiter, client_key
 from ui.settings import Settings
 from ui.stop_signals import StopSignals, until_stopped
+from ui.stream_pacing import paced
 from ui.warming import ColdStartTracker, Prewarmer, WarmingStatus, stream_with_warmup
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ TOP_P_RANGE = (0.0, 1.0)
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.9
 DEFAULT_MAX_TOKENS = 512
+UPDATE_INTERVAL_S = 0.05  # streamed replies update the page at most this often
 MODEL_LIST_DEADLINE_S = 5.0  # the picker falls back to the allow-list after this
 BROWSER_STORAGE_KEY = "serverless-llm-chat/history"
 # BrowserState encrypts localStorage with a key that is sent to the page anyway, so it is
@@ -272,17 +275,26 @@ class ChatPage:
                 self.client, turn.model, turn.messages, tracker=self.tracker,
                 options=turn.options,
             )  # fmt: skip
-            async for event in until_stopped(events, stop):
-                if isinstance(event, WarmingStatus):
-                    yield display, event.html()
-                elif isinstance(event, TokenDelta):
-                    reply += event.text
-                    if first_token_s is None:
-                        first_token_s = time.monotonic() - started
+            # At most one page update per UPDATE_INTERVAL_S (ui/stream_pacing.py): each
+            # update costs the UI far more than a token does.
+            async for batch in until_stopped(paced(events, UPDATE_INTERVAL_S), stop):
+                banner: str | None = None
+                grew = False
+                for event in batch:
+                    if isinstance(event, WarmingStatus):
+                        banner = event.html()
+                    elif isinstance(event, TokenDelta):
+                        reply += event.text
+                        grew = True
+                        if first_token_s is None:
+                            first_token_s = time.monotonic() - started
+                    elif isinstance(event, ReplyDone):
+                        stats = event.stats
+                if grew:
                     # The reply is flowing: the banner (e.g. "warming up") is cleared.
                     yield [*display, _reply(reply)], ""
-                elif isinstance(event, ReplyDone):
-                    stats = event.stats
+                elif banner is not None and not reply:
+                    yield display, banner
         except BackendError as exc:
             logger.warning(
                 "Chat with %s failed after %d chars: %s", turn.model, len(reply), exc.user_message
@@ -441,15 +453,23 @@ class ChatPage:
                 return
             self.prewarmer.warm(name)
 
-    async def model_dropdown(self) -> Any:
+    async def model_dropdown(self, request: gr.Request) -> Any:
+        """Fill the picker; a deep link (?model=, ?q=) preselects the model and fills the
+        message box. Bad link values are ignored with a notice in the banner."""
         choices = await self.directory.choices(deadline=MODEL_LIST_DEADLINE_S)
-        if choices.problem:
+        if choices.problem and not choices.labels:  # with an allow-list the picker still works
             gr.Warning(f"Could not ask the backend for its models: {choices.problem}")
         options = choices.dropdown_choices
         # Prefer a chat-tuned model: a base model rambles instead of answering.
         preferred = next((lbl.tag for lbl in choices.labels if lbl.chat_tuned), None)
         value = preferred or (options[0][1] if options else None)
-        return gr.Dropdown(choices=options, value=value), _model_info(value)
+        link = chat_link(
+            query_params(request), [t for _, t in options], self.settings.max_message_chars
+        )
+        value = link.models[0] if link.models else value
+        prompt = link.prompt if link.prompt is not None else gr.skip()
+        notice = notice_html(link.notices) if link.notices else gr.skip()
+        return gr.Dropdown(choices=options, value=value), _model_info(value), prompt, notice
 
     async def models_api(self) -> list[dict[str, Any]]:
         """The models this UI offers, with their labels."""
@@ -672,7 +692,7 @@ def _wire(demo: gr.Blocks, page: ChatPage, c: ChatComponents) -> None:
     demo.load(fn=None, js=RESTORE_HISTORY_JS, inputs=[c.store], outputs=[c.chatbot])
     demo.load(
         page.model_dropdown,
-        outputs=[c.model, c.model_info],
+        outputs=[c.model, c.model_info, c.message, c.banner],
         api_visibility="undocumented",
         show_progress="hidden",
     ).then(page.prewarm, inputs=[c.model], api_name="prewarm", show_progress="hidden")

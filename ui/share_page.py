@@ -62,7 +62,6 @@ from ui.deep_links import PARAM_SHARE, TAB_CHAT, TAB_COMPARE, initial_tab, query
 from ui.model_directory import ModelDirectory, ModelRejected
 from ui.settings import Settings
 from ui.share import (
-    MAX_COLUMNS,
     ReplyStats,
     SharedColumn,
     SharedConversation,
@@ -413,18 +412,29 @@ class SharedView:
         select = gr.Tabs(selected=tab) if tab else gr.skip()
         token = params.get(PARAM_SHARE, "").strip()
         if not token:
-            return (select, *[gr.skip()] * (5 + 3 * MAX_COLUMNS))
+            return (select, *[gr.skip()] * (5 + 3 * COLUMN_SLOTS))
         try:
             conv = self.decode(token)
         except ShareLinkError as exc:
             logger.info("Rejected a share link: %s", type(exc).__name__)
-            hidden = [gr.Column(visible=False), gr.skip(), []] * MAX_COLUMNS
+            hidden = [gr.Column(visible=False), gr.skip(), []] * COLUMN_SLOTS
             return (
                 select, gr.Tab(visible=True), notice(exc.user_message, "error"), "",
                 *hidden, "", gr.Button(visible=False),
             )  # fmt: skip
+        # The format allows 4 columns; this app makes at most 3 (each laid-out Chatbot
+        # adds ~17 KB to the page's config, so there are no slots for more).
+        shown = (
+            ""
+            if len(conv.columns) <= COLUMN_SLOTS
+            else notice(
+                f"This comparison has {len(conv.columns)} models; the first "
+                f"{COLUMN_SLOTS} are shown.",
+                "warning",
+            )
+        )
         slots: list[Any] = []
-        for index in range(MAX_COLUMNS):
+        for index in range(COLUMN_SLOTS):
             if index < len(conv.columns):
                 column = conv.columns[index]
                 slots += [
@@ -435,7 +445,7 @@ class SharedView:
             else:
                 slots += [gr.Column(visible=False), gr.skip(), []]
         return (
-            select, gr.Tab(visible=True), "", summary_html(conv), *slots, token,
+            select, gr.Tab(visible=True), shown, summary_html(conv), *slots, token,
             gr.Button(visible=True),
         )  # fmt: skip
 
@@ -480,7 +490,7 @@ def layout_shared_view(view: SharedView, tab: gr.Tab) -> SharedViewComponents:
     summary = gr.HTML("", elem_id="shared-summary", padding=False)
     columns, heads, chats = [], [], []
     with gr.Row(equal_height=False, elem_classes=["compare-columns"], elem_id="shared-columns"):
-        for slot in range(1, MAX_COLUMNS + 1):
+        for slot in range(1, COLUMN_SLOTS + 1):
             with gr.Column(min_width=300, visible=False, elem_id=f"shared-col-{slot}") as column:
                 heads.append(gr.HTML("", elem_id=f"shared-head-{slot}", padding=False))
                 chats.append(

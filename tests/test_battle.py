@@ -1,0 +1,236 @@
+"""Blind battles: the pairing token, then `python -m ui` for real (its stdout is the vote
+log Cloud Logging would read), driven through gradio_client and Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gradio_client import Client
+from playwright.sync_api import Browser, expect, sync_playwright
+
+from tests.support.chat_app import is_note, text_of
+from tests.support.procs import Proc, free_port, wait_http
+from ui.battle_token import (
+    TOKEN_TTL_S,
+    BattleTokenError,
+    new_pairing,
+    open_pairing,
+    seal_pairing,
+)
+
+SECRET = b"battle-test-secret-0123456789abcdef"
+MODELS = {"smollm2:135m", "gemma3:270m"}
+# Anything that would give a model away before the vote.
+NAME_HINTS = ("smollm", "gemma", "llama", "135m", "270m")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+
+# === the token ============================================================================
+def test_token_round_trip_hides_the_names_and_their_length() -> None:
+    pairing = new_pairing("smollm2:135m", "gemma3:270m")
+    token = seal_pairing(pairing, SECRET)
+    assert open_pairing(token, SECRET) == pairing
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    for hint in NAME_HINTS:
+        assert hint not in token.lower() and hint.encode() not in raw.lower()
+    other = seal_pairing(new_pairing("a-much-longer-model-name:70b-instruct", "x:1b"), SECRET)
+    assert len(other) == len(token)  # the length says nothing about the names
+    assert seal_pairing(pairing, SECRET) != token  # a fresh nonce each time
+
+
+@pytest.mark.parametrize("position", [0, 1, 20, 300, -2, -1])
+def test_a_changed_character_is_rejected(position: int) -> None:
+    token = seal_pairing(new_pairing("smollm2:135m", "gemma3:270m"), SECRET)
+    index = position % len(token)
+    changed = token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1 :]
+    with pytest.raises(BattleTokenError, match="cannot be verified"):
+        open_pairing(changed, SECRET)
+
+
+def test_foreign_expired_and_garbage_tokens_are_rejected() -> None:
+    token = seal_pairing(new_pairing("smollm2:135m", "gemma3:270m"), SECRET)
+    with pytest.raises(BattleTokenError, match="cannot be verified"):
+        open_pairing(token, b"another-secret-of-this-app-000000")
+    later = time.time() + TOKEN_TTL_S + 60
+    with pytest.raises(BattleTokenError, match="too old"):
+        open_pairing(token, SECRET, now=later)
+    for garbage in ("%%%", "abc", token[:-10], token + "AAAA"):
+        with pytest.raises(BattleTokenError) as caught:
+            open_pairing(garbage, SECRET)
+        assert SECRET.decode() not in caught.value.user_message
+    with pytest.raises(BattleTokenError, match="send a prompt"):
+        open_pairing("", SECRET)
+
+
+# === the app ==============================================================================
+@pytest.fixture(scope="module")
+def ui_proc(
+    engine: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Proc, Path]]:
+    vote_log = tmp_path_factory.mktemp("votes") / "votes.jsonl"
+    port = free_port()
+    proc = Proc(
+        "ui-battle",
+        [sys.executable, "-m", "ui"],
+        env={
+            "PORT": str(port),
+            "LLM_UI_HOST": "127.0.0.1",
+            "LLM_BACKEND_URL": engine,
+            "LLM_SHARE_SECRET": SECRET.decode(),
+            "LLM_VOTE_LOG": str(vote_log),
+            "LLM_RATE_LIMIT": "1000",
+            "LLM_AUTH": "none",
+        },
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", timeout=90, proc=proc.popen)
+        yield f"http://127.0.0.1:{port}", proc, vote_log
+    finally:
+        proc.stop()
+
+
+def vote_records(proc: Proc) -> list[dict[str, Any]]:
+    records = []
+    for line in proc.log().splitlines():
+        if line.startswith("{") and '"battle_vote"' in line:
+            records.append(json.loads(line))
+    return records
+
+
+def replies(history: list[dict[str, Any]]) -> list[str]:
+    return [text_of(m) for m in history if m["role"] == "assistant" and not is_note(m)]
+
+
+def run_battle(client: Client, message: str, token: str = "", histories: Any = ([], [])) -> Any:
+    job = client.submit(message, token, *histories, 0.7, 8, api_name="/battle")
+    final = job.result(timeout=120)
+    outputs = job.outputs()  # every streamed update, in order
+    assert outputs, "the battle streamed nothing"
+    return final, outputs
+
+
+def test_battle_hides_names_until_the_vote_then_logs_one_record(
+    ui_proc: tuple[str, Proc, Path],
+) -> None:
+    url, proc, vote_log = ui_proc
+    client = Client(url, verbose=False)
+    final, updates = run_battle(client, "Say hello.")
+    for update in updates:
+        dumped = json.dumps(update).lower()
+        for hint in NAME_HINTS:
+            assert hint not in dumped, f"{hint!r} leaked before the vote: {dumped[:300]}"
+    _, _, token, head_a, chat_a, _, head_b, chat_b, _ = final
+    assert token and "Model A" in head_a and "Model B" in head_b
+    assert replies(chat_a) and replies(chat_b), final
+
+    # A follow-up continues the same (hidden) pair, each side its own conversation.
+    final2, updates2 = run_battle(client, "And goodbye?", token, (chat_a, chat_b))
+    assert all(hint not in json.dumps(u).lower() for u in updates2 for hint in NAME_HINTS)
+    token2, chat_a2, chat_b2 = final2[2], final2[4], final2[7]
+    assert token2 == token  # the same battle
+    assert len(replies(chat_a2)) == 2 and len(replies(chat_b2)) == 2
+
+    # Not yet answered, tampered, or unknown choices are refused and not logged.
+    banner, *_ = client.predict(token, "a", [], [], api_name="/battle_vote")
+    assert "Wait until both models have answered" in banner
+    changed = token[:5] + ("A" if token[5] != "A" else "B") + token[6:]
+    banner, *_ = client.predict(changed, "a", chat_a2, chat_b2, api_name="/battle_vote")
+    assert "cannot be verified" in banner
+    banner, *_ = client.predict(token, "best", chat_a2, chat_b2, api_name="/battle_vote")
+    assert "Unknown vote" in banner
+    assert vote_records(proc) == []
+
+    before = time.time()
+    banner, token_after, head_a, head_b = client.predict(
+        token, "b", chat_a2, chat_b2, api_name="/battle_vote"
+    )
+    assert token_after == ""  # the battle is over
+    revealed = {head_a, head_b}
+    assert any("SmolLM2 135M Instruct" in h for h in revealed)
+    assert any("Gemma 3 270M" in h for h in revealed)
+    assert "Thanks for voting: Model B is better" in banner
+
+    deadline = time.monotonic() + 10
+    while not vote_records(proc):
+        assert time.monotonic() < deadline, "no vote record on stdout"
+        time.sleep(0.1)
+    (record,) = vote_records(proc)
+    assert {record["model_a"], record["model_b"]} == MODELS
+    assert record["choice"] == "b" and record["winner"] == record["model_b"]
+    assert record["severity"] == "INFO" and record["event"] == "battle_vote"
+    assert record["timestamp"].endswith("Z")
+    assert abs(datetime.fromisoformat(record["timestamp"]).timestamp() - before) < 60
+    # The same object went to the leaderboard's file.
+    lines = vote_log.read_text().splitlines()
+    assert record.pop("logger") == "ui.battle.votes"  # the log line also names its logger
+    assert [json.loads(line) for line in lines] == [record]
+
+    board = client.predict(api_name="/leaderboard")
+    assert "SmolLM2 135M Instruct" in board and "Gemma 3 270M (base)" in board
+    assert "1 vote." in board
+
+
+def test_battle_in_the_browser_reveals_names_only_after_voting(
+    ui_proc: tuple[str, Proc, Path],
+) -> None:
+    url, proc, _ = ui_proc
+    already = len(vote_records(proc))
+    with sync_playwright() as p:
+        browser: Browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        try:
+            page.goto(url)
+            page.get_by_role("tab", name="Battle").click()
+            page.locator("#battle-params").get_by_text("Parameters").click()
+            tokens = page.locator("#battle-max-tokens input[type=number]")
+            tokens.fill("12")
+            tokens.blur()
+            page.locator("#battle-message textarea").fill("Name a fruit.")
+            page.locator("#battle-send").click()
+            answers = '[data-testid="bot"]'
+            expect(page.locator(f"#battle-chat-a {answers}").first).to_be_visible(
+                timeout=60_000
+            )
+            expect(page.locator(f"#battle-chat-b {answers}").first).to_be_visible(
+                timeout=60_000
+            )
+            for side in ("a", "b"):  # "Done": no figures, they would hint at the model
+                expect(page.locator(f"#battle-status-{side}")).to_have_text(
+                    "Done", timeout=60_000
+                )
+            visible = page.locator("#battle-columns").inner_text().lower()
+            visible += page.locator("#battle-banner").inner_text().lower()
+            for hint in NAME_HINTS:
+                assert hint not in visible, f"{hint!r} is visible before the vote"
+            page.locator("#vote-tie").click()
+            expect(page.locator("#battle-banner")).to_contain_text("Thanks for voting")
+            heads = page.locator("#battle-head-a").inner_text()
+            heads += page.locator("#battle-head-b").inner_text()
+            assert "SmolLM2 135M Instruct" in heads and "Gemma 3 270M" in heads
+            # "New battle" clears the page in the browser: anonymous again, nothing shown.
+            page.locator("#battle-new").click()
+            expect(page.locator("#battle-head-a")).to_have_text("Model A")
+            expect(page.locator("#battle-head-b")).to_have_text("Model B")
+            expect(page.locator(f"#battle-chat-a {answers}")).to_have_count(0)
+            expect(page.locator("#battle-banner")).to_be_hidden()
+        finally:
+            page.close()
+            browser.close()
+    deadline = time.monotonic() + 10
+    while len(vote_records(proc)) < already + 1:
+        assert time.monotonic() < deadline, "the browser's vote was not logged"
+        time.sleep(0.1)
+    assert vote_records(proc)[-1]["choice"] == "tie"

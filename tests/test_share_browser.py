@@ -1,0 +1,183 @@
+"""Share links in a real Chromium across a restart of the UI process (`python -m ui`):
+the link carries its content, so the new process shows the same conversation; a changed
+link is refused with a message on the page."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.support.procs import ARTIFACTS, Proc, free_port, wait_http
+
+pytestmark = pytest.mark.browser
+
+SECRET = "share-browser-test-secret-0123456789"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+REPLY = 'div.message:not(.thought) > [data-testid="bot"]'
+USER = '[data-testid="user"]'
+STATS = ".thought .title"
+
+
+def start_ui(engine: str, port: int, name: str) -> Proc:
+    proc = Proc(
+        name,
+        [sys.executable, "-m", "ui"],
+        env={
+            "PORT": str(port),
+            "LLM_UI_HOST": "127.0.0.1",
+            "LLM_BACKEND_URL": engine,
+            "LLM_SHARE_SECRET": SECRET,
+            "LLM_RATE_LIMIT": "1000",
+            "LLM_AUTH": "none",
+        },
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", timeout=90, proc=proc.popen)
+    except Exception:
+        proc.stop()
+        raise
+    return proc
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def set_number(page: Page, selector: str, value: int) -> None:
+    box = page.locator(f"{selector} input[type=number]")
+    box.fill(str(value))
+    box.blur()
+    expect(box).to_have_value(str(value))
+
+
+def texts(page: Page, selector: str) -> list[str]:
+    return [t.strip() for t in page.locator(selector).all_inner_texts()]
+
+
+def share_link(page: Page, prefix: str) -> str:
+    page.locator(f"#{prefix}-share").click()
+    box = page.locator(f"#{prefix}-share-link").locator("input, textarea").first
+    expect(box).to_have_value(re.compile(r"\?share="), timeout=20_000)
+    expect(page.locator(f"#{prefix}-share-notice")).to_contain_text("Link ready")
+    return box.input_value()
+
+
+def wait_for_stats(page: Page, chats: list[str], count: int = 1) -> None:
+    deadline = time.monotonic() + 120
+    while not all(page.locator(f"{c} {STATS}").count() >= count for c in chats):
+        assert time.monotonic() < deadline, "the answers did not finish within 120 s"
+        page.wait_for_timeout(100)
+
+
+def conversation(page: Page, chat: str) -> tuple[list[str], list[str], list[str]]:
+    return texts(page, f"{chat} {USER}"), texts(page, f"{chat} {REPLY}"), texts(
+        page, f"{chat} {STATS}"
+    )
+
+
+def test_links_survive_a_restart_open_read_only_and_reject_changes(
+    engine: str, browser: Browser
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    # --- 1. Make a chat link and a comparison link in one browser. ----------------------
+    first = start_ui(engine, port, "ui-share-1")
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.goto(base)
+        expect(page.locator("#model input")).to_have_value(
+            re.compile("SmolLM2"), timeout=30_000
+        )
+        set_number(page, "#max-tokens", 12)
+        page.locator("#message textarea").fill("Hello there!")
+        page.locator("#send").click()
+        wait_for_stats(page, ["#chatbot"])
+        chat_before = conversation(page, "#chatbot")
+        chat_link = share_link(page, "chat")
+        assert chat_link.startswith(base + "/?share=")
+
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-params").get_by_text("Parameters").click()
+        set_number(page, "#compare-max-tokens", 10)
+        page.locator("#compare-system-prompt textarea").fill("Answer briefly.")
+        page.locator("#compare-message textarea").fill("Name a colour.")
+        page.locator("#compare-send").click()
+        chats = ["#compare-chat-1", "#compare-chat-2"]
+        wait_for_stats(page, chats)
+        compare_before = [conversation(page, c) for c in chats]
+        compare_link = share_link(page, "compare")
+        context.close()
+    finally:
+        first.stop()
+
+    # --- 2. A new UI process, a new browser context: the links still open. -------------
+    second = start_ui(engine, port, "ui-share-2")
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.goto(chat_link)
+        expect(page.get_by_role("tab", name="Shared", selected=True)).to_be_visible(
+            timeout=30_000
+        )
+        summary = page.locator("#shared-summary")
+        expect(summary).to_contain_text("Shared chat with SmolLM2 135M Instruct")
+        expect(summary).to_contain_text("max tokens 12")
+        expect(page.locator(f"#shared-chat-1 {USER}")).to_have_count(1)
+        assert conversation(page, "#shared-chat-1") == chat_before
+        expect(page.locator("#shared-col-2")).to_be_hidden()
+        page.screenshot(path=str(ARTIFACTS / "shared-chat.png"), full_page=True)
+
+        # Continue from a copy: the conversation moves into this browser's chat.
+        page.get_by_role("button", name="Continue from a copy").click()
+        expect(page.get_by_role("tab", name="Chat", selected=True)).to_be_visible()
+        expect(page.locator(f"#chatbot {USER}")).to_have_count(1)
+        assert conversation(page, "#chatbot") == chat_before
+        expect(page.locator("#max-tokens input[type=number]")).to_have_value("12")
+        page.wait_for_timeout(300)
+        page.goto(base)  # the copy was saved in this browser
+        expect(page.locator(f"#chatbot {USER}")).to_have_count(1, timeout=30_000)
+        assert conversation(page, "#chatbot") == chat_before
+
+        page.goto(compare_link)
+        expect(page.locator("#shared-summary")).to_contain_text(
+            "Shared comparison of Gemma 3 270M (base), SmolLM2 135M Instruct", timeout=30_000
+        )
+        expect(page.locator("#shared-summary")).to_contain_text("Answer briefly.")
+        expect(page.locator("#shared-head-2")).to_contain_text("SmolLM2 135M Instruct")
+        expect(page.locator(f"#shared-chat-2 {USER}")).to_have_count(1)
+        assert [conversation(page, f"#shared-chat-{i}") for i in (1, 2)] == compare_before
+        page.get_by_role("button", name="Continue from a copy").click()
+        expect(page.get_by_role("tab", name="Compare", selected=True)).to_be_visible()
+        expect(page.locator("#compare-head-1")).to_contain_text("Gemma 3 270M")
+        expect(page.locator(f"#compare-chat-2 {USER}")).to_have_count(1)
+        assert [conversation(page, c) for c in chats] == compare_before
+
+        # --- 3. One character changed: refused with a message, no error page. -----------
+        token_start = chat_link.index("share=") + len("share=")
+        position = token_start + 40
+        swapped = "B" if chat_link[position] == "A" else "A"
+        tampered = chat_link[:position] + swapped + chat_link[position + 1 :]
+        page.goto(tampered)
+        notice = page.locator("#share-notice")
+        expect(notice).to_contain_text("invalid or was changed", timeout=30_000)
+        expect(page.locator("#shared-col-1")).to_be_hidden()
+        expect(page.get_by_role("button", name="Continue from a copy")).to_be_hidden()
+        expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+        page.screenshot(path=str(ARTIFACTS / "shared-tampered.png"), full_page=True)
+        context.close()
+    finally:
+        second.stop()
