@@ -1,0 +1,60 @@
+"""Response headers for a public demo, added to every response the Gradio app sends.
+
+    launch(..., app_kwargs={"middleware": [security_headers_middleware()]})
+
+- `X-Content-Type-Options: nosniff`: browsers use the declared type, never a guessed one
+  (a reply or upload cannot be turned into a script by content sniffing).
+- `Referrer-Policy: strict-origin-when-cross-origin`: other sites (fonts, links a user
+  follows) see only this origin, never the path and query, which for a `?share=` link
+  hold the shared conversation.
+- `X-Frame-Options: SAMEORIGIN` and CSP `frame-ancestors 'self'`: other sites cannot
+  frame the page (clickjacking: making a user press Send or Vote unknowingly).
+
+A plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which buffers response
+bodies): it only rewrites the start of each response, so streams stay streams. A header
+the app already set is left as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.middleware import Middleware
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"strict-origin-when-cross-origin"),
+    (b"x-frame-options", b"SAMEORIGIN"),
+    (b"content-security-policy", b"frame-ancestors 'self'"),
+)
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def security_headers_middleware() -> Middleware:
+    return Middleware(SecurityHeaders)
