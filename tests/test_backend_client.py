@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.support.fake_ollama import FakeOllama
-from tests.support.procs import free_port
+from tests.support.procs import free_port, refusing_url
 from ui.auth import denied_message
 from ui.backend_client import BackendClient, ReplyDone, TokenDelta
 from ui.embedded_engine import EngineStartError, resolve_backend
@@ -214,7 +214,11 @@ def test_auth_denied_uses_the_auth_message(fake: FakeOllama) -> None:
 
 
 def test_nothing_listening_is_unreachable() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
+    with refusing_url() as url:
+        _check_unreachable(url)
+
+
+def _check_unreachable(url: str) -> None:
 
     async def run() -> None:
         client = make_client(url)

@@ -27,7 +27,7 @@ from tests.support.chat_app import (
     text_of,
 )
 from tests.support.fake_ollama import FakeOllama
-from tests.support.procs import free_port, start_engine
+from tests.support.procs import free_port, refusing_url, start_engine
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +176,10 @@ def test_rate_limit_per_client(fake: FakeOllama) -> None:
 def test_backend_down_at_page_load_offers_the_allow_list() -> None:
     """A backend that cannot be asked (down, or still starting) still gets a usable picker
     from the allow-list, and a chat says what is wrong."""
-    dead = f"http://127.0.0.1:{free_port()}"
-    with running_app(backend_url=dead, allowed_models=["gemma3:4b", "llama3.2:3b"]) as url:
+    with (
+        refusing_url() as dead,
+        running_app(backend_url=dead, allowed_models=["gemma3:4b", "llama3.2:3b"]) as url,
+    ):
         client = Client(url, verbose=False)
         models = client.predict(api_name="/models")
         assert [m["label"] for m in models] == [

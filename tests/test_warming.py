@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from backend.cloudrun import EmulatorConfig, RunningEmulator, start_emulator
-from tests.support.procs import free_port
+from tests.support.procs import refusing_url
 from ui.backend_client import BackendClient, ReplyDone, TokenDelta
 from ui.errors import BackendTimeout, BackendUnreachable
 from ui.settings import Settings
@@ -127,7 +127,11 @@ async def collect_plain(client: BackendClient, model: str, options: dict) -> lis
 
 
 async def test_refused_connection_is_retried_briefly_then_named() -> None:
-    url = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    with refusing_url() as url:
+        await _refused_then_named(url)
+
+
+async def _refused_then_named(url: str) -> None:
     client = BackendClient(settings_for(url).model_copy(update={"connect_retry_window": 4.0}))
     t0 = time.monotonic()
     seen: list[object] = []

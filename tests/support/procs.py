@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -86,3 +87,12 @@ def start_engine(port: int | None = None, *extra: str, name: str = "engine") -> 
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/", timeout=120, proc=proc.popen)
     return proc, url
+
+
+@contextmanager
+def refusing_url() -> Iterator[str]:
+    """A URL where connections are refused: the port is bound but never listens, so no other
+    server can take it while the test runs (a merely free port can be reused at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"

@@ -1,0 +1,188 @@
+"""Hostile content in a real Chromium (Playwright): HTML and script in a user's message, in a
+model's reply (a model can be talked into writing anything) and in share links never run
+in the page; tampered and oversized share links get a message, not a broken page.
+
+The app runs for real against a protocol-level fake Ollama whose model "fake-html" replies
+with script payloads, streamed in small pieces like tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.support.chat_app import running_app
+from tests.support.fake_ollama import MODELS, FakeOllama
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+# Each payload sets window.__pwned if it ever runs.
+PAYLOADS = [
+    "<img src=x onerror=\"window.__pwned='img'\">",
+    "<script>window.__pwned='script'</script>",
+    "<svg onload=\"window.__pwned='svg'\"><circle r=5></circle></svg>",
+    "<iframe srcdoc=\"<script>parent.__pwned='iframe'</script>\"></iframe>",
+    '<a href="javascript:window.__pwned=\'link\'" id="evil-link">click me</a>',
+    "[markdown link](javascript:window.__pwned='md')",
+    "<details open ontoggle=\"window.__pwned='details'\">x</details>",
+]
+HOSTILE = " ".join(PAYLOADS)
+# Elements or attributes that would run script if they reached the page.
+DANGEROUS = (
+    "script, iframe, object, embed, [onerror], [onload], [ontoggle], [onclick], "
+    "a[href^='javascript'], [src^='javascript'], [srcdoc]"
+)
+SHARE_SECRET = "hostile-browser-test-secret-0123456789"
+
+
+class HtmlOllama(FakeOllama):
+    """FakeOllama plus a model, fake-html, that replies with HOSTILE in small pieces."""
+
+    def _handler_class(self) -> Any:
+        base: Any = super()._handler_class()
+
+        class Handler(base):  # type: ignore[misc, valid-type]
+            def do_GET(self) -> None:
+                if self.path != "/api/tags":
+                    super().do_GET()
+                    return
+                models = [
+                    {"name": m, "model": m, "size": 1000, "details": {"family": "fake"}}
+                    for m in ["fake-html", *MODELS]
+                ]
+                self._json(200, {"models": models})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path != "/api/chat" or body.get("model") != "fake-html":
+                    self._json(404, {"error": "not found"})
+                    return
+                self.send_response(200)
+                self.send_header("content-type", "application/x-ndjson")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                pieces = [HOSTILE[i : i + 7] for i in range(0, len(HOSTILE), 7)]
+                for piece in pieces:
+                    message = {"role": "assistant", "content": piece}
+                    self._chunk({"model": "fake-html", "message": message, "done": False})
+                final = {"model": "fake-html", "message": {"role": "assistant", "content": ""},
+                         "done": True, "done_reason": "stop", "eval_count": len(pieces),
+                         "eval_duration": 10**8, "total_duration": 10**8}  # fmt: skip
+                self._chunk(final)
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+
+        return Handler
+
+
+@pytest.fixture(scope="module")
+def app_url() -> Iterator[str]:
+    with (
+        HtmlOllama() as fake,
+        running_app(
+            backend_url=fake.url,
+            allowed_models=["fake-html"],
+            rate_limit_per_minute=1000,
+            share_secret=SHARE_SECRET,
+        ) as url,
+    ):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def new_page(browser: Browser) -> Page:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("dialog", lambda dialog: dialog.dismiss())  # an alert() would be a finding too
+    return page
+
+
+def assert_nothing_ran(page: Page, scope: str) -> None:
+    assert page.evaluate("() => window.__pwned") is None, "a payload ran"
+    found = page.evaluate(
+        "([scope, sel]) => Array.from(document.querySelectorAll(scope)).flatMap("
+        "  root => Array.from(root.querySelectorAll(sel)).map(e => e.outerHTML.slice(0, 120)))",
+        [scope, DANGEROUS],
+    )
+    assert found == [], f"dangerous markup in the page: {found}"
+
+
+def test_markup_in_messages_and_replies_never_runs(app_url: str, browser: Browser) -> None:
+    page = new_page(browser)
+    try:
+        page.goto(app_url)
+        expect(page.locator("#model input")).to_have_value("fake-html", timeout=30_000)
+        page.locator("#message textarea").fill(HOSTILE)
+        page.locator("#send").click()
+        expect(page.locator("#chatbot .thought .title")).to_have_count(1, timeout=30_000)
+        user = page.locator('#chatbot [data-testid="user"]').first
+        bot = page.locator('#chatbot div.message:not(.thought) > [data-testid="bot"]').first
+        # The harmless words of the payloads are shown; the markup is not live.
+        expect(user).to_contain_text("click me")
+        expect(bot).to_contain_text("click me")
+        assert_nothing_ran(page, "#chatbot")
+        # Clicking what looks like a link runs nothing either.
+        for link in page.locator("#chatbot a").all():
+            link.click(modifiers=["Control"], timeout=5_000, no_wait_after=True)
+        page.wait_for_timeout(300)
+        assert_nothing_ran(page, "#chatbot")
+        # The banner shows markup as text (it is built by the app, escaped).
+        page.locator("#message textarea").fill("x" * 9000 + HOSTILE)
+        page.locator("#send").click()
+        expect(page.locator("#chat-banner")).to_contain_text("characters long")
+        assert_nothing_ran(page, "body")
+
+        # Share the conversation; open the link in a fresh page: still nothing runs.
+        page.locator("#chat-share").click()
+        link_box = page.locator("#chat-share-link textarea, #chat-share-link input").first
+        expect(link_box).to_have_value(re.compile(r".*\?share=.*"), timeout=15_000)
+        link = link_box.input_value()
+    finally:
+        page.close()
+    shared = new_page(browser)
+    try:
+        shared.goto(link)
+        expect(shared.locator("#shared-chat-1")).to_contain_text("click me", timeout=30_000)
+        assert_nothing_ran(shared, "body")
+    finally:
+        shared.close()
+
+
+@pytest.mark.parametrize(
+    ("token", "words"),
+    [
+        ("AQ" + "A" * 200, "invalid or was changed"),
+        ("<script>window.__pwned='token'</script>", "characters a share link never has"),
+        ("Zm9v" * 3000, "share link"),  # 12 000 characters: beyond any link the app makes
+    ],
+)
+def test_tampered_and_oversized_share_links_show_a_message(
+    app_url: str, browser: Browser, token: str, words: str
+) -> None:
+    page = new_page(browser)
+    try:
+        response = page.goto(f"{app_url}/?share={token}")
+        assert response is not None and response.status == 200
+        notice = page.locator("#share-notice")
+        expect(notice).to_contain_text(words, timeout=30_000)
+        assert_nothing_ran(page, "body")
+        # The rest of the app still works from that page.
+        expect(page.locator("#model input")).to_have_value("fake-html")
+    finally:
+        page.close()

@@ -1,0 +1,98 @@
+"""ui/stream_pacing.py: streamed events grouped into at most one page update per interval,
+with nothing lost, reordered or held back at the start, the end, or an error."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from ui.stream_pacing import paced
+
+INTERVAL = 0.1
+
+
+class Source:
+    """An async event source: `count` events `gap` seconds apart, then optionally an error.
+    Records whether it was closed."""
+
+    def __init__(self, count: int, gap: float, error: Exception | None = None) -> None:
+        self.count, self.gap, self.error = count, gap, error
+        self.closed = False
+        self.sent = 0
+
+    async def events(self) -> AsyncIterator[int]:
+        try:
+            for i in range(self.count):
+                if self.gap:
+                    await asyncio.sleep(self.gap)
+                self.sent += 1
+                yield i
+            if self.error is not None:
+                raise self.error
+        finally:
+            self.closed = True
+
+
+async def batches_of(source: Source, interval: float = INTERVAL) -> list[tuple[float, list[int]]]:
+    t0 = time.monotonic()
+    return [(time.monotonic() - t0, batch) async for batch in paced(source.events(), interval)]
+
+
+async def test_events_arriving_together_come_as_one_batch_without_delay() -> None:
+    got = await batches_of(Source(50, gap=0.0))
+    assert [b for _, b in got] == [list(range(50))]
+    assert got[0][0] < INTERVAL  # the end is not held back
+
+
+async def test_a_steady_stream_is_grouped_in_order_and_nothing_is_lost() -> None:
+    source = Source(40, gap=0.01)  # ~0.4 s of events, 100 per second
+    got = await batches_of(source)
+    events = [e for _, batch in got for e in batch]
+    assert events == list(range(40))
+    assert got[0][1] == [0]  # the first event is delivered alone, at once
+    # About one batch per interval (0.4 s / 0.1 s, plus the first and the last).
+    assert 3 <= len(got) <= 8, [len(b) for _, b in got]
+    assert max(len(b) for _, b in got) >= 5  # events were really grouped
+
+
+async def test_slow_events_are_not_held_back() -> None:
+    got = await batches_of(Source(4, gap=0.25))  # slower than the interval
+    assert [b for _, b in got] == [[0], [1], [2], [3]]
+
+
+async def test_an_error_comes_after_the_events_before_it() -> None:
+    source = Source(3, gap=0.0, error=RuntimeError("backend failed"))
+    seen: list[int] = []
+    with pytest.raises(RuntimeError, match="backend failed"):
+        async for batch in paced(source.events(), INTERVAL):
+            seen += batch
+    assert seen == [0, 1, 2]
+
+
+async def test_closing_early_closes_the_source() -> None:
+    source = Source(1000, gap=0.01)
+    stream = paced(source.events(), INTERVAL)
+    async for _ in stream:
+        break
+    await stream.aclose()  # type: ignore[attr-defined]
+    await asyncio.sleep(0.05)
+    assert source.closed
+    assert source.sent < 1000
+
+
+async def test_cancelling_the_reader_closes_the_source() -> None:
+    source = Source(1000, gap=0.01)
+
+    async def read() -> None:
+        async for _ in paced(source.events(), INTERVAL):
+            pass
+
+    task = asyncio.create_task(read())
+    await asyncio.sleep(0.15)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert source.closed and source.sent < 1000
