@@ -427,14 +427,18 @@ def _generate_in_thread(
     threads_now: Callable[[], int],
     on_exit: Callable[[], None],
 ) -> None:
+    outcome: tuple[str, Any] = ("error", RuntimeError("generation stopped"))
     try:
         _generate(spec, llama, messages, raw_prompt, options, stats, emit, cancel, threads_now)
-        emit("done", None)
+        outcome = ("done", None)
     except Exception as exc:  # reported to the client as an error line
         log.exception("generation failed")
-        emit("error", exc)
+        outcome = ("error", exc)
     finally:
+        # llama.cpp is no longer used here: mark the slot free before the request hears
+        # "done", so the client's next request finds it free (callbacks run in order).
         on_exit()
+        emit(*outcome)
 
 
 def _generate(
