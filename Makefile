@@ -54,4 +54,4 @@ deploy:
 	$(PYTHON) -m deploy.deploy --project "$(PROJECT)" --region "$(REGION)" $(DEPLOY_ARGS)
 
 bench: $(VENV)/.installed-dev
-	$(BIN)/python -m bench.engine_vs_inprocess
+	$(BIN)/python -m bench.run_all
