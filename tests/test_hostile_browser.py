@@ -8,9 +8,12 @@ with script payloads, streamed in small pieces like tokens.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -42,13 +45,57 @@ DANGEROUS = (
     "a[href^='javascript'], [src^='javascript'], [srcdoc]"
 )
 SHARE_SECRET = "hostile-browser-test-secret-0123456789"
+MODEL_LABEL = "fake-html — Other"
+
+
+class Tracker:
+    """Another origin that records every request: a remote image in a message or reply
+    must never make the browser call it (that is how a chat leaks to an attacker)."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        tracker = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                tracker.paths.append(self.path)
+                self.send_response(200)
+                self.send_header("content-type", "image/gif")
+                self.send_header("content-length", str(len(GIF)))
+                self.end_headers()
+                self.wfile.write(GIF)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def images(self, name: str) -> str:
+        """An HTML and a Markdown image pointing here."""
+        return f'<img src="{self.url}/{name}-html.gif"> ![pixel]({self.url}/{name}-md.gif)'
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+GIF = base64.b64decode(
+    "R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=="
+)  # a 1x1 pixel
 
 
 class HtmlOllama(FakeOllama):
-    """FakeOllama plus a model, fake-html, that replies with HOSTILE in small pieces."""
+    """FakeOllama plus a model, fake-html, that replies with `reply` in small pieces."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__()
+        self.reply = reply
 
     def _handler_class(self) -> Any:
         base: Any = super()._handler_class()
+        fake = self
 
         class Handler(base):  # type: ignore[misc, valid-type]
             def do_GET(self) -> None:
@@ -67,11 +114,14 @@ class HtmlOllama(FakeOllama):
                 if self.path != "/api/chat" or body.get("model") != "fake-html":
                     self._json(404, {"error": "not found"})
                     return
+                if not body.get("messages"):  # the pre-warm's load request
+                    self._json(200, {"model": "fake-html", "done": True, "done_reason": "load"})
+                    return
                 self.send_response(200)
                 self.send_header("content-type", "application/x-ndjson")
                 self.send_header("transfer-encoding", "chunked")
                 self.end_headers()
-                pieces = [HOSTILE[i : i + 7] for i in range(0, len(HOSTILE), 7)]
+                pieces = [fake.reply[i : i + 7] for i in range(0, len(fake.reply), 7)]
                 for piece in pieces:
                     message = {"role": "assistant", "content": piece}
                     self._chunk({"model": "fake-html", "message": message, "done": False})
@@ -86,9 +136,16 @@ class HtmlOllama(FakeOllama):
 
 
 @pytest.fixture(scope="module")
-def app_url() -> Iterator[str]:
+def tracker() -> Iterator[Tracker]:
+    server = Tracker()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(tracker: Tracker) -> Iterator[str]:
     with (
-        HtmlOllama() as fake,
+        HtmlOllama(HOSTILE + " " + tracker.images("reply")) as fake,
         running_app(
             backend_url=fake.url,
             allowed_models=["fake-html"],
@@ -123,12 +180,14 @@ def assert_nothing_ran(page: Page, scope: str) -> None:
     assert found == [], f"dangerous markup in the page: {found}"
 
 
-def test_markup_in_messages_and_replies_never_runs(app_url: str, browser: Browser) -> None:
+def test_markup_in_messages_and_replies_never_runs(
+    app_url: str, browser: Browser, tracker: Tracker
+) -> None:
     page = new_page(browser)
     try:
         page.goto(app_url)
-        expect(page.locator("#model input")).to_have_value("fake-html", timeout=30_000)
-        page.locator("#message textarea").fill(HOSTILE)
+        expect(page.locator("#model input")).to_have_value(MODEL_LABEL, timeout=30_000)
+        page.locator("#message textarea").fill(HOSTILE + " " + tracker.images("message"))
         page.locator("#send").click()
         expect(page.locator("#chatbot .thought .title")).to_have_count(1, timeout=30_000)
         user = page.locator('#chatbot [data-testid="user"]').first
@@ -146,7 +205,7 @@ def test_markup_in_messages_and_replies_never_runs(app_url: str, browser: Browse
         page.locator("#message textarea").fill("x" * 9000 + HOSTILE)
         page.locator("#send").click()
         expect(page.locator("#chat-banner")).to_contain_text("characters long")
-        assert_nothing_ran(page, "body")
+        assert_nothing_ran(page, ".gradio-container")
 
         # Share the conversation; open the link in a fresh page: still nothing runs.
         page.locator("#chat-share").click()
@@ -159,9 +218,13 @@ def test_markup_in_messages_and_replies_never_runs(app_url: str, browser: Browse
     try:
         shared.goto(link)
         expect(shared.locator("#shared-chat-1")).to_contain_text("click me", timeout=30_000)
-        assert_nothing_ran(shared, "body")
+        assert_nothing_ran(shared, ".gradio-container")
+        shared.wait_for_timeout(500)
     finally:
         shared.close()
+    # Neither the message's nor the reply's remote images were fetched, in the chat or in
+    # the shared view.
+    assert tracker.paths == []
 
 
 @pytest.mark.parametrize(
@@ -181,8 +244,8 @@ def test_tampered_and_oversized_share_links_show_a_message(
         assert response is not None and response.status == 200
         notice = page.locator("#share-notice")
         expect(notice).to_contain_text(words, timeout=30_000)
-        assert_nothing_ran(page, "body")
+        assert_nothing_ran(page, ".gradio-container")
         # The rest of the app still works from that page.
-        expect(page.locator("#model input")).to_have_value("fake-html")
+        expect(page.locator("#model input")).to_have_value(MODEL_LABEL)
     finally:
         page.close()

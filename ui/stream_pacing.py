@@ -17,6 +17,10 @@ the first token is shown the moment it arrives, and the end is never delayed. An
 raised by `events` comes after the batch of events that preceded it (a partial reply is
 shown before its error).
 
+Under load the interval stretches: beyond STREAMS_AT_BASE streams paced at once in this
+process, it grows in proportion to their number (up to MAX_INTERVAL_S), so the update
+work of the whole process stays about constant while each reply still flows.
+
 Closing the batches early (e.g. the Stop button, see ui/stop_signals.py) cancels the
 reading of `events`, which closes whatever it holds (the HTTP stream to the backend).
 """
@@ -30,6 +34,16 @@ from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+STREAMS_AT_BASE = 20  # up to this many streams at once, batches come every `interval`
+MAX_INTERVAL_S = 0.25  # the longest the interval stretches under load
+_active = 0  # streams being paced now (all in the server's one event loop)
+
+
+def current_interval(interval: float) -> float:
+    """`interval`, stretched by the number of streams being paced at once."""
+    load = max(1.0, _active / STREAMS_AT_BASE)
+    return min(max(interval, MAX_INTERVAL_S), interval * load)
 
 
 class _End:
@@ -45,8 +59,9 @@ _END = _End()
 
 
 async def paced(events: AsyncIterator[T], interval: float) -> AsyncIterator[list[T]]:
-    """Batches of `events` (see the module docstring). `interval` <= 0: one per event."""
+    """Batches of `events` (see the module docstring). `interval` <= 0: never waits."""
     queue: asyncio.Queue[T | _End | _Failed[T]] = asyncio.Queue()
+    over = asyncio.Event()  # the stream ended or failed: the last batch goes out at once
 
     async def pump() -> None:
         try:
@@ -54,21 +69,26 @@ async def paced(events: AsyncIterator[T], interval: float) -> AsyncIterator[list
                 queue.put_nowait(event)
         except BaseException as exc:  # handed to the reader, in stream order
             queue.put_nowait(_Failed(exc))
+            over.set()
             if isinstance(exc, asyncio.CancelledError):
                 raise
         else:
             queue.put_nowait(_END)
+            over.set()
 
+    global _active
     reader = asyncio.create_task(pump())
     last = -float("inf")
+    _active += 1
     try:
         while True:
             batch: list[T] = []
             first = await queue.get()
             ending = _take(first, batch)
-            wait = last + interval - time.monotonic()
+            wait = last + current_interval(interval) - time.monotonic()
             if ending is None and wait > 0:
-                await asyncio.sleep(wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(over.wait(), timeout=wait)
             while ending is None and not queue.empty():
                 ending = _take(queue.get_nowait(), batch)
             if batch:
@@ -79,6 +99,7 @@ async def paced(events: AsyncIterator[T], interval: float) -> AsyncIterator[list
             if ending is _END:
                 return
     finally:
+        _active -= 1
         reader.cancel()
         # Wait for the cancellation to close `events` (and its HTTP stream) without
         # raising here: this may run while our own task is being cancelled.

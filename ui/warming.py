@@ -39,6 +39,8 @@ from ui.errors import BackendBusy, BackendError, BackendTimeout, BackendUnreacha
 
 log = logging.getLogger(__name__)
 
+DETECT_AFTER_S = 0.3  # the cold-start check starts when no token came this soon
+
 Phase = Literal["starting", "loading", "busy", "unreachable", "ready"]
 
 
@@ -231,6 +233,10 @@ async def _pump(events: AsyncIterator[ChatEvent], queue: asyncio.Queue[tuple[str
 async def _detect(client: BackendClient, model: str, phase: list[Phase | None]) -> None:
     """Find the cold phase; while an instance starts, re-probe until it moves on to
     "loading" (the instance answers, the model is not in memory yet)."""
+    # A warm backend usually sends its first token before this; the check is then
+    # cancelled before it sends anything (no extra requests, and no connection dropped
+    # mid-request). The first banner shows at the first tick anyway.
+    await asyncio.sleep(DETECT_AFTER_S)
     found = await detect_phase(client, model)
     if phase[0] is None or found is not None:
         phase[0] = found if found is not None else phase[0]

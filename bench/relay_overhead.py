@@ -1,0 +1,293 @@
+"""Benchmark: what the UI adds to a reply, against the same backend called directly.
+
+The UI (`python -m ui`, its own process) in front of a backend. The same prompt and sampling
+(temperature 0, so greedy and deterministic) go once directly (the official `ollama` client,
+streaming) and once through the UI's /chat endpoint, interleaved (direct, UI, direct, ...)
+so machine noise hits both sides alike. Both sides are timed from the client: time to first
+token (request sent -> first text), and tokens/s from the growth of the text (tokens after
+the first / time from the first to the last text growth). Paired medians are printed, and
+the UI process's CPU per reply.
+
+Two backends:
+1. the real local engine (`python -m backend`, one slot). It is a CPU engine using every
+   core, so on this machine the UI's own CPU use is taken from the engine: the tokens/s
+   ratio measures that sharing as well as the relay (in production the model runs on a GPU
+   in another service);
+2. a GPU-like backend (bench/synthetic_ollama.py: fixed token rate, its own core, the UI
+   pinned to the other): what is left is the relay itself.
+
+Clients for the UI side:
+- `queue API`: a lean client of Gradio's queue API (bench/gradio_queue.py), what the
+  browser does; this is the measurement the goals apply to;
+- `gradio_client` (optional row, --gradio-client): the official client, whose SSE reader
+  hands messages to the job through a queue polled every 50 ms, so it adds up to 50 ms to
+  what it sees (shown for reference, not a property of the UI).
+
+Goals: UI >= 0.98 x direct tokens/s; added TTFT p50 <= 20 ms.
+
+    .venv/bin/python -m bench.relay_overhead [--runs 9] [--tokens 128] [--model smollm2:135m]
+                                             [--gradio-client] [--gpu-like-rate 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import ollama
+from gradio_client import Client
+
+from bench.common import (
+    cpu_count,
+    load_note,
+    median,
+    pin_self,
+    process_cpu,
+    start_synthetic,
+    start_ui,
+    table,
+)
+from bench.gradio_queue import GradioQueue, last_note, reply_text
+from bench.synthetic_ollama import MODEL as MODEL_GPU_LIKE
+from tests.support.procs import start_engine
+
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+
+
+@dataclass
+class Run:
+    ttft_s: float
+    tokens_per_s: float
+    tokens: int
+    text: str
+
+
+def rate(tokens: int, first: float, last: float) -> float:
+    return (tokens - 1) / (last - first) if tokens > 1 and last > first else float("nan")
+
+
+def options(tokens: int) -> dict[str, Any]:
+    # What the UI sends for these slider values (no seed: temperature 0 is greedy).
+    return {"temperature": 0.0, "top_p": 0.9, "num_predict": tokens}
+
+
+def run_direct(url: str, model: str, tokens: int) -> Run:
+    client = ollama.Client(host=url, timeout=300)
+    t0 = time.perf_counter()
+    first = last = 0.0
+    text = ""
+    count = 0
+    for part in client.chat(
+        model=model, messages=[{"role": "user", "content": PROMPT}], options=options(tokens),
+        stream=True,
+    ):  # fmt: skip
+        piece = part.message.content if part.message else ""
+        if piece:
+            last = time.perf_counter()
+            first = first or last
+            text += piece
+        if part.done:
+            count = int(part.eval_count or 0)
+    return Run(first - t0, rate(count, first, last), count, text)
+
+
+def eval_count(history: Any) -> int:
+    match = re.search(r"(\d+) tokens? generated", last_note(history))
+    if not match:
+        raise RuntimeError(f"no token count in the UI's stats note: {last_note(history)!r}")
+    return int(match.group(1))
+
+
+def chat_inputs(model: str, tokens: int) -> list[Any]:
+    return [PROMPT, [], model, "", 0.0, 0.9, tokens]
+
+
+async def run_ui(
+    gq: GradioQueue, fn: int, model: str, tokens: int, session: str | None = None
+) -> Run:
+    seen = {"len": 0, "first": 0.0, "last": 0.0}
+
+    def on_update(now: float, outputs: list[Any]) -> None:
+        length = len(reply_text(outputs[1]))
+        if length > seen["len"]:
+            seen["len"], seen["last"] = length, now
+            seen["first"] = seen["first"] or now
+
+    result = await gq.call(
+        fn, chat_inputs(model, tokens), on_update=on_update, session_hash=session
+    )
+    history = result.outputs[1]
+    count = eval_count(history)
+    return Run(
+        seen["first"] - result.joined_at, rate(count, seen["first"], seen["last"]), count,
+        reply_text(history),
+    )  # fmt: skip
+
+
+def run_gradio_client(client: Client, model: str, tokens: int) -> Run:
+    t0 = time.perf_counter()
+    job = client.submit(*chat_inputs(model, tokens), api_name="/chat")
+    first = last = 0.0
+    length = 0
+    while not job.done():
+        outputs = job.outputs()
+        if outputs:
+            now = time.perf_counter()
+            grown = len(reply_text(outputs[-1][1]))
+            if grown > length:
+                length, last = grown, now
+                first = first or now
+        time.sleep(0.002)
+    history = job.result(timeout=60)[1]
+    if len(reply_text(history)) > length:
+        last = time.perf_counter()
+    count = eval_count(history)
+    return Run(first - t0, rate(count, first, last), count, reply_text(history))
+
+
+@dataclass
+class Section:
+    title: str
+    direct: list[Run]
+    lean: list[Run]
+    official: list[Run]
+    ui_cpu_ms: float  # the UI process's CPU per reply (median)
+
+
+async def measure(
+    title: str, backend_url: str, ui_url: str, ui_pid: int, model: str, args: argparse.Namespace
+) -> Section:
+    section = Section(title, [], [], [], 0.0)
+    cpu: list[float] = []
+    async with GradioQueue(ui_url) as gq:
+        fn = await gq.fn_index("chat")
+        # One page: the session exists from the page load on, as for a user in a browser.
+        session = uuid.uuid4().hex[:11]
+        await gq.call(await gq.fn_index("model_dropdown"), [], session_hash=session)
+        await run_ui(gq, fn, model, 8, session)  # load the model, warm the code paths
+        run_direct(backend_url, model, 8)
+        for _ in range(args.runs):  # interleaved: direct, UI, direct, UI, ...
+            section.direct.append(run_direct(backend_url, model, args.tokens))
+            before = process_cpu(ui_pid)
+            section.lean.append(await run_ui(gq, fn, model, args.tokens, session))
+            cpu.append((process_cpu(ui_pid).cpu_s - before.cpu_s) * 1000)
+    section.ui_cpu_ms = median(cpu)
+    if args.gradio_client:
+        client = Client(ui_url, verbose=False)
+        run_gradio_client(client, model, 8)
+        for _ in range(args.runs):
+            section.direct.append(run_direct(backend_url, model, args.tokens))
+            section.official.append(run_gradio_client(client, model, args.tokens))
+        client.close()
+    return section
+
+
+def report(section: Section, runs: int) -> tuple[float, float]:
+    """Print the section's table; return (added TTFT ms, tokens/s ratio) of the queue API."""
+    direct, lean, official = section.direct, section.lean, section.official
+    same = all(d.text == u.text for d, u in zip(direct, lean + official, strict=True))
+    ttft_d = median([r.ttft_s for r in direct]) * 1000
+    tps_d = median([r.tokens_per_s for r in direct])
+    rows: list[list[object]] = [["backend directly (ollama client)", f"{ttft_d:.1f}", "",
+                                 f"{tps_d:.1f}", ""]]  # fmt: skip
+    results: dict[str, tuple[float, float]] = {}
+    pairs = {
+        "through the UI (queue API)": (direct[: len(lean)], lean),
+        "through the UI (gradio_client)": (direct[len(lean) :], official),
+    }
+    for label, (base, ui_runs) in pairs.items():
+        if not ui_runs:
+            continue
+        # Paired: each UI run against the direct run just before it.
+        added = median([(u.ttft_s - d.ttft_s) * 1000 for d, u in zip(base, ui_runs, strict=True)])
+        ratio = median(
+            [u.tokens_per_s / d.tokens_per_s for d, u in zip(base, ui_runs, strict=True)]
+        )
+        results[label] = (added, ratio)
+        ttft = median([r.ttft_s for r in ui_runs]) * 1000
+        tps = median([r.tokens_per_s for r in ui_runs])
+        rows.append([label, f"{ttft:.1f}", f"{added:+.1f}", f"{tps:.1f}", f"**{ratio:.3f}**"])
+    tokens = median([r.tokens for r in direct])
+    print(f"\n### {section.title}: ~{tokens:.0f} tokens, {runs} interleaved runs, medians\n")
+    print(
+        f"({load_note()}; same reply text on both sides: {'yes' if same else 'NO'}; "
+        f"UI CPU per reply {section.ui_cpu_ms:.0f} ms)\n"
+    )
+    print(table(
+        ["path", "TTFT ms", "added TTFT ms (paired median)", "tokens/s",
+         "tokens/s ratio to direct (paired median)"],
+        rows,
+    ))  # fmt: skip
+    added, ratio = results["through the UI (queue API)"]
+    print(
+        f"\nGoal UI >= 0.98 x direct tokens/s: {'met' if ratio >= 0.98 else 'NOT met'} "
+        f"({ratio:.3f}); added TTFT p50 <= 20 ms: {'met' if added <= 20 else 'NOT met'} "
+        f"({added:+.1f} ms)"
+    )
+    return added, ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--model", default="smollm2:135m")
+    parser.add_argument("--gradio-client", action="store_true", help="add a gradio_client row")
+    parser.add_argument(
+        "--gpu-like-rate", type=float, default=100.0,
+        help="tokens/s of the GPU-like synthetic backend (0: skip that part)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    sections: list[Section] = []
+
+    # 1. The real CPU engine. It uses every core, so whatever CPU the UI spends is taken
+    #    from the engine: on this machine the ratio also measures that sharing.
+    engine, engine_url = start_engine(None, "--num-parallel", "1", name="bench-relay-engine")
+    ui = None
+    try:
+        ui, ui_url = start_ui(engine_url, name="bench-relay-ui")
+        title = f"Relay overhead, real engine ({args.model}, temperature 0, cores shared)"
+        sections.append(
+            asyncio.run(measure(title, engine_url, ui_url, ui.popen.pid, args.model, args))
+        )
+    finally:
+        if ui is not None:
+            ui.stop()
+        engine.stop()
+
+    # 2. A GPU-like backend on its own core: a fixed token rate that the UI's CPU use
+    #    cannot slow down, so what is left is the relay itself.
+    if args.gpu_like_rate > 0:
+        cores = cpu_count()
+        pin_self({cores - 1})
+        backend, backend_url = start_synthetic(
+            rate=args.gpu_like_rate, first_token_delay=0.02, cpu=cores - 1
+        )
+        ui = None
+        try:
+            ui, ui_url = start_ui(backend_url, cpu=0, name="bench-relay-ui-gpu-like")
+            title = (
+                f"Relay overhead, GPU-like backend ({args.gpu_like_rate:g} tokens/s, "
+                "UI on its own core)"
+            )
+            sections.append(
+                asyncio.run(measure(title, backend_url, ui_url, ui.popen.pid, MODEL_GPU_LIKE, args))
+            )
+        finally:
+            if ui is not None:
+                ui.stop()
+            backend.stop()
+
+    for section in sections:
+        report(section, args.runs)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Security of the public UI: secrets stay on the server, Ollama's management API is out of
+reach, and responses carry headers fit for a public demo.
+
+The UI runs as its real entry point (`python -m ui`, its own process, its log captured)
+with LLM_AUTH=google against the Cloud Run emulator (IAM on), which checks the Google ID
+tokens the UI gets from the fake metadata server, in front of the real engine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from backend.cloudrun import RunningEmulator
+from backend.fake_metadata import FakeMetadataServer
+from tests.support.chat_app import chat_args, eval_count, last_note, running_app
+from tests.support.fake_ollama import FakeOllama
+from tests.support.google_fakes import emulator, shared_metadata
+from tests.support.procs import Proc, free_port, wait_http
+
+pytestmark = pytest.mark.timeout(240)
+
+SHARE_SECRET = "share-key-for-security-test-7f3a9c2e5b1d"
+# A JWT (the ID token's format): three base64url parts, the first two JSON objects.
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}")
+# What the UI may ask a model backend for: reading and chatting, never managing models.
+ALLOWED_BACKEND_CALLS = {
+    ("GET", "/"), ("GET", "/api/version"), ("GET", "/api/tags"), ("GET", "/api/ps"),
+    ("POST", "/api/chat"), ("POST", "/api/show"),
+}  # fmt: skip
+# The app's own API; anything else in Gradio's listing would be a door nobody meant to open.
+APP_ENDPOINTS = {
+    "/chat", "/retry", "/stop", "/undo", "/models", "/prewarm", "/prewarm_1",
+    "/compare", "/compare_stop", "/battle", "/battle_stop", "/battle_vote", "/leaderboard",
+    "/share_chat", "/share_compare", "/continue_copy",
+}  # fmt: skip
+MANAGEMENT_CALLS = {"pull", "push", "delete", "create", "copy", "blobs", "ps", "tags", "show"}
+
+
+@dataclass
+class GuardedUI:
+    url: str
+    proc: Proc
+    backend: RunningEmulator
+    metadata: FakeMetadataServer
+
+
+@pytest.fixture(scope="module")
+def guarded_ui(engine: str) -> Iterator[GuardedUI]:
+    metadata = shared_metadata()
+    metadata.reset()
+    port = free_port()
+    with emulator(upstream_url=engine, certs_cache_seconds=0) as backend:
+        proc = Proc(
+            "ui-security",
+            [sys.executable, "-m", "ui"],
+            env={
+                **metadata.env(),
+                "GOOGLE_APPLICATION_CREDENTIALS": "",
+                "LLM_BACKEND_URL": backend.url,
+                "LLM_AUTH": "google",
+                "LLM_SHARE_SECRET": SHARE_SECRET,
+                "LLM_UI_HOST": "127.0.0.1",
+                "PORT": str(port),
+                "LLM_RATE_LIMIT": "1000",
+            },
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(url + "/config", timeout=90, proc=proc.popen)
+            yield GuardedUI(url, proc, backend, metadata)
+        finally:
+            proc.stop()
+            metadata.reset()
+
+
+def exercise(ui: GuardedUI) -> list[str]:
+    """Use the app the way people do, through every path that needs a token (a chat, a
+    refreshed token after a key rotation, a share link, the model list), and return
+    everything it answered."""
+    client = Client(ui.url, verbose=False)
+    seen: list[str] = []
+    _, history, banner = client.predict(*chat_args("Hello", max_tokens=3), api_name="/chat")
+    assert eval_count(last_note(history)) == 3, history
+    seen += [json.dumps(history), banner]
+    ui.metadata.rotate_key()  # the cached token no longer verifies: 401, refresh, retry
+    _, history, banner = client.predict(*chat_args("Again", max_tokens=2), api_name="/chat")
+    assert eval_count(last_note(history)) == 2, history
+    seen += [json.dumps(history), banner]
+    link, notice = client.predict(history, "smollm2:135m", "", 0.7, 0.9, 2, api_name="/share_chat")
+    assert "?share=" in link
+    seen += [link, notice]
+    seen.append(json.dumps(client.predict(api_name="/models")))
+    ui.metadata.identity_failure = 404  # and an error path, shown to the user
+    try:
+        ui.metadata.rotate_key()
+        _, history, banner = client.predict(*chat_args("Third", max_tokens=2), api_name="/chat")
+        seen += [json.dumps(history), banner]
+    finally:
+        ui.metadata.identity_failure = None
+    return seen
+
+
+def served_pages(base: str) -> dict[str, str]:
+    """The page, its directly linked scripts and styles, and Gradio's API descriptions."""
+    pages: dict[str, str] = {}
+    with httpx.Client(timeout=30) as http:
+        root = http.get(base + "/")
+        pages["/"] = root.text
+        for ref in re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', root.text):
+            url = urljoin(base + "/", ref)
+            if url.startswith(base):
+                pages[ref] = http.get(url).text
+        for path in ("/config", "/gradio_api/info", "/gradio_api/openapi.json", "/theme.css",
+                     "/gradio_api/app_id", "/gradio_api/token"):  # fmt: skip
+            pages[path] = http.get(base + path).text
+    return pages
+
+
+def test_no_token_or_secret_reaches_pages_api_logs_or_links(guarded_ui: GuardedUI) -> None:
+    answers = exercise(guarded_ui)
+    assert guarded_ui.metadata.issued_tokens >= 2  # tokens were fetched and refreshed
+    assert guarded_ui.backend.state()["counters"].get("401", 0) >= 1  # the refresh path ran
+    pages = served_pages(guarded_ui.url)
+    time.sleep(0.5)  # let the log catch up
+    log = guarded_ui.proc.log()
+    assert "got a Google ID token" in log  # the fetches were logged...
+    sample = guarded_ui.metadata.mint_token(guarded_ui.backend.url)
+    assert JWT.search(sample)  # (the pattern does find tokens)
+    places = {**pages, "log": log, **{f"answer {i}": a for i, a in enumerate(answers)}}
+    for where, text in places.items():
+        assert not JWT.search(text), f"an ID token in {where}"  # ...without any token
+        assert SHARE_SECRET not in text, f"the share-link key in {where}"
+    for where in ("log", *(k for k in places if k.startswith("answer"))):
+        assert "Bearer " not in places[where], f"an Authorization header in {where}"
+
+
+def test_only_the_apps_own_endpoints_are_exposed(guarded_ui: GuardedUI) -> None:
+    info = httpx.get(guarded_ui.url + "/gradio_api/info", timeout=10).json()
+    named = set(info["named_endpoints"])
+    assert named <= APP_ENDPOINTS, f"unexpected endpoints: {sorted(named - APP_ENDPOINTS)}"
+    assert {"/chat", "/models"} <= named
+    assert not info.get("unnamed_endpoints")
+    for name in named:  # none is named like one of Ollama's management calls
+        assert name.strip("/") not in MANAGEMENT_CALLS, name
+    view = Client(guarded_ui.url, verbose=False).view_api(print_info=False, return_format="dict")
+    assert set(view["named_endpoints"]) == named
+
+
+def test_hostile_calls_never_reach_management_endpoints() -> None:
+    """Every public endpoint called with values aimed at Ollama's management API (model
+    names that are paths or management verbs, proxy and file routes pointed at the
+    backend): the backend only ever sees reads and chats."""
+    attempts = ["../api/pull", "/api/delete", "smollm2:135m/../../api/push", "api/create",
+                "x?name=y", "http://127.0.0.1:1/api/pull", "fake-ok#/api/copy"]  # fmt: skip
+    with (
+        FakeOllama() as fake,
+        running_app(backend_url=fake.url, rate_limit_per_minute=10_000) as url,
+    ):
+        client = Client(url, verbose=False)
+        for model in attempts:
+            client.predict(*chat_args("Hi", model=model, max_tokens=1), api_name="/chat")
+            client.predict(model, api_name="/prewarm")
+            client.predict([], model, "", 0.7, 0.9, 1, api_name="/retry")
+            client.predict("Hi", [model, "fake-ok"], "", 0.7, 1, [], [], [], api_name="/compare")
+        with httpx.Client(timeout=10) as http:
+            for path in ("/api/pull", "/api/delete", "/api/tags"):
+                proxied = http.get(f"{url}/gradio_api/proxy={fake.url}{path}")
+                assert proxied.status_code >= 400, (path, proxied.status_code)
+            assert http.get(f"{url}/gradio_api/file=/etc/passwd").status_code >= 400
+        time.sleep(0.5)  # anything started in the background has run
+        calls = {(method, path.split("?", 1)[0]) for method, path, _ in fake.requests}
+        assert calls <= ALLOWED_BACKEND_CALLS, sorted(calls - ALLOWED_BACKEND_CALLS)
+        chatted = {body.get("model") for method, path, body in fake.requests if path == "/api/chat"}
+        assert chatted <= {"fake-ok"}, chatted
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/config", "/gradio_api/info", "/theme.css", "/gradio_api/startup-events"]
+)
+def test_responses_carry_security_headers(guarded_ui: GuardedUI, path: str) -> None:
+    response = httpx.get(guarded_ui.url + path, timeout=10)
+    headers = response.headers
+    assert headers.get("x-content-type-options") == "nosniff"
+    assert headers.get("referrer-policy") in ("strict-origin-when-cross-origin", "same-origin",
+                                               "no-referrer")  # fmt: skip
+    frame_ancestors = "frame-ancestors" in headers.get("content-security-policy", "")
+    assert headers.get("x-frame-options") in ("DENY", "SAMEORIGIN") or frame_ancestors
+
+
+def test_streaming_responses_carry_security_headers_and_still_stream(
+    guarded_ui: GuardedUI,
+) -> None:
+    """The headers are added without buffering: a chat still streams through the queue."""
+    config = httpx.get(guarded_ui.url + "/config", timeout=10).json()
+    fn = next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == "chat")
+    prefix = guarded_ui.url + config["api_prefix"]
+    body = {"data": list(chat_args("Count to ten", max_tokens=12)), "fn_index": fn,
+            "session_hash": "sec-headers-1"}  # fmt: skip
+    with httpx.Client(timeout=60) as http:
+        joined = http.post(prefix + "/queue/join", json=body)
+        assert joined.headers.get("x-content-type-options") == "nosniff"
+        updates = 0
+        with http.stream(
+            "GET", prefix + "/queue/data", params={"session_hash": "sec-headers-1"}
+        ) as s:
+            assert s.headers.get("x-content-type-options") == "nosniff"
+            assert s.headers.get("content-type", "").startswith("text/event-stream")
+            for line in s.iter_lines():
+                if '"process_generating"' in line:
+                    updates += 1
+                if '"process_completed"' in line:
+                    break
+    assert updates >= 2  # partial updates arrived before the end
