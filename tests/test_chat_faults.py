@@ -141,14 +141,15 @@ def test_other_users_are_served_during_a_slow_stream(app_url: str) -> None:
 
 def test_full_queue_says_busy(fake: FakeOllama) -> None:
     with running_app(backend_url=fake.url, concurrency_limit=1, max_queue=1) as url:
+        # Clients first (each takes 0.1-0.3 s to build), so the three requests arrive while
+        # the first one still streams: one runs, one waits, one finds the queue full.
+        clients = [Client(url, verbose=False) for _ in range(3)]
         jobs = []
-        for _ in range(3):
+        for client in clients:
             jobs.append(
-                Client(url, verbose=False).submit(
-                    *chat_args("Hi", model="fake-slow", max_tokens=2), api_name="/chat"
-                )
+                client.submit(*chat_args("Hi", model="fake-slow", max_tokens=2), api_name="/chat")
             )
-            time.sleep(0.2)
+            time.sleep(0.1)
         outcomes: list[str] = []
         for job in jobs:
             try:

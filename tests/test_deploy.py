@@ -707,8 +707,10 @@ def test_ui_starts_with_deploy_settings_against_the_emulator() -> None:
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/", timeout=60, proc=proc.popen)
         client = Client(url, verbose=False)
+        # Only allow-listed models are offered: the whole list while the backend is still
+        # starting, none once the local engine (which has none of them) answers.
         offered = [m["tag"] for m in client.predict(api_name="/models")]
-        assert offered == [m.tag for m in production_models()]
+        assert offered in ([], [m.tag for m in production_models()])
         # The local engine behind the emulator has none of the production models: a 404 from
         # the engine proves the request passed Cloud Run's IAM check with a real ID token.
         _, history, _ = client.predict(*chat_args("Hi", model="gemma3:4b"), api_name="/chat")
