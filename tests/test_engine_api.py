@@ -238,7 +238,13 @@ async def test_disconnect_mid_stream_frees_the_slot(engine: str) -> None:
         "messages": [{"role": "user", "content": "Write a long story."}],
         "options": {"num_predict": 100000, "temperature": 1},
     }
-    short = {"model": SMOL, "messages": HELLO, "stream": False, "options": {"num_predict": 4}}
+    count = [{"role": "user", "content": "Count from 1 to 100."}]  # never done in 4 tokens
+    short = {
+        "model": SMOL,
+        "messages": count,
+        "stream": False,
+        "options": {"num_predict": 4, "temperature": 0},
+    }
     timeout = httpx.Timeout(60.0, connect=5.0)
     async with httpx.AsyncClient(base_url=engine, timeout=timeout) as client:
         # Occupy all 10 slots with generations that would run for minutes, then drop them.
