@@ -57,8 +57,12 @@ def browser() -> Iterator[Browser]:
 
 def set_number(page: Page, selector: str, value: int) -> None:
     box = page.locator(f"{selector} input[type=number]")
-    box.fill(str(value))
-    box.blur()
+    deadline = time.monotonic() + 10
+    while box.input_value() != str(value):  # a just-opened accordion may re-render
+        assert time.monotonic() < deadline, f"could not set {selector} to {value}"
+        box.fill(str(value))
+        box.blur()
+        page.wait_for_timeout(100)
     expect(box).to_have_value(str(value))
 
 
@@ -82,8 +86,10 @@ def wait_for_stats(page: Page, chats: list[str], count: int = 1) -> None:
 
 
 def conversation(page: Page, chat: str) -> tuple[list[str], list[str], list[str]]:
-    return texts(page, f"{chat} {USER}"), texts(page, f"{chat} {REPLY}"), texts(
-        page, f"{chat} {STATS}"
+    return (
+        texts(page, f"{chat} {USER}"),
+        texts(page, f"{chat} {REPLY}"),
+        texts(page, f"{chat} {STATS}"),
     )
 
 
@@ -99,9 +105,7 @@ def test_links_survive_a_restart_open_read_only_and_reject_changes(
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
         page.goto(base)
-        expect(page.locator("#model input")).to_have_value(
-            re.compile("SmolLM2"), timeout=30_000
-        )
+        expect(page.locator("#model input")).to_have_value(re.compile("SmolLM2"), timeout=30_000)
         set_number(page, "#max-tokens", 12)
         page.locator("#message textarea").fill("Hello there!")
         page.locator("#send").click()
@@ -130,9 +134,7 @@ def test_links_survive_a_restart_open_read_only_and_reject_changes(
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
         page.goto(chat_link)
-        expect(page.get_by_role("tab", name="Shared", selected=True)).to_be_visible(
-            timeout=30_000
-        )
+        expect(page.get_by_role("tab", name="Shared", selected=True)).to_be_visible(timeout=30_000)
         summary = page.locator("#shared-summary")
         expect(summary).to_contain_text("Shared chat with SmolLM2 135M Instruct")
         expect(summary).to_contain_text("max tokens 12")
