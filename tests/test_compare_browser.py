@@ -47,14 +47,18 @@ def stats_count(page: Page, column: str) -> int:
     return page.locator(f"{column} {STATS}").count()
 
 
-def send(page: Page, text: str, max_tokens: int) -> None:
-    box = page.locator("#compare-max-tokens input[type=number]")
+def set_number(page: Page, selector: str, value: int | float) -> None:
+    box = page.locator(f"{selector} input[type=number]")
     deadline = time.monotonic() + 10
-    while box.input_value() != str(max_tokens):  # a just-opened accordion may re-render
-        assert time.monotonic() < deadline, "could not set max tokens"
-        box.fill(str(max_tokens))
+    while box.input_value() != str(value):  # a just-opened accordion may re-render
+        assert time.monotonic() < deadline, f"could not set {selector} to {value}"
+        box.fill(str(value))
         box.blur()
         page.wait_for_timeout(100)
+
+
+def send(page: Page, text: str, max_tokens: int) -> None:
+    set_number(page, "#compare-max-tokens", max_tokens)
     page.locator("#compare-message textarea").fill(text)
     page.locator("#compare-send").click()
 
@@ -71,6 +75,10 @@ def test_two_models_stream_side_by_side_show_stats_and_stop_together(
         expect(page.locator("#compare-head-2")).to_contain_text("SmolLM2 135M Instruct")
         expect(page.locator("#compare-col-3")).to_be_hidden()
         page.locator("#compare-params").get_by_text("Parameters").click()
+        # Greedy decoding: both models' answers to the story prompt below are then known to
+        # run to the 400-token cap (checked against the engine), so Stop always finds them
+        # still streaming.
+        set_number(page, "#compare-temperature", 0)
 
         # 1. Both answers come with their figures (the first round also loads the models:
         # the status then names the load time).
