@@ -15,20 +15,27 @@ INTERVAL = 0.1
 
 
 class Source:
-    """An async event source: `count` events `gap` seconds apart, then optionally an error.
-    Records whether it was closed."""
+    """An async event source like a backend's stream: event i is ready `gap` * (i + 1)
+    seconds after the first read, whether or not anyone reads it meanwhile (as tokens
+    collect in a socket), then optionally an error. Records when each event was taken and
+    whether it was closed."""
 
     def __init__(self, count: int, gap: float, error: Exception | None = None) -> None:
         self.count, self.gap, self.error = count, gap, error
         self.closed = False
         self.sent = 0
+        self.taken_at: list[float] = []
+        self.started = 0.0
 
     async def events(self) -> AsyncIterator[int]:
+        t0 = self.started = time.monotonic()
         try:
             for i in range(self.count):
-                if self.gap:
-                    await asyncio.sleep(self.gap)
+                wait = t0 + self.gap * (i + 1) - time.monotonic()
+                if wait > 0:  # an event that is already there is taken without waiting
+                    await asyncio.sleep(wait)
                 self.sent += 1
+                self.taken_at.append(time.monotonic())
                 yield i
             if self.error is not None:
                 raise self.error
@@ -56,6 +63,22 @@ async def test_a_steady_stream_is_grouped_in_order_and_nothing_is_lost() -> None
     # About one batch per interval (0.4 s / 0.1 s, plus the first and the last).
     assert 3 <= len(got) <= 8, [len(b) for _, b in got]
     assert max(len(b) for _, b in got) >= 5  # events were really grouped
+
+
+async def test_reading_is_paced_too_so_events_are_read_in_bursts() -> None:
+    """Mid-interval the reader waits for the batch to be due before it reads on: what
+    arrived meanwhile is then taken in one go, not one wake-up per event."""
+    source = Source(40, gap=0.01)
+    got = await batches_of(source)
+    assert [e for _, batch in got for e in batch] == list(range(40))
+    gaps = [b - a for a, b in zip(source.taken_at, source.taken_at[1:], strict=False)]
+    wakeups = 1 + sum(1 for gap in gaps if gap > 0.003)
+    assert wakeups <= 15, wakeups  # ~2 per 0.1 s interval over 0.4 s, not 40
+    # And no event waited much longer than the interval to be shown.
+    # (batches_of starts its clock a few microseconds before the source starts its own)
+    batches_at = [source.started + t for t, batch in got for _ in batch]
+    ready_at = [source.started + 0.01 * (i + 1) for i in range(40)]
+    assert max(b - r for b, r in zip(batches_at, ready_at, strict=True)) < INTERVAL + 0.05
 
 
 async def test_slow_events_are_not_held_back() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -152,11 +153,21 @@ def build_app(
     # Gradio's default is one running event per listener, which would make every user wait
     # for every other user's stream. Allow many at once (the handlers are async, so they do
     # not use threads) and bound the waiting line; a full queue shows "busy" in the page.
+    _skip_gradio_event_statistics()
     demo.queue(
         default_concurrency_limit=settings.concurrency_limit,
         max_size=settings.max_queue,
     )
     return demo
+
+
+def _skip_gradio_event_statistics() -> None:
+    """Gradio's queue rebuilds a pandas table of its last 10 000 events (per-function
+    success rate and time percentiles, shown nowhere in this app) when every event starts
+    streaming and ends: 2-7 ms of the UI's CPU per chat, the more the longer the process
+    runs (bench/README.md). Recomputed every million events instead; an explicit
+    GRADIO_ANALYTICS_CACHE_FREQUENCY still wins. Read when the queue is created."""
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000000")
 
 
 def _skip_missing_matplotlib() -> None:

@@ -202,7 +202,7 @@ class BackendClient:
         *,
         options: Mapping[str, Any] | None = None,
         keep_alive: str | float | None = None,
-    ) -> AsyncIterator[ChatEvent]:
+    ) -> AsyncGenerator[ChatEvent, None]:
         """Stream one reply: TokenDelta events, then exactly one ReplyDone.
 
         Raises a `ui.errors.BackendError` subclass; text already yielded stays valid.

@@ -55,7 +55,7 @@ from ui.model_directory import ModelDirectory, ModelRejected
 from ui.rate_limit import RateLimiter, client_key
 from ui.settings import Settings
 from ui.stop_signals import StopSignals, until_stopped
-from ui.stream_pacing import paced
+from ui.stream_pacing import UPDATE_INTERVAL_S, paced
 from ui.warming import ColdStartTracker, Prewarmer, WarmingStatus, stream_with_warmup
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,6 @@ TOP_P_RANGE = (0.0, 1.0)
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.9
 DEFAULT_MAX_TOKENS = 512
-UPDATE_INTERVAL_S = 0.05  # streamed replies update the page at most this often
 MODEL_LIST_DEADLINE_S = 5.0  # the picker falls back to the allow-list after this
 BROWSER_STORAGE_KEY = "serverless-llm-chat/history"
 # BrowserState encrypts localStorage with a key that is sent to the page anyway, so it is

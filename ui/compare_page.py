@@ -72,6 +72,7 @@ from ui.model_labels import ModelLabel, label_for
 from ui.rate_limit import RateLimiter
 from ui.settings import Settings
 from ui.stop_signals import StopSignals, until_stopped
+from ui.stream_pacing import UPDATE_INTERVAL_S, paced
 from ui.warming import ColdStartTracker, Prewarmer, WarmingStatus, stream_with_warmup
 
 logger = logging.getLogger(__name__)
@@ -327,8 +328,12 @@ class ColumnStreamer:
             events = stream_with_warmup(
                 self.client, request.model, request.messages, tracker=self.tracker, options=options
             )
-            async for event in until_stopped(events, stop):
-                queue.put_nowait((index, event))
+            # Paced like the chat (ui/stream_pacing.py): each column's tokens are read and
+            # handed on in batches, so a comparison costs about one update per interval
+            # per column, not one per token.
+            async for batch in until_stopped(paced(events, UPDATE_INTERVAL_S), stop):
+                for event in batch:
+                    queue.put_nowait((index, event))
         except BackendError as exc:
             logger.warning("Column %s failed: %s", request.model, exc.user_message)
             queue.put_nowait((index, _Failed(exc.user_message)))

@@ -12,10 +12,16 @@ The eye sees no difference between 20 and 100 updates a second, so updates are p
 
 A batch is delivered at once when it is the first, when `interval` has passed since the
 previous batch, or when the stream ended or failed; otherwise it waits for the rest of the
-interval, collecting what arrives meanwhile. So no event waits longer than `interval`,
-the first token is shown the moment it arrives, and the end is never delayed. An error
-raised by `events` comes after the batch of events that preceded it (a partial reply is
-shown before its error).
+interval, collecting what arrives meanwhile. So no event waits much longer than `interval`,
+and the first token is shown the moment it arrives. An error raised by `events` comes after
+the batch of events that preceded it (a partial reply is shown before its error).
+
+Reading is paced too: once an event arrived in the middle of an interval, the reader does
+not ask `events` for the next one until the interval is over. Meanwhile the backend's
+tokens collect in the socket, and the next read takes them all at once. Waking up for a
+token costs the UI more than the token itself (event loop, HTTP and chunked-encoding
+parsing for each network packet): at 80 streams this halves the UI's CPU per token (see
+bench/README.md). The price: the end of a reply is seen up to one interval late.
 
 Under load the interval stretches: beyond STREAMS_AT_BASE streams paced at once in this
 process, it grows in proportion to their number (up to MAX_INTERVAL_S), so the update
@@ -35,8 +41,10 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+UPDATE_INTERVAL_S = 0.05  # streamed replies update the page at most this often (unloaded)
 STREAMS_AT_BASE = 20  # up to this many streams at once, batches come every `interval`
 MAX_INTERVAL_S = 0.25  # the longest the interval stretches under load
+_AFTER_READER_S = 0.002
 _active = 0  # streams being paced now (all in the server's one event loop)
 
 
@@ -67,6 +75,11 @@ async def paced(events: AsyncIterator[T], interval: float) -> AsyncIterator[list
         try:
             async for event in events:
                 queue.put_nowait(event)
+                # Mid-interval: let the next tokens collect in the socket until this
+                # batch is due, then read them in one go (see the module docstring).
+                rest = due() - time.monotonic()
+                if rest > 0:
+                    await asyncio.sleep(rest)
         except BaseException as exc:  # handed to the reader, in stream order
             queue.put_nowait(_Failed(exc))
             over.set()
@@ -76,17 +89,22 @@ async def paced(events: AsyncIterator[T], interval: float) -> AsyncIterator[list
             queue.put_nowait(_END)
             over.set()
 
+    def due() -> float:
+        """When the next batch may go out."""
+        return last + current_interval(interval)
+
     global _active
-    reader = asyncio.create_task(pump())
     last = -float("inf")
+    reader = asyncio.create_task(pump())
     _active += 1
     try:
         while True:
             batch: list[T] = []
             first = await queue.get()
             ending = _take(first, batch)
-            wait = last + current_interval(interval) - time.monotonic()
-            if ending is None and wait > 0:
+            # A little after the reader's wake-up, so it has read what collected meanwhile.
+            wait = due() + _AFTER_READER_S - time.monotonic()
+            if ending is None and wait > _AFTER_READER_S:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(over.wait(), timeout=wait)
             while ending is None and not queue.empty():

@@ -24,6 +24,7 @@ the model changes: one in-flight warm-up per backend and model, nothing periodic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import logging
 import statistics
@@ -187,13 +188,11 @@ async def stream_with_warmup(
                     log.info("cold start of %s took %.1f s", model, took)
                     yield status("ready")
                 yield value
-            while True:  # streaming: no more timers per token
-                kind, value = await queue.get()
-                if kind == "error":
-                    raise value
-                if kind == "end":
-                    return
+            # Streaming: the pump stopped after the first event; the rest is read right
+            # here, with no task hand-over or timer per token.
+            async for value in chat:
                 yield value
+            return
         except _RETRYABLE as exc:
             if not first:
                 raise  # part of the reply arrived: resending would answer twice
@@ -219,12 +218,17 @@ async def stream_with_warmup(
             detector.cancel()
             task.cancel()
             await asyncio.gather(task, detector, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await chat.aclose()  # closes the HTTP stream if the reply was cut short
 
 
 async def _pump(events: AsyncIterator[ChatEvent], queue: asyncio.Queue[tuple[str, Any]]) -> None:
+    """Hand over the first event (or the end, or the error), then stop reading: the caller
+    reads the rest of `events` itself."""
     try:
         async for event in events:
             await queue.put(("event", event))
+            return
         await queue.put(("end", None))
     except BackendError as exc:
         await queue.put(("error", exc))
