@@ -34,6 +34,14 @@ DEFAULT_NUM_CTX = 2048
 DEFAULT_KEEP_ALIVE = 300.0  # seconds, Ollama's default of 5 minutes
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under `taskset` or a
+    container's cpuset), not every core of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 class EngineError(Exception):
     status_code = 500
 
@@ -152,7 +160,7 @@ class Engine:
         self.num_parallel = max(1, num_parallel)
         self.max_queue = max_queue
         self.default_keep_alive = default_keep_alive
-        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self.n_threads = n_threads or usable_cores()
         self.loaded: dict[str, _LoadedModel] = {}
         self._waiting = 0
         self._generating = 0

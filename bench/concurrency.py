@@ -303,6 +303,9 @@ def main() -> None:
     ui, ui_url = start_ui(backend_url, cpu=args.ui_cpu, **extra)
     pid = ui.popen.pid
     try:
+        idle_before = process_cpu(pid)
+        time.sleep(3.0)  # nobody connected: what the UI process costs by itself
+        idle_share = cpu_share(idle_before, process_cpu(pid))
         burst = [
             asyncio.run(run_round(ui_url, backend_url, pid, n, args.tokens, 0.0)) for n in counts
         ]
@@ -321,7 +324,10 @@ def main() -> None:
         f"\n### Concurrency: one UI process on core {args.ui_cpu}, synthetic backend at "
         f"{args.rate:g} tokens/s per stream\n"
     )
-    print(f"({load_note()}; clients and backend on core(s) {sorted(other)})\n")
+    print(
+        f"({load_note()}; clients and backend on core(s) {sorted(other)}; the UI idle, "
+        f"before the rounds: {idle_share * 100:.1f} % of its core)\n"
+    )
     print(f"**Burst**: N messages sent at the same instant, {args.tokens}-token replies\n")
     print(table(ROUND_HEADERS, [r.row() for r in burst]))
     print(

@@ -8,13 +8,15 @@ token (request sent -> first text), and tokens/s from the growth of the text (to
 the first / time from the first to the last text growth). Paired medians are printed, and
 the UI process's CPU per reply.
 
-Two backends:
-1. the real local engine (`python -m backend`, one slot). It is a CPU engine using every
-   core, so on this machine the UI's own CPU use is taken from the engine: the tokens/s
-   ratio measures that sharing as well as the relay (in production the model runs on a GPU
-   in another service);
-2. a GPU-like backend (bench/synthetic_ollama.py: fixed token rate, its own core, the UI
-   pinned to the other): what is left is the relay itself.
+Three set-ups:
+1. the real local engine (`python -m backend`, one slot) on every core. It is a CPU
+   engine, so on this machine the UI's own CPU use is taken from the engine: the tokens/s
+   ratio measures that sharing as well as the relay;
+2. the same engine on a core of its own (taskset, one thread), the UI and the clients on
+   the other core: as in production, where the model runs in another service, the UI
+   cannot slow the engine down, so what is left is the relay itself;
+3. a GPU-like backend (bench/synthetic_ollama.py: fixed token rate, its own core, the UI
+   pinned to the other): the relay at a GPU's token rate.
 
 Clients for the UI side:
 - `queue API`: a lean client of Gradio's queue API (bench/gradio_queue.py), what the
@@ -261,10 +263,31 @@ def main() -> None:
             ui.stop()
         engine.stop()
 
-    # 2. A GPU-like backend on its own core: a fixed token rate that the UI's CPU use
+    # 2. The same engine on a core of its own; the UI and this process on the other.
+    cores = cpu_count()
+    if cores >= 2:
+        pin_self({0})
+        engine, engine_url = start_engine(
+            None, "--num-parallel", "1", name="bench-relay-engine-own-core", cpu=cores - 1
+        )
+        ui = None
+        try:
+            ui, ui_url = start_ui(engine_url, cpu=0, name="bench-relay-ui-split")
+            title = (
+                f"Relay overhead, real engine on its own core ({args.model}, one thread; "
+                "UI and clients on core 0)"
+            )
+            sections.append(
+                asyncio.run(measure(title, engine_url, ui_url, ui.popen.pid, args.model, args))
+            )
+        finally:
+            if ui is not None:
+                ui.stop()
+            engine.stop()
+
+    # 3. A GPU-like backend on its own core: a fixed token rate that the UI's CPU use
     #    cannot slow down, so what is left is the relay itself.
     if args.gpu_like_rate > 0:
-        cores = cpu_count()
         pin_self({cores - 1})
         backend, backend_url = start_synthetic(
             rate=args.gpu_like_rate, first_token_delay=0.02, cpu=cores - 1

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ui.stream_pacing import STREAMS_AT_BASE, paced
+from ui.stream_pacing import READ_PACING_FROM, STREAMS_AT_BASE, paced
 
 INTERVAL = 0.1
 
@@ -65,20 +65,33 @@ async def test_a_steady_stream_is_grouped_in_order_and_nothing_is_lost() -> None
     assert max(len(b) for _, b in got) >= 5  # events were really grouped
 
 
-async def test_reading_is_paced_too_so_events_are_read_in_bursts() -> None:
-    """Mid-interval the reader waits for the batch to be due before it reads on: what
-    arrived meanwhile is then taken in one go, not one wake-up per event."""
+def wakeups(source: Source) -> int:
+    """How many times the source was read after a wait (events taken together count once)."""
+    gaps = [b - a for a, b in zip(source.taken_at, source.taken_at[1:], strict=False)]
+    return 1 + sum(1 for gap in gaps if gap > 0.003)
+
+
+async def test_under_load_reading_is_paced_too_so_events_are_read_in_bursts() -> None:
+    """From READ_PACING_FROM streams at once, mid-interval the reader waits for the batch to
+    be due before it reads on: what arrived meanwhile is then taken in one go, not one
+    wake-up per event; and no event waits much longer than the interval to be shown."""
+    sources = [Source(40, gap=0.01) for _ in range(READ_PACING_FROM)]
+    results = await asyncio.gather(*(batches_of(s) for s in sources))
+    for source, got in zip(sources, results, strict=True):
+        assert [e for _, batch in got for e in batch] == list(range(40))
+        assert wakeups(source) <= 15, wakeups(source)  # ~2 per 0.1 s interval, not 40
+        # (batches_of starts its clock a few microseconds before the source starts its own)
+        shown_at = [source.started + t for t, batch in got for _ in batch]
+        ready_at = [source.started + 0.01 * (i + 1) for i in range(40)]
+        assert max(s - r for s, r in zip(shown_at, ready_at, strict=True)) < INTERVAL + 0.05
+
+
+async def test_a_lone_stream_is_read_as_it_comes_and_its_end_shows_at_once() -> None:
     source = Source(40, gap=0.01)
     got = await batches_of(source)
     assert [e for _, batch in got for e in batch] == list(range(40))
-    gaps = [b - a for a, b in zip(source.taken_at, source.taken_at[1:], strict=False)]
-    wakeups = 1 + sum(1 for gap in gaps if gap > 0.003)
-    assert wakeups <= 15, wakeups  # ~2 per 0.1 s interval over 0.4 s, not 40
-    # And no event waited much longer than the interval to be shown.
-    # (batches_of starts its clock a few microseconds before the source starts its own)
-    batches_at = [source.started + t for t, batch in got for _ in batch]
-    ready_at = [source.started + 0.01 * (i + 1) for i in range(40)]
-    assert max(b - r for b, r in zip(batches_at, ready_at, strict=True)) < INTERVAL + 0.05
+    assert wakeups(source) >= 35  # every event read when it arrived
+    assert got[-1][0] - (source.taken_at[-1] - source.started) < 0.03  # the end is not late
 
 
 async def test_slow_events_are_not_held_back() -> None:

@@ -16,12 +16,14 @@ interval, collecting what arrives meanwhile. So no event waits much longer than 
 and the first token is shown the moment it arrives. An error raised by `events` comes after
 the batch of events that preceded it (a partial reply is shown before its error).
 
-Reading is paced too: once an event arrived in the middle of an interval, the reader does
-not ask `events` for the next one until the interval is over. Meanwhile the backend's
-tokens collect in the socket, and the next read takes them all at once. Waking up for a
-token costs the UI more than the token itself (event loop, HTTP and chunked-encoding
-parsing for each network packet): at 80 streams this halves the UI's CPU per token (see
-bench/README.md). The price: the end of a reply is seen up to one interval late.
+Under load, reading is paced too: from READ_PACING_FROM streams paced at once, once an
+event arrived in the middle of an interval, the reader does not ask `events` for the next
+one until the interval is over. Meanwhile the backend's tokens collect in the socket, and
+the next read takes them all at once. Waking up for a token costs the UI more than the
+token itself (event loop, HTTP and chunked-encoding parsing for each network packet): at
+80 streams this cuts the UI's CPU per token by a third (see bench/README.md). The price,
+paid only under load: the end of a reply is seen up to one interval late. With fewer
+streams every token is read as it comes and the end of a reply shows at once.
 
 Under load the interval stretches: beyond STREAMS_AT_BASE streams paced at once in this
 process, it grows in proportion to their number (up to MAX_INTERVAL_S), so the update
@@ -42,6 +44,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 UPDATE_INTERVAL_S = 0.05  # streamed replies update the page at most this often (unloaded)
+READ_PACING_FROM = 8  # from this many streams at once, reading is paced too
 STREAMS_AT_BASE = 20  # up to this many streams at once, batches come every `interval`
 MAX_INTERVAL_S = 0.25  # the longest the interval stretches under load
 _AFTER_READER_S = 0.002
@@ -75,10 +78,9 @@ async def paced(events: AsyncIterator[T], interval: float) -> AsyncIterator[list
         try:
             async for event in events:
                 queue.put_nowait(event)
-                # Mid-interval: let the next tokens collect in the socket until this
-                # batch is due, then read them in one go (see the module docstring).
-                rest = due() - time.monotonic()
-                if rest > 0:
+                # Under load, mid-interval: let the next tokens collect in the socket
+                # until this batch is due, then read them in one go (module docstring).
+                if _active >= READ_PACING_FROM and (rest := due() - time.monotonic()) > 0:
                     await asyncio.sleep(rest)
         except BaseException as exc:  # handed to the reader, in stream order
             queue.put_nowait(_Failed(exc))

@@ -78,11 +78,16 @@ class Proc:
             self.popen.wait(10)
 
 
-def start_engine(port: int | None = None, *extra: str, name: str = "engine") -> tuple[Proc, str]:
-    """Start the real local engine (`python -m backend`) and wait until it serves."""
+def start_engine(
+    port: int | None = None, *extra: str, name: str = "engine", cpu: int | None = None
+) -> tuple[Proc, str]:
+    """Start the real local engine (`python -m backend`) and wait until it serves; `cpu`
+    pins it to that core (taskset), so it generates with one thread."""
     port = port or free_port()
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     proc = Proc(
-        name, [sys.executable, "-m", "backend", "--host", "127.0.0.1", "--port", str(port), *extra]
+        name,
+        [*pin, sys.executable, "-m", "backend", "--host", "127.0.0.1", "--port", str(port), *extra],
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/", timeout=120, proc=proc.popen)
