@@ -34,6 +34,7 @@ from tests.support.chat_app import (
     text_of,
 )
 from tests.support.fake_ollama import FakeOllama
+from ui.chat_history import MAX_HISTORY_MESSAGES
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -271,7 +272,10 @@ def refusal(call: Any) -> str:
             [{"role": "user", "content": [{"type": "file", "file": {"path": "/etc/passwd"}}]}],
             "'meta' field must be explicitly provided",
         ),
-        ([msg("user", "x")] * 2001, "has 2001 messages; the limit is 2000"),
+        (
+            [msg("user", "x")] * (MAX_HISTORY_MESSAGES + 1),
+            f"has {MAX_HISTORY_MESSAGES + 1} messages; the limit is {MAX_HISTORY_MESSAGES}",
+        ),
     ],
 )
 def test_forged_history_is_refused(
@@ -351,7 +355,7 @@ def test_share_refuses_forged_histories(client: Client) -> None:
     assert not link and "nothing to share" in notice
     for history, words in [
         ("not a list", "Input should be a valid list"),
-        ([msg("user", "x")] * 2001, "the limit is 2000"),
+        ([msg("user", "x")] * (MAX_HISTORY_MESSAGES + 1), f"the limit is {MAX_HISTORY_MESSAGES}"),
     ]:
         try:
             link, notice = share(history)

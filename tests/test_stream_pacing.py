@@ -9,7 +9,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ui.stream_pacing import READ_PACING_FROM, STREAMS_AT_BASE, paced
+from ui.stream_pacing import (
+    HISTORY_AT_BASE,
+    MAX_HISTORY_INTERVAL_S,
+    READ_PACING_FROM,
+    STREAMS_AT_BASE,
+    interval_for_history,
+    paced,
+)
 
 INTERVAL = 0.1
 
@@ -147,3 +154,15 @@ async def test_the_interval_stretches_when_many_streams_are_paced_at_once() -> N
     alone = await batches(1)
     crowded = await batches(4 * STREAMS_AT_BASE)
     assert crowded < 0.6 * alone, (alone, crowded)
+
+
+def test_long_chats_are_updated_less_often_within_a_bound() -> None:
+    """An update costs in proportion to the history's length: longer chats get
+    proportionally fewer updates, never fewer than one per MAX_HISTORY_INTERVAL_S."""
+    short = interval_for_history(2, 0.05)
+    assert short == interval_for_history(HISTORY_AT_BASE, 0.05) == 0.05
+    assert interval_for_history(4 * HISTORY_AT_BASE, 0.05) == pytest.approx(0.2)
+    lengths = range(0, 50 * HISTORY_AT_BASE, 7)
+    intervals = [interval_for_history(n, 0.05) for n in lengths]
+    assert intervals == sorted(intervals)  # never more often for a longer chat
+    assert max(intervals) == MAX_HISTORY_INTERVAL_S

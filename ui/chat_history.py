@@ -19,7 +19,7 @@ from typing import Any
 
 CHARS_PER_TOKEN = 4  # rough average for English text with these tokenizers
 TOKENS_PER_MESSAGE = 4  # role markers and separators of chat templates
-MAX_HISTORY_MESSAGES = 2000  # far more than any context holds; bounds the work per request
+MAX_HISTORY_MESSAGES = 500  # far more than any context holds; bounds the work per request
 LOAD_SHOWN_ABOVE_S = 0.05  # a load_duration below this means "model was already loaded"
 WARNING_SIGN = "⚠"  # U+26A0 without the emoji selector: common text fonts have it
 

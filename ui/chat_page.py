@@ -55,7 +55,7 @@ from ui.model_directory import ModelDirectory, ModelRejected
 from ui.rate_limit import RateLimiter, client_key
 from ui.settings import Settings
 from ui.stop_signals import StopSignals, until_stopped
-from ui.stream_pacing import UPDATE_INTERVAL_S, paced
+from ui.stream_pacing import interval_for_history, paced
 from ui.warming import ColdStartTracker, Prewarmer, WarmingStatus, stream_with_warmup
 
 logger = logging.getLogger(__name__)
@@ -274,9 +274,10 @@ class ChatPage:
                 self.client, turn.model, turn.messages, tracker=self.tracker,
                 options=turn.options,
             )  # fmt: skip
-            # At most one page update per UPDATE_INTERVAL_S, longer when many replies stream
-            # at once (ui/stream_pacing.py): an update costs the UI far more than a token.
-            async for batch in until_stopped(paced(events, UPDATE_INTERVAL_S), stop):
+            # At most one page update per interval (50 ms; longer when many replies stream
+            # at once or the chat is long): an update costs the UI far more than a token.
+            interval = interval_for_history(len(display))
+            async for batch in until_stopped(paced(events, interval), stop):
                 banner: str | None = None
                 grew = False
                 for event in batch:

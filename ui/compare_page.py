@@ -72,7 +72,7 @@ from ui.model_labels import ModelLabel, label_for
 from ui.rate_limit import RateLimiter
 from ui.settings import Settings
 from ui.stop_signals import StopSignals, until_stopped
-from ui.stream_pacing import UPDATE_INTERVAL_S, paced
+from ui.stream_pacing import interval_for_history, paced
 from ui.warming import ColdStartTracker, Prewarmer, WarmingStatus, stream_with_warmup
 
 logger = logging.getLogger(__name__)
@@ -283,8 +283,10 @@ class ColumnStreamer:
         started = time.monotonic()
         columns = [_Column(request, started) for request in requests]
         queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
+        # Every update carries every column's history (ui/stream_pacing.py).
+        interval = interval_for_history(sum(len(r.display) for r in requests))
         tasks = [
-            asyncio.create_task(self._pump(index, request, options, stop, queue))
+            asyncio.create_task(self._pump(index, request, options, stop, queue, interval))
             for index, request in enumerate(requests)
         ]
         try:
@@ -323,6 +325,7 @@ class ColumnStreamer:
         options: dict[str, Any],
         stop: asyncio.Event | None,
         queue: asyncio.Queue[tuple[int, object]],
+        interval: float,
     ) -> None:
         try:
             events = stream_with_warmup(
@@ -331,7 +334,7 @@ class ColumnStreamer:
             # Paced like the chat (ui/stream_pacing.py): each column's tokens are read and
             # handed on in batches, so a comparison costs about one update per interval
             # per column, not one per token.
-            async for batch in until_stopped(paced(events, UPDATE_INTERVAL_S), stop):
+            async for batch in until_stopped(paced(events, interval), stop):
                 for event in batch:
                     queue.put_nowait((index, event))
         except BackendError as exc:

@@ -44,11 +44,25 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 UPDATE_INTERVAL_S = 0.05  # streamed replies update the page at most this often (unloaded)
+HISTORY_AT_BASE = 40  # messages: up to this long a chat, updates come every `interval`
+MAX_HISTORY_INTERVAL_S = 1.0  # the longest a long history stretches the interval
 READ_PACING_FROM = 8  # from this many streams at once, reading is paced too
 STREAMS_AT_BASE = 20  # up to this many streams at once, batches come every `interval`
 MAX_INTERVAL_S = 0.25  # the longest the interval stretches under load
 _AFTER_READER_S = 0.002
 _active = 0  # streams being paced now (all in the server's one event loop)
+
+
+def interval_for_history(messages: int, interval: float = UPDATE_INTERVAL_S) -> float:
+    """The update interval for a chat showing `messages` messages.
+
+    Gradio post-processes, checks for files and diffs the whole Chatbot value on every
+    update, so an update costs in proportion to the history's length (a 2 000-message chat
+    took a whole core for one reply, bench/README.md). Beyond HISTORY_AT_BASE messages,
+    updates come proportionally less often (up to MAX_HISTORY_INTERVAL_S apart), so a long
+    chat costs the UI about what a short one does."""
+    stretched = interval * max(1.0, messages / HISTORY_AT_BASE)
+    return min(max(interval, MAX_HISTORY_INTERVAL_S), stretched)
 
 
 def current_interval(interval: float) -> float:
