@@ -277,6 +277,39 @@ async def run_growth(
     ]
 
 
+@dataclass
+class HistoryCost:
+    messages: int
+    updates: int
+    cpu_ms: float
+    wall_s: float
+
+
+async def run_history(
+    ui_url: str, ui_pid: int, lengths: list[int], tokens: int, chars: int = 400
+) -> list[HistoryCost]:
+    """One reply after a chat of N messages (`chars` each): the UI's CPU for that reply.
+    Gradio re-processes the whole Chatbot value on every update."""
+    results = []
+    async with GradioQueue(ui_url) as gq:
+        fn = await gq.fn_index("chat")
+        session = await open_page(gq)
+        for n in lengths:
+            history = [
+                {"role": "user" if i % 2 == 0 else "assistant",
+                 "content": [{"type": "text", "text": "x" * chars}]}
+                for i in range(n)
+            ]  # fmt: skip
+            before = process_cpu(ui_pid)
+            t0 = time.perf_counter()
+            data = ["Hi", history, MODEL, "", 0.7, 0.9, tokens]
+            result = await gq.call(fn, data, session_hash=session)
+            wall = time.perf_counter() - t0
+            cpu = (process_cpu(ui_pid).cpu_s - before.cpu_s) * 1000
+            results.append(HistoryCost(n, result.updates, cpu, wall))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", default="10,40,80", help="comma-separated N values")
@@ -316,6 +349,7 @@ def main() -> None:
         growth = asyncio.run(
             run_growth(ui_url, pid, args.growth_streams, args.growth_tokens, args.rate)
         )
+        history = asyncio.run(run_history(ui_url, pid, [0, 40, 100, 500], args.long_tokens // 2))
     finally:
         ui.stop()
         backend.stop()
@@ -343,6 +377,14 @@ def main() -> None:
         ["reply tokens", "UI CPU (1 core)", "UI CPU ms/token"],
         [[f"{w.reply_tokens[0]}–{w.reply_tokens[1]}", f"{w.cpu_share * 100:.0f} %",
           f"{w.cpu_ms_per_token:.3f}"] for w in growth],
+    ))  # fmt: skip
+    print(
+        f"\n**Long chats**: one {args.long_tokens // 2}-token reply after a chat of N messages "
+        "(400 characters each); the UI's CPU for that reply\n"
+    )
+    print(table(
+        ["messages before", "page updates", "UI CPU ms per reply", "wall s"],
+        [[h.messages, h.updates, f"{h.cpu_ms:.0f}", f"{h.wall_s:.2f}"] for h in history],
     ))  # fmt: skip
     big = max(counts)
     for label, rounds in (("burst", burst), ("staggered", steady)):
