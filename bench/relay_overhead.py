@@ -57,7 +57,7 @@ from bench.common import (
 )
 from bench.gradio_queue import GradioQueue, last_note, reply_text
 from bench.synthetic_ollama import MODEL as MODEL_GPU_LIKE
-from tests.support.procs import start_engine
+from tests.support.procs import Proc, start_engine
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
@@ -248,42 +248,39 @@ def main() -> None:
     args = parser.parse_args()
     sections: list[Section] = []
 
+    def through_ui(
+        title: str, backend: Proc, backend_url: str, model: str, ui_cpu: int | None
+    ) -> None:
+        """Start a UI in front of `backend`, measure, stop both."""
+        ui = None
+        try:
+            ui, ui_url = start_ui(backend_url, cpu=ui_cpu, name="bench-relay-ui")
+            sections.append(
+                asyncio.run(measure(title, backend_url, ui_url, ui.popen.pid, model, args))
+            )
+        finally:
+            if ui is not None:
+                ui.stop()
+            backend.stop()
+
     # 1. The real CPU engine. It uses every core, so whatever CPU the UI spends is taken
     #    from the engine: on this machine the ratio also measures that sharing.
     engine, engine_url = start_engine(None, "--num-parallel", "1", name="bench-relay-engine")
-    ui = None
-    try:
-        ui, ui_url = start_ui(engine_url, name="bench-relay-ui")
-        title = f"Relay overhead, real engine ({args.model}, temperature 0, cores shared)"
-        sections.append(
-            asyncio.run(measure(title, engine_url, ui_url, ui.popen.pid, args.model, args))
-        )
-    finally:
-        if ui is not None:
-            ui.stop()
-        engine.stop()
+    title = f"Relay overhead, real engine ({args.model}, temperature 0, cores shared)"
+    through_ui(title, engine, engine_url, args.model, None)
 
     # 2. The same engine on a core of its own; the UI and this process on the other.
     cores = cpu_count()
     if cores >= 2:
         pin_self({0})
         engine, engine_url = start_engine(
-            None, "--num-parallel", "1", name="bench-relay-engine-own-core", cpu=cores - 1
+            None, "--num-parallel", "1", name="bench-relay-engine", cpu=cores - 1
         )
-        ui = None
-        try:
-            ui, ui_url = start_ui(engine_url, cpu=0, name="bench-relay-ui-split")
-            title = (
-                f"Relay overhead, real engine on its own core ({args.model}, one thread; "
-                "UI and clients on core 0)"
-            )
-            sections.append(
-                asyncio.run(measure(title, engine_url, ui_url, ui.popen.pid, args.model, args))
-            )
-        finally:
-            if ui is not None:
-                ui.stop()
-            engine.stop()
+        title = (
+            f"Relay overhead, real engine on its own core ({args.model}, one thread; "
+            "UI and clients on core 0)"
+        )
+        through_ui(title, engine, engine_url, args.model, 0)
 
     # 3. A GPU-like backend on its own core: a fixed token rate that the UI's CPU use
     #    cannot slow down, so what is left is the relay itself.
@@ -292,20 +289,11 @@ def main() -> None:
         backend, backend_url = start_synthetic(
             rate=args.gpu_like_rate, first_token_delay=0.02, cpu=cores - 1
         )
-        ui = None
-        try:
-            ui, ui_url = start_ui(backend_url, cpu=0, name="bench-relay-ui-gpu-like")
-            title = (
-                f"Relay overhead, GPU-like backend ({args.gpu_like_rate:g} tokens/s, "
-                "UI on its own core)"
-            )
-            sections.append(
-                asyncio.run(measure(title, backend_url, ui_url, ui.popen.pid, MODEL_GPU_LIKE, args))
-            )
-        finally:
-            if ui is not None:
-                ui.stop()
-            backend.stop()
+        title = (
+            f"Relay overhead, GPU-like backend ({args.gpu_like_rate:g} tokens/s, "
+            "UI on its own core)"
+        )
+        through_ui(title, backend, backend_url, MODEL_GPU_LIKE, 0)
 
     for section in sections:
         report(section, args.runs)

@@ -176,6 +176,14 @@ def test_battle_hides_names_until_the_vote_then_logs_one_record(
     assert record.pop("logger") == "ui.battle.votes"  # the log line also names its logger
     assert [json.loads(line) for line in lines] == [record]
 
+    assert isinstance(record["battle_id"], str) and record["battle_id"]
+
+    # The same battle cannot be voted on twice (a replayed request, or another tab).
+    banner, *_ = client.predict(token, "a", chat_a2, chat_b2, api_name="/battle_vote")
+    assert "voted on already" in banner
+    time.sleep(0.5)
+    assert len(vote_records(proc)) == 1 and len(vote_log.read_text().splitlines()) == 1
+
     board = client.predict(api_name="/leaderboard")
     assert "SmolLM2 135M Instruct" in board and "Gemma 3 270M (base)" in board
     assert "1 vote." in board

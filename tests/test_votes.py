@@ -19,6 +19,7 @@ from ui.votes import (
     VALID_CHOICES,
     JsonLogFormatter,
     LeaderboardRow,
+    OncePerBattle,
     format_leaderboard_markdown,
     leaderboard,
     load_votes,
@@ -313,6 +314,31 @@ def test_leaderboard_is_sorted_by_elo_and_lists_unplayed_models() -> None:
     assert [r.model for r in rows] == ["strong", "new", "weak"]
     assert rows[1] == LeaderboardRow("new", elo=1000.0)
     assert rows[0].elo > 1000 > rows[2].elo
+
+
+def test_a_battle_voted_on_twice_counts_once() -> None:
+    first = {"model_a": "x", "model_b": "y", "choice": "a", "battle_id": "b1"}
+    replay = {**first, "choice": "b"}  # the same battle again, e.g. at another instance
+    other = {**first, "battle_id": "b2"}
+    assert leaderboard([first, replay]) == leaderboard([first])
+    rows = {r.model: r for r in leaderboard([first, replay, other])}
+    assert (rows["x"].wins, rows["x"].battles, rows["y"].losses) == (2, 2, 2)
+    # Votes logged before battle ids were recorded still count one by one.
+    plain = {"model_a": "x", "model_b": "y", "choice": "a"}
+    assert leaderboard([plain, plain])[0].battles == 2
+
+
+def test_once_per_battle_refuses_a_second_claim_until_the_token_expired() -> None:
+    once = OncePerBattle(ttl_s=100)
+    assert once.claim("b1", issued_at=0, now=10)
+    assert not once.claim("b1", issued_at=0, now=20)
+    assert once.claim("b2", issued_at=0, now=20)
+    for i in range(1001):  # enough to trigger forgetting expired battles
+        once.claim(f"old{i}", issued_at=0, now=50)
+    assert once.claim("new", issued_at=200, now=200)
+    assert not once.claim("new", issued_at=200, now=201)
+    # b1's token expired at 100: it was forgotten (its token is refused anyway).
+    assert once.claim("b1", issued_at=0, now=202)
 
 
 def test_a_draw_between_equals_changes_nothing() -> None:

@@ -35,7 +35,13 @@ from typing import Any
 import gradio as gr
 
 from ui.backend_client import BackendClient
-from ui.battle_token import BattleTokenError, new_pairing, open_pairing, seal_pairing
+from ui.battle_token import (
+    TOKEN_TTL_S,
+    BattleTokenError,
+    new_pairing,
+    open_pairing,
+    seal_pairing,
+)
 from ui.chat_history import HistoryRejected, Message, conversation, fit_to_context, is_note
 from ui.chat_history import parse_history as parse_chat_history
 from ui.chat_page import (
@@ -59,7 +65,13 @@ from ui.model_labels import label_for
 from ui.rate_limit import RateLimiter
 from ui.settings import Settings
 from ui.stop_signals import StopSignals
-from ui.votes import VALID_CHOICES, JsonLogFormatter, pick_battle_pair, record_vote
+from ui.votes import (
+    VALID_CHOICES,
+    JsonLogFormatter,
+    OncePerBattle,
+    pick_battle_pair,
+    record_vote,
+)
 from ui.warming import ColdStartTracker
 
 logger = logging.getLogger(__name__)
@@ -135,6 +147,7 @@ class BattlePage:
             client, tracker or ColdStartTracker(settings.typical_cold_start)
         )
         self.stops = StopSignals()
+        self.voted = OncePerBattle(TOKEN_TTL_S)  # one vote per battle (token) here
         self.votes = vote_logger()
         self.components: BattleComponents | None = None
 
@@ -267,6 +280,9 @@ class BattlePage:
             return (banner_html(exc.user_message, "error"), *unchanged)
         except (InputRejected, HistoryRejected) as exc:
             return (banner_html(exc.user_message, "error"), *unchanged)
+        if not self.voted.claim(pairing.battle_id, pairing.issued_at):
+            text = "This battle has been voted on already. Send a new prompt for the next battle."
+            return (banner_html(text, "error"), *unchanged)
         choice = str(choice)
         kind = "info"
         saved = ""
@@ -277,6 +293,7 @@ class BattlePage:
                 choice,
                 logger=self.votes,
                 vote_log_path=self.settings.vote_log,
+                battle_id=pairing.battle_id,
             )
         except OSError as exc:
             # The JSON log line is out already; only the leaderboard file missed it.

@@ -13,8 +13,10 @@ The plaintext is padded to a fixed size, so the token's length says nothing abou
 models were paired. Any instance holding the same secret opens any token; a token expires
 after `TOKEN_TTL_S`.
 
-Replays: without server state a token can be voted with more than once; the vote log has
-one line per vote, so a replayed battle shows up as repeated identical pairs.
+Replays: the token itself does not stop a second vote. The battle page refuses a second
+vote on a battle id in its process (ui/votes.OncePerBattle), every vote line carries the
+battle id, and the leaderboard counts one vote per battle id (another instance may have
+accepted a replay).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ import logging
 import os
 import random
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -147,6 +148,7 @@ def record_vote(
     logger: logging.Logger,
     vote_log_path: str | os.PathLike[str] | None = None,
     now: datetime | None = None,
+    battle_id: str | None = None,
 ) -> dict[str, Any]:
     """Record one blind-battle vote; returns the vote object that was written.
 
@@ -173,10 +175,32 @@ def record_vote(
         "winner": winner,
         "timestamp": _iso_utc(now),
     }
+    if battle_id is not None:
+        vote["battle_id"] = battle_id  # the leaderboard counts one vote per battle
     logger.info("%s", vote["message"], extra={"json_fields": vote})
     if vote_log_path is not None:
         _append_line(Path(vote_log_path), _json_line(vote))
     return vote
+
+
+class OncePerBattle:
+    """The battles voted on in this process, so a token cannot be voted with twice here;
+    each is forgotten once its token has expired anyway. (Across instances the
+    leaderboard still counts one vote per battle.)"""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._voted: dict[str, float] = {}  # battle id -> when its token was issued
+
+    def claim(self, battle_id: str, issued_at: float, *, now: float | None = None) -> bool:
+        """True the first time `battle_id` is claimed, False after that."""
+        now = time.time() if now is None else now
+        if len(self._voted) > 1000:  # forget expired battles now and then
+            self._voted = {b: t for b, t in self._voted.items() if t + self.ttl_s > now}
+        if battle_id in self._voted:
+            return False
+        self._voted[battle_id] = issued_at
+        return True
 
 
 # === reading votes =======================================================================
@@ -274,9 +298,12 @@ def leaderboard(
     """Per-model battles, wins, losses, ties and online Elo, best Elo first.
 
     `models` adds rows (at the base rating) for models without votes yet. Votes are applied
-    in the order given; a malformed vote raises ValueError naming its position.
+    in the order given; a malformed vote raises ValueError naming its position. A battle
+    voted on more than once (the same `battle_id`: a replayed token, e.g. at another
+    instance) counts once, with its first vote.
     """
     rows: dict[str, LeaderboardRow] = {name: LeaderboardRow(name, elo=base) for name in models}
+    counted: set[str] = set()
 
     def row(name: str) -> LeaderboardRow:
         if name not in rows:
@@ -290,6 +317,11 @@ def leaderboard(
             _check_choice(choice)
         except ValueError as error:
             raise ValueError(f"vote #{position} is malformed: {error}") from None
+        battle_id = vote.get("battle_id")
+        if isinstance(battle_id, str):
+            if battle_id in counted:
+                continue
+            counted.add(battle_id)
         a, b = row(str(model_a)), row(str(model_b))
         score_a = {"a": 1.0, "b": 0.0}.get(str(choice), 0.5)  # tie and both_bad: draw
         expected_a = expected_score(a.elo, b.elo)
