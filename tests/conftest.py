@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from playwright.sync_api import Browser
 
+from tests.support.browser import chromium
 from tests.support.procs import Proc, start_engine
 
 
@@ -28,3 +30,10 @@ def engine_proc() -> Iterator[tuple[Proc, str]]:
 def engine(engine_proc: tuple[Proc, str]) -> str:
     """Base URL of the shared engine."""
     return engine_proc[1]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium (tests/support/browser.py), one per test module."""
+    with chromium() as launched:
+        yield launched

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 from gradio_client import Client
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import expect
 
+from tests.support.browser import chromium
 from tests.support.chat_app import is_note, text_of
 from tests.support.procs import Proc, free_port, wait_http
 from ui.battle_token import (
@@ -30,10 +31,6 @@ SECRET = b"battle-test-secret-0123456789abcdef"
 MODELS = {"smollm2:135m", "gemma3:270m"}
 # Anything that would give a model away before the vote.
 NAME_HINTS = ("smollm", "gemma", "llama", "135m", "270m")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 
 
 # === the token ============================================================================
@@ -194,10 +191,7 @@ def test_battle_in_the_browser_reveals_names_only_after_voting(
 ) -> None:
     url, proc, _ = ui_proc
     already = len(vote_records(proc))
-    with sync_playwright() as p:
-        browser: Browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         try:
             page.goto(url)
@@ -236,7 +230,6 @@ def test_battle_in_the_browser_reveals_names_only_after_voting(
             expect(page.locator("#battle-banner")).to_be_hidden()
         finally:
             page.close()
-            browser.close()
     deadline = time.monotonic() + 10
     while len(vote_records(proc)) < already + 1:
         assert time.monotonic() < deadline, "the browser's vote was not logged"

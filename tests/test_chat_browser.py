@@ -6,17 +6,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.support.chat_app import running_app
 from tests.support.procs import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 SMOLLM_LABEL = "SmolLM2 135M Instruct — Llama · 135M"
 GEMMA_LABEL = "Gemma 3 270M (base) — Gemma · 270M · base model, not chat-tuned"
 
@@ -28,14 +24,6 @@ STATS = "#chatbot .thought .title"
 def app_url(engine: str) -> Iterator[str]:
     with running_app(backend_url=engine, rate_limit_per_minute=1000, max_tokens_limit=512) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def pick_model(page: Page, label: str) -> None:

@@ -8,13 +8,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from backend.cloudrun import RunningEmulator
 from tests.support.chat_app import running_app
 from tests.support.google_fakes import emulator, shared_metadata, wait_until
 from tests.support.procs import ARTIFACTS
-from tests.test_chat_browser import CHROMIUM_ARGS, REPLIES, STATS, send, set_max_tokens
+from tests.test_chat_browser import REPLIES, STATS, send, set_max_tokens
 
 pytestmark = pytest.mark.browser
 
@@ -48,14 +48,6 @@ def app_url(cold_emulator: RunningEmulator) -> Iterator[str]:
             rate_limit_per_minute=1000,
         ) as url:
             yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def chat_posts(emu: RunningEmulator) -> int:

@@ -7,17 +7,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.support.chat_app import running_app
 from tests.support.procs import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 COLUMNS = ("#compare-chat-1", "#compare-chat-2")
 REPLY = 'div.message:not(.thought) > [data-testid="bot"]'  # answers, not stats lines
 STATS = ".thought .title"
@@ -28,14 +24,6 @@ LOAD_FIGURE = re.compile(r"model load \d+\.\d+ s|model already loaded")
 def app_url(engine: str) -> Iterator[str]:
     with running_app(backend_url=engine, rate_limit_per_minute=1000, max_tokens_limit=512) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def reply_length(page: Page, column: str, index: int = 0) -> int:

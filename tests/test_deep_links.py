@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.support.chat_app import running_app
 from ui.deep_links import (
@@ -18,10 +18,6 @@ from ui.deep_links import (
 )
 
 OFFERED = ["gemma3:270m", "smollm2:135m"]
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 SMOLLM_LABEL = "SmolLM2 135M Instruct — Llama · 135M"
 GEMMA_LABEL = "Gemma 3 270M (base) — Gemma · 270M · base model, not chat-tuned"
 
@@ -84,14 +80,6 @@ def test_initial_tab_and_notice_escaping() -> None:
 def app_url(engine: str) -> Iterator[str]:
     with running_app(backend_url=engine, rate_limit_per_minute=1000) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def open_page(browser: Browser, url: str) -> Page:

@@ -7,20 +7,15 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.support.procs import ARTIFACTS, Proc, free_port, wait_http
 
 pytestmark = pytest.mark.browser
 
 SECRET = "share-browser-test-secret-0123456789"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 REPLY = 'div.message:not(.thought) > [data-testid="bot"]'
 USER = '[data-testid="user"]'
 STATS = ".thought .title"
@@ -45,14 +40,6 @@ def start_ui(engine: str, port: int, name: str) -> Proc:
         proc.stop()
         raise
     return proc
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def set_number(page: Page, selector: str, value: int) -> None:
