@@ -126,19 +126,25 @@ async def test_closing_early_closes_the_source() -> None:
     assert source.sent < 1000
 
 
-async def test_cancelling_the_reader_closes_the_source() -> None:
-    source = Source(1000, gap=0.01)
+@pytest.mark.parametrize("others", [0, READ_PACING_FROM], ids=["alone", "under-load"])
+async def test_cancelling_the_reader_closes_the_source(others: int) -> None:
+    """Also under load, where the reader may be waiting out an interval (Stop pressed)."""
 
-    async def read() -> None:
+    async def read(source: Source) -> None:
         async for _ in paced(source.events(), INTERVAL):
             pass
 
-    task = asyncio.create_task(read())
+    background = [asyncio.create_task(read(Source(1000, gap=0.01))) for _ in range(others)]
+    source = Source(1000, gap=0.01)
+    task = asyncio.create_task(read(source))
     await asyncio.sleep(0.15)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert source.closed and source.sent < 1000
+    for other in background:
+        other.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
 
 
 async def test_the_interval_stretches_when_many_streams_are_paced_at_once() -> None:
