@@ -56,10 +56,6 @@ def pin_self(cpus: set[int]) -> None:
         os.sched_setaffinity(0, cpus)
 
 
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 @dataclass
 class CpuSample:
     cpu_s: float  # user + system CPU seconds of all threads

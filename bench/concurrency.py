@@ -45,9 +45,9 @@ from typing import Any, TypeVar
 
 import httpx
 
+from backend.engine import usable_cores
 from bench.common import (
     CpuSample,
-    cpu_count,
     cpu_share,
     load_note,
     median,
@@ -326,7 +326,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     counts = [int(x) for x in args.streams.split(",") if x.strip()]
-    cores = cpu_count()
+    cores = usable_cores()
     other = {c for c in range(cores) if c != args.ui_cpu} or {args.ui_cpu}
     pin_self(other)  # the clients and the backend stay off the UI's core
     backend, backend_url = start_synthetic(

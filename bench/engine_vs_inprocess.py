@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -21,6 +20,7 @@ from llama_cpp import Llama
 
 from backend import model_files, prompts
 from backend.catalog import find
+from backend.engine import usable_cores
 from tests.support.procs import start_engine
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
@@ -77,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     spec = find(args.model)
     assert spec and spec.prompt_format, f"{args.model} is not a bundled model"
-    threads = os.cpu_count() or 1
+    threads = usable_cores()  # what the engine uses too
 
     # One parallel slot, like the in-process side: one context, all cores.
     proc, url = start_engine(None, "--num-parallel", "1", name="bench-engine")

@@ -45,8 +45,8 @@ from typing import Any
 import ollama
 from gradio_client import Client
 
+from backend.engine import usable_cores
 from bench.common import (
-    cpu_count,
     load_note,
     median,
     pin_self,
@@ -270,7 +270,7 @@ def main() -> None:
     through_ui(title, engine, engine_url, args.model, None)
 
     # 2. The same engine on a core of its own; the UI and this process on the other.
-    cores = cpu_count()
+    cores = usable_cores()
     if cores >= 2:
         pin_self({0})
         engine, engine_url = start_engine(
