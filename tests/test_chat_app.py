@@ -234,8 +234,8 @@ def test_undo_gives_the_last_message_back(client: Client) -> None:
 
 
 # === many users at once ===================================================================
-def test_ten_streams_interleave(app_url: str) -> None:
-    """10 clients at once: every one gets its first token before any of them finishes."""
+def _ten_streams(app_url: str, max_tokens: int) -> tuple[dict[int, float], dict[int, float]]:
+    """10 clients send a message at the same instant; seconds to each first token and end."""
     clients = [Client(app_url, verbose=False) for _ in range(10)]
     first_token: dict[int, float] = {}
     finished: dict[int, float] = {}
@@ -247,7 +247,7 @@ def test_ten_streams_interleave(app_url: str) -> None:
         try:
             start.wait(timeout=30)
             job = c.submit(
-                *chat_args(f"Write a long story about dragon number {i}.", max_tokens=48),
+                *chat_args(f"Write a long story about dragon number {i}.", max_tokens=max_tokens),
                 api_name="/chat",
             )
             for _, history, _ in job:
@@ -266,6 +266,17 @@ def test_ten_streams_interleave(app_url: str) -> None:
     for t in threads:
         t.join(timeout=320)
     assert not errors, errors
+    return first_token, finished
+
+
+def test_ten_streams_interleave(app_url: str) -> None:
+    """10 clients at once: every one gets its first token before any of them finishes."""
+    # A first round makes the engine build its 10 contexts (3-6 s on 2 busy cores, the
+    # engine's own cold path, tested elsewhere); the second round measures how the UI
+    # interleaves users. Without it, one stream could finish while the engine was still
+    # building the others' contexts.
+    _ten_streams(app_url, max_tokens=1)
+    first_token, finished = _ten_streams(app_url, max_tokens=48)
     ARTIFACTS.mkdir(exist_ok=True)
     figures = {
         "first_token_s": [round(first_token[i], 2) for i in range(10)],
