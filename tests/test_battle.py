@@ -203,16 +203,10 @@ def test_battle_in_the_browser_reveals_names_only_after_voting(
             page.locator("#battle-message textarea").fill("Name a fruit.")
             page.locator("#battle-send").click()
             answers = '[data-testid="bot"]'
-            expect(page.locator(f"#battle-chat-a {answers}").first).to_be_visible(
-                timeout=60_000
-            )
-            expect(page.locator(f"#battle-chat-b {answers}").first).to_be_visible(
-                timeout=60_000
-            )
+            expect(page.locator(f"#battle-chat-a {answers}").first).to_be_visible(timeout=60_000)
+            expect(page.locator(f"#battle-chat-b {answers}").first).to_be_visible(timeout=60_000)
             for side in ("a", "b"):  # "Done": no figures, they would hint at the model
-                expect(page.locator(f"#battle-status-{side}")).to_have_text(
-                    "Done", timeout=60_000
-                )
+                expect(page.locator(f"#battle-status-{side}")).to_have_text("Done", timeout=60_000)
             visible = page.locator("#battle-columns").inner_text().lower()
             visible += page.locator("#battle-banner").inner_text().lower()
             for hint in NAME_HINTS:

@@ -93,9 +93,7 @@ def test_compare_link_selects_models_and_prefills_prompt(app_url: str, browser: 
     query = urlencode({"compare": "smollm2:135m,gemma3:270m", "q": "Name a colour."})
     page = open_page(browser, f"{app_url}/?{query}")
     try:
-        expect(page.get_by_role("tab", name="Compare", selected=True)).to_be_visible(
-            timeout=30_000
-        )
+        expect(page.get_by_role("tab", name="Compare", selected=True)).to_be_visible(timeout=30_000)
         expect(page.locator("#compare-message textarea")).to_have_value("Name a colour.")
         chips = page.locator("#compare-models .token")
         expect(chips).to_have_count(2)
@@ -109,9 +107,7 @@ def test_compare_link_selects_models_and_prefills_prompt(app_url: str, browser: 
 
 
 @pytest.mark.browser
-def test_unknown_models_in_links_give_a_notice_not_an_error(
-    app_url: str, browser: Browser
-) -> None:
+def test_unknown_models_in_links_give_a_notice_not_an_error(app_url: str, browser: Browser) -> None:
     query = urlencode({"compare": "gemma3:270m,ghost:9b"})
     page = open_page(browser, f"{app_url}/?{query}")
     try:
