@@ -29,6 +29,7 @@ run: $(VENV)/.installed
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check ui backend tests bench deploy
+	$(BIN)/ruff format --check ui backend tests bench deploy
 	$(BIN)/mypy ui backend
 
 test: lint

@@ -107,7 +107,8 @@ TABS: list[tuple[str, str, PageBuilder]] = [
     ("Leaderboard", "leaderboard", _leaderboard_tab),
 ]
 
-CSS = """
+CSS = (
+    """
 /* The banner slot takes no space while it is empty. */
 #chat-banner:has(.prose:empty) { display: none; }
 .chat-banner { padding: 8px 12px; border-radius: 8px; margin-bottom: 4px; font-size: 0.95em; }
@@ -116,7 +117,10 @@ CSS = """
 .chat-banner-error { background: #fde7e9; color: #7a1020; }
 #model-info { font-size: 0.9em; opacity: 0.85; }
 #composer { align-items: stretch; }
-""" + COMPARE_CSS + SHARE_CSS
+"""
+    + COMPARE_CSS
+    + SHARE_CSS
+)
 
 
 def build_app(

@@ -205,9 +205,7 @@ class BattlePage:
                 context_tokens=self.settings.context_tokens,
                 reply_tokens=options["num_predict"],
             )
-            columns.append(
-                ColumnRequest(model, display, fitted.messages, label=side, blind=True)
-            )
+            columns.append(ColumnRequest(model, display, fitted.messages, label=side, blind=True))
         assert isinstance(token, str)
         session = getattr(request, "session_hash", None) if request is not None else None
         return PreparedBattle(token, columns, options, notices, session)

@@ -372,9 +372,7 @@ def parse_model_list(value: object) -> list[str]:
 def check_model_count(names: Sequence[str]) -> None:
     if len(names) < MIN_COMPARE_MODELS:
         picked = f"you picked {len(names)}" if names else "none is picked"
-        raise InputRejected(
-            f"Pick at least {MIN_COMPARE_MODELS} models to compare ({picked})."
-        )
+        raise InputRejected(f"Pick at least {MIN_COMPARE_MODELS} models to compare ({picked}).")
     if len(names) > MAX_COMPARE_MODELS:
         raise InputRejected(
             f"Pick at most {MAX_COMPARE_MODELS} models to compare (you picked {len(names)})."
@@ -719,9 +717,7 @@ def _layout(settings: Settings) -> CompareComponents:
         send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="compare-send")
         stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="compare-stop")
         clear = gr.Button("Clear", scale=1, min_width=80, elem_id="compare-clear")
-    with gr.Accordion(
-        "Parameters (apply to every model)", open=False, elem_id="compare-params"
-    ):
+    with gr.Accordion("Parameters (apply to every model)", open=False, elem_id="compare-params"):
         system_prompt = gr.Textbox(
             label="System prompt",
             placeholder="Optional, e.g. “Answer in one sentence.”",
@@ -769,16 +765,14 @@ def _wire(demo: gr.Blocks, page: ComparePage, c: CompareComponents) -> None:
         show_progress="hidden",
         concurrency_limit="default",
     )
-    c.stop.click(
-        page.stop, api_name="compare_stop", queue=False, show_progress="hidden"
-    ).failure(fn=None, cancels=[compare_event])
+    c.stop.click(page.stop, api_name="compare_stop", queue=False, show_progress="hidden").failure(
+        fn=None, cancels=[compare_event]
+    )
     clear_js = "() => [" + ", ".join(["[]", "''"] * COLUMN_SLOTS) + ", '']"
     c.clear.click(fn=None, js=clear_js, outputs=[*column_outputs, c.banner])
     # A new choice of models starts a new comparison (the user's change only: a value set
     # by "Continue from a copy" comes with its conversations).
-    c.models.input(
-        fn=None, js=clear_js, outputs=[*column_outputs, c.banner]
-    )
+    c.models.input(fn=None, js=clear_js, outputs=[*column_outputs, c.banner])
     c.models.change(
         column_layout,
         inputs=[c.models],

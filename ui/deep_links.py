@@ -142,8 +142,7 @@ def compare_link(
         dropped = models[MAX_COMPARE_MODELS:]
         models = models[:MAX_COMPARE_MODELS]
         notices.append(
-            f"A comparison has at most {MAX_COMPARE_MODELS} models; "
-            f"{', '.join(dropped)} left out."
+            f"A comparison has at most {MAX_COMPARE_MODELS} models; {', '.join(dropped)} left out."
         )
     if len(models) < MIN_COMPARE_MODELS:
         for tag in defaults:

@@ -44,8 +44,7 @@ def leaderboard_markdown(settings: Settings) -> str:
     lines = [table, "", f"{votes} vote{'' if votes == 1 else 's'}."]
     if report.malformed:
         lines[-1] += (
-            f" {report.malformed} malformed line{'' if report.malformed == 1 else 's'} "
-            "skipped."
+            f" {report.malformed} malformed line{'' if report.malformed == 1 else 's'} skipped."
         )
     lines.append(
         "Elo starts at 1000 (K = 32, votes in order); a tie or “both are bad” counts as a draw."

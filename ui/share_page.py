@@ -550,4 +550,3 @@ def wire_shared_view(
     )  # fmt: skip
     if save_chat is not None:
         event.then(**save_chat)
-
