@@ -27,6 +27,7 @@ from llama_cpp import Llama
 
 from backend import catalog, model_files, prompts
 from backend.catalog import ModelSpec
+from backend.threads import ThreadChooser
 
 log = logging.getLogger("backend.engine")
 
@@ -95,8 +96,9 @@ class _Slot:
 
 
 class _LoadedModel:
-    def __init__(self, spec: ModelSpec, num_parallel: int) -> None:
+    def __init__(self, spec: ModelSpec, num_parallel: int, n_threads: int) -> None:
         self.spec = spec
+        self.threads = ThreadChooser(n_threads)  # for a stream generating alone
         self.slots: list[_Slot] = []
         self.free = asyncio.Semaphore(num_parallel)
         self.create_lock = asyncio.Lock()
@@ -212,7 +214,7 @@ class Engine:
             if model is not None:
                 return model, 0
             t0 = time.perf_counter_ns()
-            model = await asyncio.to_thread(_LoadedModel, spec, self.num_parallel)
+            model = await asyncio.to_thread(_LoadedModel, spec, self.num_parallel, self.n_threads)
             slot = await asyncio.to_thread(self._new_slot, spec, DEFAULT_NUM_CTX, self.n_threads)
             model.slots.append(slot)
             model.keep_alive = self.default_keep_alive
@@ -310,11 +312,6 @@ class Engine:
             self._unload(model.spec.tag)
 
     # --- generation ----------------------------------------------------------------------
-    def _threads_now(self) -> int:
-        # One stream alone uses every core; parallel streams use one thread each, since
-        # llama.cpp's thread pools slow to a crawl when they oversubscribe the cores.
-        return self.n_threads if self._generating <= 1 else 1
-
     def start_generation(
         self,
         model: _LoadedModel,
@@ -378,7 +375,7 @@ class Generation:
                 stats,
                 emit,
                 self._cancel,
-                self._engine._threads_now,
+                _StreamThreads(self._engine, self._model),
                 on_exit,
             ),
             name=f"generate-{self._model.spec.tag}",
@@ -416,6 +413,22 @@ class Generation:
             self._engine.release(self._model, self._slot)
 
 
+class _StreamThreads:
+    """A stream's thread count: one each while streams run in parallel (llama.cpp's
+    thread pools crawl when they oversubscribe the cores); alone, what the model's
+    ThreadChooser measured to be faster. Called from the worker thread."""
+
+    def __init__(self, engine: Engine, model: _LoadedModel) -> None:
+        self._engine, self._model = engine, model
+
+    def pick(self) -> int:
+        return 1 if self._engine._generating > 1 else self._model.threads.pick()
+
+    def record(self, threads: int, seconds: float) -> None:
+        if self._engine._generating <= 1:  # parallel streams' times say nothing about it
+            self._model.threads.record(threads, seconds)
+
+
 def _tokenize(llama: Llama, segments: list[prompts.Segment]) -> list[int]:
     tokens: list[int] = []
     for i, seg in enumerate(segments):
@@ -432,12 +445,12 @@ def _generate_in_thread(
     stats: Stats,
     emit: Callable[[str, Any], None],
     cancel: threading.Event,
-    threads_now: Callable[[], int],
+    stream_threads: _StreamThreads,
     on_exit: Callable[[], None],
 ) -> None:
     outcome: tuple[str, Any] = ("error", RuntimeError("generation stopped"))
     try:
-        _generate(spec, llama, messages, raw_prompt, options, stats, emit, cancel, threads_now)
+        _generate(spec, llama, messages, raw_prompt, options, stats, emit, cancel, stream_threads)
         outcome = ("done", None)
     except Exception as exc:  # reported to the client as an error line
         log.exception("generation failed")
@@ -458,10 +471,10 @@ def _generate(
     stats: Stats,
     emit: Callable[[str, Any], None],
     cancel: threading.Event,
-    threads_now: Callable[[], int],
+    stream_threads: _StreamThreads,
 ) -> None:
     assert spec.prompt_format is not None
-    threads = threads_now()
+    threads = stream_threads.pick()
     llama_cpp.llama_set_n_threads(llama.ctx, threads, threads)
     if raw_prompt is not None:
         tokens = llama.tokenize(raw_prompt.encode(), add_bos=True, special=True)
@@ -488,6 +501,7 @@ def _generate(
     limit = options.num_predict
     t_start = time.perf_counter_ns()
     t_first: int | None = None
+    t_token = 0  # when the previous token arrived
     stats.done_reason = "stop"
     for token in llama.generate(
         tokens,
@@ -497,10 +511,15 @@ def _generate(
         temp=options.temperature,
         repeat_penalty=options.repeat_penalty,
     ):
+        now = time.perf_counter_ns()
         if t_first is None:
-            t_first = time.perf_counter_ns()
-        if threads_now() != threads:  # other streams started or ended
-            threads = threads_now()
+            t_first = now
+        else:  # this token's decode ran with `threads` threads
+            stream_threads.record(threads, (now - t_token) / 1e9)
+        t_token = now
+        wanted = stream_threads.pick()
+        if wanted != threads:  # other streams started or ended, or the chooser changed
+            threads = wanted
             llama_cpp.llama_set_n_threads(llama.ctx, threads, threads)
         if cancel.is_set():
             stats.done_reason = "cancelled"

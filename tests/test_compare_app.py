@@ -300,6 +300,10 @@ def test_each_column_shows_its_own_warming_state(engine: str) -> None:
         u for u in updates if "warming-banner" in u[1][1] and replies(u[0][0])
     ]
     assert warming_while_other_streams, "Gemma's column should warm while SmolLM answers"
-    assert "Starting a GPU instance" in html.unescape(warming_while_other_streams[0][1][1])
+    # Gemma's column named the instance start at some point (on a loaded machine SmolLM's
+    # first token may come only once the 1.5 s start is over and Gemma is loading).
+    gemma_banners = [html.unescape(str(u[1][1])) for u in updates]
+    assert any("Starting a GPU instance" in b for b in gemma_banners), gemma_banners[:3]
+    assert not any("warming-banner" in str(u[0][1]) for u in updates), "SmolLM was warm"
     for history, status in columns(final)[:2]:
         assert replies(history) and "tokens/s" in status

@@ -106,9 +106,13 @@ async def test_busy_backend_retries_until_capacity_frees(cold_backend: RunningEm
     client = BackendClient(settings_for(cold_backend.url))
     tracker = ColdStartTracker(default=10.0)
     await collect(client, tracker)  # wake it up
-    # Occupy the only slot (concurrency 1) with a long reply.
-    long_reply = asyncio.create_task(collect_plain(client, "gemma3:270m", {"num_predict": 400}))
-    await asyncio.sleep(1.0)
+    # Occupy the only slot (concurrency 1) with a long reply; ask once it is streaming.
+    # (150 tokens: seconds of work, well inside the 60 s deadline on a loaded machine.)
+    streaming = asyncio.Event()
+    long_reply = asyncio.create_task(
+        collect_plain(client, "gemma3:270m", {"num_predict": 150}, streaming)
+    )
+    await asyncio.wait_for(streaming.wait(), timeout=60)
     events = await collect(client, tracker)
     phases = [e.phase for e in events if isinstance(e, WarmingStatus)]
     assert "busy" in phases
@@ -120,10 +124,18 @@ async def test_busy_backend_retries_until_capacity_frees(cold_backend: RunningEm
     await client.aclose()
 
 
-async def collect_plain(client: BackendClient, model: str, options: dict) -> list:
-    """A reply without warm-up handling (the base Gemma model rarely stops early)."""
+async def collect_plain(
+    client: BackendClient, model: str, options: dict, streaming: asyncio.Event | None = None
+) -> list:
+    """A reply without warm-up handling (the base Gemma model rarely stops early);
+    `streaming` is set at its first event."""
     msgs = [{"role": "user", "content": "Once upon a time"}]
-    return [e async for e in client.chat_stream(model, msgs, options=options)]
+    events = []
+    async for event in client.chat_stream(model, msgs, options=options):
+        events.append(event)
+        if streaming is not None:
+            streaming.set()
+    return events
 
 
 async def test_refused_connection_is_retried_briefly_then_named() -> None:
