@@ -18,7 +18,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ log = logging.getLogger("backend.engine")
 
 DEFAULT_NUM_CTX = 2048
 DEFAULT_KEEP_ALIVE = 300.0  # seconds, Ollama's default of 5 minutes
+PREFILL_CHUNK = 64  # prompt tokens per llama.cpp call; the thread count is re-picked between
 
 
 def usable_cores() -> int:
@@ -215,20 +216,22 @@ class Engine:
                 return model, 0
             t0 = time.perf_counter_ns()
             model = await asyncio.to_thread(_LoadedModel, spec, self.num_parallel, self.n_threads)
-            slot = await asyncio.to_thread(self._new_slot, spec, DEFAULT_NUM_CTX, self.n_threads)
+            slot = await asyncio.to_thread(self._new_slot, spec, DEFAULT_NUM_CTX)
             model.slots.append(slot)
             model.keep_alive = self.default_keep_alive
             self.loaded[spec.tag] = model
             log.info("loaded %s in %.2fs", spec.tag, (time.perf_counter_ns() - t0) / 1e9)
             return model, time.perf_counter_ns() - t0
 
-    def _new_slot(self, spec: ModelSpec, n_ctx: int, n_threads: int) -> _Slot:
+    def _new_slot(self, spec: ModelSpec, n_ctx: int) -> _Slot:
+        # One thread while building: several contexts may be built at once, beside running
+        # streams. Each generation sets its own thread count before it starts.
         llama = Llama(
             model_path=str(model_files.gguf_path(spec.tag)),
             n_ctx=n_ctx,
             n_batch=512,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
+            n_threads=1,
+            n_threads_batch=1,
             verbose=False,
         )
         return _Slot(llama=llama, n_ctx=n_ctx)
@@ -296,7 +299,7 @@ class Engine:
             model.slots.append(placeholder)
         t0 = time.perf_counter_ns()
         try:
-            built = await asyncio.to_thread(self._new_slot, spec, num_ctx, self.n_threads)
+            built = await asyncio.to_thread(self._new_slot, spec, num_ctx)
         except BaseException:
             model.slots.remove(placeholder)
             raise
@@ -503,14 +506,19 @@ def _generate(
     t_first: int | None = None
     t_token = 0  # when the previous token arrived
     stats.done_reason = "stop"
-    for token in llama.generate(
+    threads = _prefill(llama, tokens, stream_threads, threads, cancel)
+    sampled: Iterator[int] = llama.generate(
         tokens,
         top_k=options.top_k,
         top_p=options.top_p,
         min_p=options.min_p,
         temp=options.temperature,
         repeat_penalty=options.repeat_penalty,
-    ):
+    )
+    if cancel.is_set():  # during the prefill: nothing more to evaluate
+        stats.done_reason = "cancelled"
+        sampled = iter(())
+    for token in sampled:
         now = time.perf_counter_ns()
         if t_first is None:
             t_first = now
@@ -553,6 +561,38 @@ def _generate(
     stats.context = tokens + generated
     if stats.done_reason == "cancelled":
         log.info("client went away: stopped %s after %d tokens", spec.tag, len(generated))
+
+
+def _prefill(
+    llama: Llama,
+    tokens: list[int],
+    stream_threads: _StreamThreads,
+    threads: int,
+    cancel: threading.Event,
+) -> int:
+    """Evaluate all but the last prompt token in chunks; returns the thread count in use.
+
+    Between chunks the thread count is picked again: when several streams start at once,
+    the first one found itself alone and would prefill with every core while the others
+    start their own threads, and oversubscribed llama.cpp threads crawl (a 40-token
+    prompt took 9 s). A cancelled request stops between chunks. What the slot already holds
+    from an earlier request (a common prefix) is kept, as llama.generate() would; it then
+    finds the whole prefix cached and evaluates only the last token.
+    """
+    end = len(tokens) - 1
+    common, cached = 0, min(llama.n_tokens, end)
+    while common < cached and llama.input_ids[common] == tokens[common]:
+        common += 1
+    llama.n_tokens = common  # eval() drops the KV cache beyond it
+    for start in range(common, end, PREFILL_CHUNK):
+        if cancel.is_set():
+            break
+        wanted = stream_threads.pick()
+        if wanted != threads:
+            threads = wanted
+            llama_cpp.llama_set_n_threads(llama.ctx, threads, threads)
+        llama.eval(tokens[start : min(start + PREFILL_CHUNK, end)])
+    return threads
 
 
 def _find_stop(text: str, stops: list[str]) -> int | None:

@@ -16,7 +16,13 @@ import time
 
 from tests.support.procs import ARTIFACTS, ROOT
 
-BENCHMARKS = ["engine_vs_inprocess", "relay_overhead", "concurrency", "cold_start"]
+BENCHMARKS = [
+    "engine_vs_inprocess",
+    "engine_contention",
+    "relay_overhead",
+    "concurrency",
+    "cold_start",
+]
 TIMEOUT_S = 900  # per benchmark; each takes a few minutes at most by default
 
 

@@ -274,8 +274,9 @@ def test_ten_streams_interleave(app_url: str) -> None:
     # A first round makes the engine build its 10 contexts (3-6 s on 2 busy cores, the
     # engine's own cold path, tested elsewhere); the second round measures how the UI
     # interleaves users. Without it, one stream could finish while the engine was still
-    # building the others' contexts.
-    _ten_streams(app_url, max_tokens=1)
+    # building the others' contexts. The first round's replies are long enough (16 tokens)
+    # to overlap, so that each takes a context of its own rather than reusing a freed one.
+    _ten_streams(app_url, max_tokens=16)
     first_token, finished = _ten_streams(app_url, max_tokens=48)
     ARTIFACTS.mkdir(exist_ok=True)
     figures = {

@@ -95,6 +95,25 @@ def test_same_seed_and_zero_temperature_is_deterministic(client: ollama.Client) 
     assert a == b and a.strip()
 
 
+def test_a_slot_reused_with_a_shared_prefix_gives_the_same_reply(client: ollama.Client) -> None:
+    """The engine keeps what a slot holds of the previous prompt when the next one starts
+    the same way, and evaluates the rest in chunks (backend.engine._prefill): replies must
+    not depend on what the slot held before. A long system prompt spans several chunks."""
+    opts = {"seed": 7, "temperature": 0, "num_predict": 16, "num_ctx": 1536}  # own slot size
+    system = {"role": "system", "content": "You answer briefly. " + "Be kind and clear. " * 40}
+    first = [system, {"role": "user", "content": "Name three colors."}]
+    a = client.chat(model=SMOL, messages=first, options=opts).message.content
+    longer = [*first, {"role": "assistant", "content": a}, {"role": "user", "content": "Animals?"}]
+    b = client.chat(model=SMOL, messages=longer, options=opts).message.content
+    other = [system, {"role": "user", "content": "Name three fruits."}]
+    c = client.chat(model=SMOL, messages=other, options=opts).message.content
+    # Again, each after a different predecessor in the slot.
+    assert client.chat(model=SMOL, messages=longer, options=opts).message.content == b
+    assert client.chat(model=SMOL, messages=first, options=opts).message.content == a
+    assert client.chat(model=SMOL, messages=other, options=opts).message.content == c
+    assert a.strip() and b.strip() and c.strip() and len({a, b, c}) == 3
+
+
 def test_seed_changes_sampled_text(client: ollama.Client) -> None:
     msgs = [{"role": "user", "content": "Tell me a random word."}]
     outs = {
