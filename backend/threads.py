@@ -6,19 +6,22 @@ when another process keeps one core busy (the UI under load, a browser, a test r
 noisy neighbour) the thread sharing that core makes all of them wait: a 150-token Gemma
 reply took 84 s instead of 2.9 s with one busy-loop process beside it, while one thread
 takes the free core and runs at full speed. The chooser times tokens at each count and
-uses the cheaper one, re-trying the other for a couple of tokens every few seconds, since
-the machine's load comes and goes. `bench.engine_contention` measures the effect.
+uses the cheaper one (the median of the last few tokens, so that one token slowed by a
+passing process does not make it switch), re-trying the other for a few tokens every few
+seconds, since the machine's load comes and goes. `bench.engine_contention` measures it.
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 PROBE_EVERY_S = 5.0  # how often the count not in use is tried again
-PROBE_TOKENS = 2  # tokens per try; the first of them may include switching costs
-SMOOTHING = 0.3  # weight of the newest token time in the running estimate
+PROBE_TOKENS = 3  # tokens per try (their median: the first may pay for the switch)
+WINDOW = 8  # the estimate is the median time of the last WINDOW tokens at a count
 
 
 class ThreadChooser:
@@ -28,10 +31,10 @@ class ThreadChooser:
         self.many = max(1, many)
         self._clock = clock
         self._lock = threading.Lock()
-        # Seconds per token at each count: a running estimate, None until measured.
+        # Seconds per token at each count: the median of recent tokens, None until measured.
         self.cost: dict[int, float | None] = {1: None, self.many: None}
+        self._recent: dict[int, deque[float]] = {n: deque(maxlen=WINDOW) for n in self.cost}
         self._probing: int | None = None  # the count being tried, if any
-        self._probe_samples: list[float] = []
         self._last_probe = clock()
 
     def pick(self) -> int:
@@ -44,7 +47,7 @@ class ThreadChooser:
                 return self.many
             if self.cost[1] is None or self._clock() - self._last_probe >= PROBE_EVERY_S:
                 self._probing = self._other(self._best())
-                self._probe_samples = []
+                self._recent[self._probing].clear()  # its old times may be stale
                 return self._probing
             return self._best()
 
@@ -53,16 +56,14 @@ class ThreadChooser:
         if self.many == 1 or threads not in self.cost:
             return
         with self._lock:
+            recent = self._recent[threads]
+            recent.append(seconds)
             if self._probing == threads:
-                self._probe_samples.append(seconds)
-                if len(self._probe_samples) >= PROBE_TOKENS:
-                    # The cheapest sample: the probe's first token may pay for the switch.
-                    self.cost[threads] = min(self._probe_samples)
-                    self._probing = None
-                    self._last_probe = self._clock()
-                return
-            old = self.cost[threads]
-            self.cost[threads] = seconds if old is None else old + SMOOTHING * (seconds - old)
+                if len(recent) < PROBE_TOKENS:
+                    return
+                self._probing = None
+                self._last_probe = self._clock()
+            self.cost[threads] = statistics.median(recent)
 
     def _best(self) -> int:
         many, one = self.cost[self.many], self.cost[1]

@@ -70,3 +70,12 @@ def test_times_of_other_counts_are_ignored() -> None:
     chooser = ThreadChooser(4)
     chooser.record(3, 0.001)  # e.g. a count this chooser never picks
     assert chooser.cost == {1: None, 4: None} and chooser.pick() == 4
+
+
+def test_one_slow_token_does_not_make_it_switch() -> None:
+    clock = Clock()
+    chooser = ThreadChooser(2, clock=clock)
+    run(chooser, {1: 0.020, 2: 0.014}, 20, clock)
+    chooser.record(2, 0.200)  # a passing process took the core for one token
+    picks = run(chooser, {1: 0.020, 2: 0.014}, 10, clock)
+    assert set(picks) == {2}
