@@ -28,9 +28,9 @@ run: $(VENV)/.installed
 	$(BIN)/python -m ui
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check ui backend tests bench deploy
-	$(BIN)/ruff format --check ui backend tests bench deploy
-	$(BIN)/mypy ui backend
+	$(BIN)/ruff check ui backend tests bench deploy catalog.py
+	$(BIN)/ruff format --check ui backend tests bench deploy catalog.py
+	$(BIN)/mypy ui backend catalog.py
 
 test: lint
 	$(BIN)/python -m pytest

@@ -25,8 +25,9 @@ from typing import Any
 import llama_cpp
 from llama_cpp import Llama
 
-from backend import catalog, model_files, prompts
-from backend.catalog import ModelSpec
+import catalog
+from backend import model_files, prompts
+from catalog import ModelSpec
 from backend.threads import ThreadChooser
 
 log = logging.getLogger("backend.engine")

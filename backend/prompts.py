@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from backend.catalog import PromptFormat
+from catalog import PromptFormat
 
 
 @dataclass(frozen=True)

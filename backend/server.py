@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from backend import model_files, prompts
-from backend.catalog import ModelSpec
+from catalog import ModelSpec
 from backend.engine import (
     Engine,
     EngineError,

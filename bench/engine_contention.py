@@ -18,7 +18,7 @@ import sys
 from llama_cpp import Llama
 
 from backend import model_files
-from backend.catalog import find
+from catalog import find
 from backend.engine import usable_cores
 from bench.common import load_note, median, table
 from bench.engine_vs_inprocess import run_http, run_inprocess

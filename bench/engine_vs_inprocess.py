@@ -19,7 +19,7 @@ import httpx
 from llama_cpp import Llama
 
 from backend import model_files, prompts
-from backend.catalog import find
+from catalog import find
 from backend.engine import usable_cores
 from tests.support.procs import start_engine
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.catalog import production_models
+from catalog import production_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

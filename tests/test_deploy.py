@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend.catalog import production_models
+from catalog import production_models
 from deploy import deploy
 from tests.support.procs import free_port
 

@@ -10,7 +10,7 @@ import httpx
 import ollama
 import pytest
 
-from backend.catalog import local_models
+from catalog import local_models
 
 SMOL = "smollm2:135m"
 GEMMA = "gemma3:270m"

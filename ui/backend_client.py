@@ -34,7 +34,7 @@ import httpx
 import ollama
 import pydantic
 
-from backend.catalog import Family, family_of
+from catalog import Family, family_of
 from ui.auth import auth_for, denied_message, root_url
 from ui.errors import (
     BackendAuthError,

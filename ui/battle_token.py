@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from ui.errors import InputRejected
+
 TOKEN_VERSION: Final = b"\x01"
 ENC_CONTEXT: Final = b"serverless-llm-chat/battle-pairing/enc\x00"
 MAC_CONTEXT: Final = b"serverless-llm-chat/battle-pairing/mac\x00"
@@ -42,12 +44,8 @@ MAX_TOKEN_CHARS: Final = 2048
 MIN_SECRET_BYTES: Final = 16
 
 
-class BattleTokenError(ValueError):
+class BattleTokenError(InputRejected):
     """The token cannot be used; `user_message` says why (never quoting the secret)."""
-
-    def __init__(self, user_message: str) -> None:
-        self.user_message = user_message
-        super().__init__(user_message)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ui.errors import InputRejected
+
 CHARS_PER_TOKEN = 4  # rough average for English text with these tokenizers
 TOKENS_PER_MESSAGE = 4  # role markers and separators of chat templates
 MAX_HISTORY_MESSAGES = 500  # far more than any context holds; bounds the work per request
@@ -26,12 +28,8 @@ WARNING_SIGN = "⚠"  # U+26A0 without the emoji selector: common text fonts hav
 Message = dict[str, Any]
 
 
-class HistoryRejected(ValueError):
+class HistoryRejected(InputRejected):
     """The history sent by the client is malformed; `user_message` says how."""
-
-    def __init__(self, user_message: str) -> None:
-        self.user_message = user_message
-        super().__init__(user_message)
 
 
 # === parsing =============================================================================

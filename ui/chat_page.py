@@ -34,7 +34,7 @@ from typing import Any
 
 import gradio as gr
 
-from backend.catalog import find
+from catalog import find
 from ui.backend_client import BackendClient, ReplyDone, ReplyStats, TokenDelta
 from ui.chat_history import (
     HistoryRejected,
@@ -50,7 +50,7 @@ from ui.chat_history import (
     stopped_note,
 )
 from ui.deep_links import chat_link, notice_html, query_params
-from ui.errors import BackendError
+from ui.errors import BackendError, InputRejected
 from ui.model_directory import ModelDirectory, ModelRejected
 from ui.rate_limit import RateLimiter, client_key
 from ui.settings import Settings
@@ -81,10 +81,6 @@ SAVE_HISTORY_JS = "(history) => [history]"
 RESTORE_HISTORY_JS = "(saved) => [Array.isArray(saved) ? saved : []]"
 
 
-class InputRejected(ValueError):
-    def __init__(self, user_message: str) -> None:
-        self.user_message = user_message
-        super().__init__(user_message)
 
 
 @dataclass

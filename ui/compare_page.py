@@ -34,7 +34,7 @@ from typing import Any
 
 import gradio as gr
 
-from backend.catalog import normalize_tag
+from catalog import normalize_tag
 from ui.backend_client import BackendClient, ReplyDone, ReplyStats, TokenDelta
 from ui.chat_history import (
     LOAD_SHOWN_ABOVE_S,

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.catalog import normalize_tag
+from catalog import normalize_tag
 
 PARAM_MODEL = "model"
 PARAM_COMPARE = "compare"

@@ -13,9 +13,28 @@ handles a handful of cases and shows words a user understands::
 
 Each carries `status_code` (None when there was no HTTP answer) and a `user_message`
 that never contains a token or other secret.
+
+Input the user (or a client) sent that cannot be used is a different family: one base
+class, `InputRejected`, whose `user_message` says what is wrong with the input::
+
+    InputRejected                 the request itself cannot be served as sent
+    ├── HistoryRejected           a malformed conversation (ui.chat_history)
+    ├── ModelRejected             a model name that cannot be used (ui.model_directory)
+    ├── BattleTokenError          a battle token that is forged, stale or malformed
+    └── ShareLinkError            a share link that cannot be made or opened
 """
 
 from __future__ import annotations
+
+
+class InputRejected(ValueError):
+    """The request cannot be served as sent; `user_message` says why, in plain words."""
+
+    default_message = "That request cannot be used."
+
+    def __init__(self, user_message: str | None = None) -> None:
+        self.user_message = user_message or self.default_message
+        super().__init__(self.user_message)
 
 
 class BackendError(Exception):

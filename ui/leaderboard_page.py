@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from backend.catalog import CATALOG
+from catalog import CATALOG
 from ui.settings import Settings
 from ui.votes import format_leaderboard_markdown, leaderboard, read_vote_log
 

@@ -17,9 +17,9 @@ import re
 import time
 from dataclasses import dataclass
 
-from backend.catalog import family_of, find, normalize_tag
+from catalog import family_of, find, normalize_tag
 from ui.backend_client import BackendClient, ModelInfo
-from ui.errors import BackendError
+from ui.errors import BackendError, InputRejected
 from ui.model_labels import ModelLabel, label_for
 from ui.settings import Settings
 
@@ -29,12 +29,8 @@ MAX_MODEL_NAME_CHARS = 200
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 
 
-class ModelRejected(ValueError):
+class ModelRejected(InputRejected):
     """The requested model cannot be used; `user_message` says why."""
-
-    def __init__(self, user_message: str) -> None:
-        self.user_message = user_message
-        super().__init__(user_message)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backend.catalog import FAMILY_LABELS, family_of, find
+from catalog import FAMILY_LABELS, family_of, find
 
 
 @dataclass(frozen=True)

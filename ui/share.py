@@ -55,6 +55,8 @@ from pydantic import (
     model_validator,
 )
 
+from ui.errors import InputRejected
+
 logger = logging.getLogger(__name__)
 
 # --- format constants --------------------------------------------------------------------
@@ -90,14 +92,10 @@ _TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
 
 
 # === errors ==============================================================================
-class ShareLinkError(ValueError):
+class ShareLinkError(InputRejected):
     """A share link could not be made or opened. `user_message` is safe to show."""
 
     default_message = "This share link cannot be opened."
-
-    def __init__(self, message: str | None = None) -> None:
-        self.user_message = message or self.default_message
-        super().__init__(self.user_message)
 
 
 class ShareLinkTampered(ShareLinkError):

@@ -32,7 +32,7 @@ import gradio as gr
 from gradio import route_utils
 from pydantic import ValidationError
 
-from backend.catalog import find
+from catalog import find
 from ui.backend_client import BackendClient
 from ui.chat_history import (
     HistoryRejected,

@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from backend.catalog import find
+from catalog import find
 from ui.backend_client import BackendClient, ChatEvent
 from ui.errors import BackendBusy, BackendError, BackendTimeout, BackendUnreachable
 
