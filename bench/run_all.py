@@ -22,6 +22,7 @@ BENCHMARKS = [
     "relay_overhead",
     "concurrency",
     "cold_start",
+    "leaderboard",
 ]
 TIMEOUT_S = 900  # per benchmark; each takes a few minutes at most by default
 

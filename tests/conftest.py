@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Browser
 
 from tests.support.browser import chromium
-from tests.support.procs import Proc, start_engine
+from tests.support.procs import Proc, free_port, start_engine, wait_http
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +37,21 @@ def browser() -> Iterator[Browser]:
     """Debian's Chromium (tests/support/browser.py), one per test module."""
     with chromium() as launched:
         yield launched
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator() -> Iterator[str]:
+    """The real Firestore emulator from the Google Cloud CLI (Java), on a free port; yields
+    its host:port for FIRESTORE_EMULATOR_HOST. Each test takes its own project id, so tests
+    share the process but never each other's data."""
+    port = free_port()
+    proc = Proc(
+        "firestore-emulator",
+        ["gcloud", "emulators", "firestore", "start", f"--host-port=127.0.0.1:{port}"],
+        env={"CLOUDSDK_CORE_DISABLE_PROMPTS": "1"},
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", timeout=90, proc=proc.popen)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.stop()

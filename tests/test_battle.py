@@ -19,6 +19,7 @@ from playwright.sync_api import expect
 from tests.support.browser import chromium
 from tests.support.chat_app import is_note, text_of
 from tests.support.procs import Proc, free_port, wait_http
+from ui.vote_store import SqliteVoteStore
 from ui.battle_token import (
     TOKEN_TTL_S,
     BattleTokenError,
@@ -75,7 +76,7 @@ def test_foreign_expired_and_garbage_tokens_are_rejected() -> None:
 def ui_proc(
     engine: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Proc, Path]]:
-    vote_log = tmp_path_factory.mktemp("votes") / "votes.jsonl"
+    vote_db = tmp_path_factory.mktemp("votes") / "votes.sqlite3"
     port = free_port()
     proc = Proc(
         "ui-battle",
@@ -85,14 +86,14 @@ def ui_proc(
             "LLM_UI_HOST": "127.0.0.1",
             "LLM_BACKEND_URL": engine,
             "LLM_SHARE_SECRET": SECRET.decode(),
-            "LLM_VOTE_LOG": str(vote_log),
+            "LLM_VOTES": f"sqlite:///{vote_db}",
             "LLM_RATE_LIMIT": "1000",
             "LLM_AUTH": "none",
         },
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/", timeout=90, proc=proc.popen)
-        yield f"http://127.0.0.1:{port}", proc, vote_log
+        yield f"http://127.0.0.1:{port}", proc, vote_db
     finally:
         proc.stop()
 
@@ -120,7 +121,8 @@ def run_battle(client: Client, message: str, token: str = "", histories: Any = (
 def test_battle_hides_names_until_the_vote_then_logs_one_record(
     ui_proc: tuple[str, Proc, Path],
 ) -> None:
-    url, proc, vote_log = ui_proc
+    url, proc, vote_db = ui_proc
+    store = SqliteVoteStore(vote_db)
     client = Client(url, verbose=False)
     final, updates = run_battle(client, "Say hello.")
     for update in updates:
@@ -146,7 +148,7 @@ def test_battle_hides_names_until_the_vote_then_logs_one_record(
     assert "cannot be verified" in banner
     banner, *_ = client.predict(token, "best", chat_a2, chat_b2, api_name="/battle_vote")
     assert "Unknown vote" in banner
-    assert vote_records(proc) == []
+    assert vote_records(proc) == [] and store.vote_count() == 0
 
     before = time.time()
     banner, token_after, head_a, head_b = client.predict(
@@ -168,22 +170,21 @@ def test_battle_hides_names_until_the_vote_then_logs_one_record(
     assert record["severity"] == "INFO" and record["event"] == "battle_vote"
     assert record["timestamp"].endswith("Z")
     assert abs(datetime.fromisoformat(record["timestamp"]).timestamp() - before) < 60
-    # The same object went to the leaderboard's file.
-    lines = vote_log.read_text().splitlines()
-    assert record.pop("logger") == "ui.battle.votes"  # the log line also names its logger
-    assert [json.loads(line) for line in lines] == [record]
-
+    assert record["logger"] == "ui.battle.votes"  # the log line also names its logger
     assert isinstance(record["battle_id"], str) and record["battle_id"]
+    # The vote store has it, counted under its pair.
+    assert store.vote_count() == 1
+    (pair,) = store.pair_counts()
+    assert (pair.first, pair.second) == tuple(sorted(MODELS)) and pair.battles == 1
 
     # The same battle cannot be voted on twice (a replayed request, or another tab).
     banner, *_ = client.predict(token, "a", chat_a2, chat_b2, api_name="/battle_vote")
-    assert "voted on already" in banner
-    time.sleep(0.5)
-    assert len(vote_records(proc)) == 1 and len(vote_log.read_text().splitlines()) == 1
+    assert "voted on already" in banner  # the answer comes after the store refused it
+    assert len(vote_records(proc)) == 1 and store.vote_count() == 1
 
     board = client.predict(api_name="/leaderboard")
     assert "SmolLM2 135M Instruct" in board and "Gemma 3 270M (base)" in board
-    assert "1 vote." in board
+    assert "1 vote." in board and "95% interval" in board
 
 
 def test_battle_in_the_browser_reveals_names_only_after_voting(

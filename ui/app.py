@@ -21,7 +21,7 @@ from typing import Any
 import gradio as gr
 
 from ui.backend_client import BackendClient
-from ui.battle_page import build_battle_page
+from ui.battle_page import build_battle_page, vote_logger
 from ui.chat_page import SAVE_HISTORY_JS, build_chat_page
 from ui.compare_page import CSS as COMPARE_CSS
 from ui.compare_page import build_compare_page
@@ -42,6 +42,7 @@ from ui.share_page import (
     wire_compare_share,
     wire_shared_view,
 )
+from ui.votes import VoteBook
 from ui.warming import ColdStartTracker, Prewarmer
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class AppContext:
     prewarmer: Prewarmer
     share: ShareHandlers  # share links (holds the key that also seals battle pairings)
     limiter: RateLimiter  # per-client request limit shared by Compare and Battle
+    votes: VoteBook  # the vote store (LLM_VOTES): Battle writes, Leaderboard reads
     pages: dict[str, Any] = field(default_factory=dict)  # tab id -> what its builder returned
     tab: gr.Tab | None = None  # the Tab being built
 
@@ -91,12 +93,12 @@ def _compare_tab(ctx: AppContext) -> Any:
 def _battle_tab(ctx: AppContext) -> Any:
     return build_battle_page(
         ctx.demo, ctx.settings, ctx.client, ctx.models, ctx.share.service.secret,
-        limiter=ctx.limiter, tracker=ctx.tracker,
+        limiter=ctx.limiter, tracker=ctx.tracker, votes=ctx.votes,
     )  # fmt: skip
 
 
 def _leaderboard_tab(ctx: AppContext) -> Any:
-    return build_leaderboard_page(ctx.demo, ctx.settings, ctx.tab)
+    return build_leaderboard_page(ctx.demo, ctx.votes, ctx.tab)
 
 
 # (tab label, tab id, builder). The tab ids are what deep links select (ui/deep_links.py).
@@ -139,6 +141,7 @@ def build_app(
             demo, settings, client, directory,
             ColdStartTracker(settings.typical_cold_start), Prewarmer(client),
             share, RateLimiter(settings.rate_limit_per_minute),
+            VoteBook(settings.votes, vote_logger()),
         )  # fmt: skip
         gr.Markdown(f"## {TITLE}", elem_id="app-title")
         with gr.Tabs() as tabs:

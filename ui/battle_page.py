@@ -20,11 +20,12 @@ API endpoints (for `gradio_client`):
     /battle_stop  ()
 
 Votes go through `record_vote` (ui/votes.py): one JSON line on stdout (logger
-"ui.battle.votes", JsonLogFormatter) and, when LLM_VOTE_LOG is set, one line in that file.
+"ui.battle.votes", JsonLogFormatter) once the vote store (LLM_VOTES) has saved them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -36,7 +37,6 @@ import gradio as gr
 
 from ui.backend_client import BackendClient
 from ui.battle_token import (
-    TOKEN_TTL_S,
     BattleTokenError,
     new_pairing,
     open_pairing,
@@ -65,13 +65,8 @@ from ui.model_labels import label_for
 from ui.rate_limit import RateLimiter
 from ui.settings import Settings
 from ui.stop_signals import StopSignals
-from ui.votes import (
-    VALID_CHOICES,
-    JsonLogFormatter,
-    OncePerBattle,
-    pick_battle_pair,
-    record_vote,
-)
+from ui.vote_store import AlreadyVoted
+from ui.votes import VALID_CHOICES, JsonLogFormatter, VoteBook, VoteNotSaved, pick_battle_pair
 from ui.warming import ColdStartTracker
 
 logger = logging.getLogger(__name__)
@@ -137,6 +132,7 @@ class BattlePage:
         *,
         limiter: RateLimiter | None = None,
         tracker: ColdStartTracker | None = None,
+        votes: VoteBook | None = None,
     ) -> None:
         self.settings = settings
         self.directory = directory
@@ -147,8 +143,8 @@ class BattlePage:
             client, tracker or ColdStartTracker(settings.typical_cold_start)
         )
         self.stops = StopSignals()
-        self.voted = OncePerBattle(TOKEN_TTL_S)  # one vote per battle (token) here
-        self.votes = vote_logger()
+        # The store refuses a second vote per battle, whichever UI instance it reaches.
+        self.votes = votes or VoteBook(settings.votes, vote_logger())
         self.components: BattleComponents | None = None
 
     async def _pick_pair(self) -> tuple[str, str]:
@@ -278,33 +274,27 @@ class BattlePage:
             return (banner_html(exc.user_message, "error"), *unchanged)
         except (InputRejected, HistoryRejected) as exc:
             return (banner_html(exc.user_message, "error"), *unchanged)
-        if not self.voted.claim(pairing.battle_id, pairing.issued_at):
-            text = "This battle has been voted on already. Send a new prompt for the next battle."
-            return (banner_html(text, "error"), *unchanged)
         choice = str(choice)
-        kind = "info"
-        saved = ""
         try:
-            record_vote(
+            # The store is blocking I/O (SQLite or Firestore): off the event loop.
+            await asyncio.to_thread(
+                self.votes.record,
                 pairing.model_a,
                 pairing.model_b,
                 choice,
-                logger=self.votes,
-                vote_log_path=self.settings.vote_log,
                 battle_id=pairing.battle_id,
             )
-        except OSError as exc:
-            # The JSON log line is out already; only the leaderboard file missed it.
-            logger.error("Could not append to the vote log %s: %s", self.settings.vote_log, exc)
-            kind, saved = "warning", " (It could not be added to the leaderboard file.)"
+        except (AlreadyVoted, VoteNotSaved) as exc:
+            # Not saved: the token stays, so the same vote can be sent again.
+            return (banner_html(exc.user_message, "error"), *unchanged)
         name_a = label_for(pairing.model_a).display_name
         name_b = label_for(pairing.model_b).display_name
         text = (
-            f"Thanks for voting: {CHOICE_TEXT[choice]}.{saved} Model A was {name_a} and "
+            f"Thanks for voting: {CHOICE_TEXT[choice]}. Model A was {name_a} and "
             f"Model B was {name_b}. Send a new prompt for the next battle."
         )
         return (
-            banner_html(text, kind),
+            banner_html(text, "info"),
             "",  # the battle is over: the next prompt starts a new one
             blind_head_html(SIDES[0], name_a),
             blind_head_html(SIDES[1], name_b),
@@ -350,8 +340,11 @@ def build_battle_page(
     *,
     limiter: RateLimiter | None = None,
     tracker: ColdStartTracker | None = None,
+    votes: VoteBook | None = None,
 ) -> BattlePage:
-    page = BattlePage(settings, client, directory, secret, limiter=limiter, tracker=tracker)
+    page = BattlePage(
+        settings, client, directory, secret, limiter=limiter, tracker=tracker, votes=votes
+    )
     page.components = _layout(settings)
     _wire(page, page.components)
     return page

@@ -1,65 +1,62 @@
-"""The Leaderboard tab: Elo ratings and win rates from the blind-battle vote log.
+"""The Leaderboard tab: Bradley-Terry ratings with 95 % intervals from the vote store.
 
-Reads the JSON-lines vote file (LLM_VOTE_LOG) each time it is shown; without one it says
-how to configure it. On Cloud Run a local file is per instance and lost on scale-down: point
-LLM_VOTE_LOG at a mounted volume (e.g. a Cloud Storage FUSE mount) or build the table from
-the vote records in Cloud Logging.
+The store keeps per-pair counts (ui/vote_store.py), so showing the table reads
+O(models²) aggregates however many votes there are; the fit runs on those counts
+(ui/ratings.py). The store is read when the tab is opened or refreshed.
 
 API endpoint:  /leaderboard () -> Markdown table
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import gradio as gr
 
 from catalog import CATALOG
-from ui.settings import Settings
-from ui.votes import format_leaderboard_markdown, leaderboard, read_vote_log
+from ui.ratings import BOOTSTRAP_ROUNDS
+from ui.vote_store import VoteStoreError
+from ui.votes import VoteBook, format_leaderboard_markdown
 
 logger = logging.getLogger(__name__)
 
-NOT_CONFIGURED = (
-    "_No vote log is configured, so there is no leaderboard here._ Votes are still written "
-    "to the application log as JSON lines. Set `LLM_VOTE_LOG` to a file path (e.g. "
-    "`LLM_VOTE_LOG=votes.jsonl`) to collect them into a leaderboard."
+STORE_UNREACHABLE = (
+    "_The leaderboard cannot be read just now (the vote store did not answer). "
+    "Try Refresh in a moment; chatting is not affected._"
+)
+METHOD_NOTE = (
+    "Ratings are Bradley-Terry maximum-likelihood estimates (scale 400, average 1000), as "
+    "Chatbot Arena computes them; a tie or “both are bad” counts as half a win for each "
+    f"side. The interval is a 95 % bootstrap interval ({BOOTSTRAP_ROUNDS} resamples of the "
+    "votes); models whose intervals overlap share a rank."
 )
 
 
-def leaderboard_markdown(settings: Settings) -> str:
-    """The leaderboard for the configured vote log, as Markdown."""
-    path = settings.vote_log
-    if not path:
-        return NOT_CONFIGURED
+def leaderboard_markdown(votes: VoteBook) -> str:
+    """The leaderboard as Markdown (a plain note when the store cannot be read)."""
     try:
-        report = read_vote_log(path)
-    except OSError as exc:
-        logger.warning("Cannot read the vote log %s: %s", path, exc)
-        return f"_The vote log cannot be read ({type(exc).__name__}); see the server log._"
+        ratings = votes.ratings(models=())
+    except (VoteStoreError, OSError, ImportError) as exc:
+        logger.warning("Cannot read the vote store: %s", exc)
+        return STORE_UNREACHABLE
     names = {spec.tag: spec.display_name for spec in CATALOG}
-    table = format_leaderboard_markdown(leaderboard(report.votes), display_names=names)
-    votes = len(report.votes)
-    lines = [table, "", f"{votes} vote{'' if votes == 1 else 's'}."]
-    if report.malformed:
-        lines[-1] += (
-            f" {report.malformed} malformed line{'' if report.malformed == 1 else 's'} skipped."
-        )
-    lines.append(
-        "Elo starts at 1000 (K = 32, votes in order); a tie or “both are bad” counts as a draw."
-    )
-    return "\n".join(lines)
+    table = format_leaderboard_markdown(ratings, display_names=names)
+    if not any(r.votes for r in ratings):
+        return table
+    total = sum(r.votes for r in ratings) // 2  # each vote counts for both its models
+    return "\n".join([table, "", f"{total} vote{'' if total == 1 else 's'}. {METHOD_NOTE}"])
 
 
-def build_leaderboard_page(demo: gr.Blocks, settings: Settings, tab: gr.Tab | None = None) -> Any:
-    """The table and a Refresh button. The file is read when the tab is opened (`tab`),
+def build_leaderboard_page(demo: gr.Blocks, votes: VoteBook, tab: gr.Tab | None = None) -> Any:
+    """The table and a Refresh button. The store is read when the tab is opened (`tab`),
     not on every page load; without a tab, on page load."""
     table = gr.Markdown("", elem_id="leaderboard")
     refresh = gr.Button("Refresh", elem_id="leaderboard-refresh", size="sm")
 
-    def show() -> str:
-        return leaderboard_markdown(settings)
+    async def show() -> str:
+        return await asyncio.to_thread(leaderboard_markdown, votes)
 
     refresh.click(show, outputs=[table], api_name="leaderboard", show_progress="hidden")
     quiet: dict[str, Any] = {"api_visibility": "undocumented", "show_progress": "hidden"}

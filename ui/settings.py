@@ -8,6 +8,8 @@ variable to set.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
@@ -162,11 +164,22 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LLM_PUBLIC_URL", "public_url"),
         description="Public base URL used in share links (env LLM_PUBLIC_URL).",
     )
-    vote_log: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("LLM_VOTE_LOG", "vote_log"),
-        description="JSON-lines file of battle votes the leaderboard reads (env LLM_VOTE_LOG).",
+    votes: str = Field(
+        default_factory=lambda: f"sqlite:///{default_data_dir() / 'votes.sqlite3'}",
+        validation_alias=AliasChoices("LLM_VOTES", "votes"),
+        description=(
+            "Where battle votes are kept (env LLM_VOTES): sqlite:///PATH (default: "
+            "votes.sqlite3 in the user's data folder) or firestore (the Cloud Run deploy)."
+        ),
     )
+
+    @field_validator("votes")
+    @classmethod
+    def _vote_store(cls, value: str) -> str:
+        value = value.strip()
+        if value == "firestore" or (value.startswith("sqlite:///") and len(value) > 10):
+            return value
+        raise ValueError(f"LLM_VOTES must be sqlite:///PATH or firestore, not {value!r}")
 
     @field_validator("allowed_models", mode="before")
     @classmethod
@@ -203,6 +216,13 @@ class Settings(BaseSettings):
     def _check_routes(self) -> Settings:
         self.backend_routes = {k: normalize_backend_url(v) for k, v in self.backend_routes.items()}
         return self
+
+
+def default_data_dir() -> Path:
+    """Where a local run keeps data that must outlive it (the votes):
+    $XDG_DATA_HOME/serverless-llm-chat, by default ~/.local/share/serverless-llm-chat."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "serverless-llm-chat"
 
 
 def normalize_backend_url(value: str) -> str:
