@@ -168,14 +168,27 @@ class VoteBook:
             )
         except (VoteStoreError, OSError, ImportError) as exc:
             _module_logger.error("vote for battle %s not saved: %s", battle_id, exc)
+            self._forget_store()
             raise VoteNotSaved() from exc
         self.logger.info("%s", vote["message"], extra={"json_fields": vote})
         return vote
 
     def ratings(self, models: Iterable[str] = ()) -> list[Rating]:
-        """Bradley-Terry ratings from the store's counts. Raises VoteNotSaved-like
-        VoteStoreError when the store cannot be read."""
-        return rate(self.store.pair_counts(), models=models)
+        """Bradley-Terry ratings from the store's counts. Raises VoteStoreError when the
+        store cannot be read."""
+        try:
+            counts = self.store.pair_counts()
+        except VoteStoreError:
+            self._forget_store()
+            raise
+        return rate(counts, models=models)
+
+    def _forget_store(self) -> None:
+        """Open the store afresh next time: after an outage, gRPC's channel to Firestore
+        keeps failing fast for up to its reconnect backoff (minutes), while a new client
+        connects at once."""
+        with self._opening:
+            self._store = None
 
 
 # === leaderboard =========================================================================
