@@ -19,7 +19,6 @@ from playwright.sync_api import expect
 from tests.support.browser import chromium
 from tests.support.chat_app import is_note, text_of
 from tests.support.procs import Proc, free_port, wait_http
-from ui.vote_store import SqliteVoteStore
 from ui.battle_token import (
     TOKEN_TTL_S,
     BattleTokenError,
@@ -27,6 +26,7 @@ from ui.battle_token import (
     open_pairing,
     seal_pairing,
 )
+from ui.vote_store import SqliteVoteStore
 
 SECRET = b"battle-test-secret-0123456789abcdef"
 MODELS = {"smollm2:135m", "gemma3:270m"}
