@@ -36,15 +36,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Cloud Run --concurrency is the same number, so Cloud Run never sends an instance more
 # requests than one model can run at once (the rest wait in Cloud Run or go to a new instance).
 OLLAMA_NUM_PARALLEL = 4
-SERVING_PORT = 8080  # OLLAMA_HOST in Dockerfile.llm
-READY_PORT = 8081  # LLM_READY_PORT in Dockerfile.llm: answers only once every model is loaded
-READY_PATH = "/ready"
-# Startup probe: every 5 s for up to 240 s (48 x 5 s), the startup window every Cloud Run
-# service accepts (Google documents up to 1800 s for GPU jobs). Loading ~10 GB of streamed
-# weights should take well under that; raise PROBE_FAILURE_THRESHOLD if real loads do not.
-PROBE_PERIOD_SECONDS = 5
-PROBE_TIMEOUT_SECONDS = 3
-PROBE_FAILURE_THRESHOLD = 48
+SERVING_PORT = 8080  # OLLAMA_HOST in Dockerfile.llm, Cloud Run's container port
+# Startup probe: TCP on the container port, every 2 s for up to 240 s. Ollama listens a second
+# or two after the container starts; the instance then takes traffic while the entrypoint loads
+# the models, the requested one first (deploy/llm-entrypoint.sh, deploy/README.md "Cold start").
+PROBE_PERIOD_SECONDS = 2
+PROBE_TIMEOUT_SECONDS = 1
+PROBE_FAILURE_THRESHOLD = 120
+# Build slots of Dockerfile.llm (ARG MODEL_1..MODEL_3, one image layer each); "none" = unused.
+MODEL_SLOTS = 3
+NO_MODEL = "none"
 # Long enough for the longest stream (max tokens on a slow, busy instance).
 REQUEST_TIMEOUT_SECONDS = 3600
 # The UI's own queue (LLM_CONCURRENCY=100 streams + LLM_MAX_QUEUE=200 waiting, ui/settings.py)
@@ -270,6 +271,11 @@ class Backend:
     models: tuple[str, ...]
     url_variable: str
 
+    @property
+    def cache_image(self) -> str:
+        """The previous build, whose unchanged model layers the next build reuses."""
+        return self.image.rsplit(":", 1)[0] + ":buildcache"
+
 
 def families() -> list[str]:
     """Model families of the production models, in catalog order."""
@@ -313,10 +319,21 @@ def env_vars_flag(env: dict[str, str]) -> str:
 
 def startup_probe() -> str:
     return (
-        f"--startup-probe=httpGet.path={READY_PATH},httpGet.port={READY_PORT},"
+        f"--startup-probe=tcpSocket.port={SERVING_PORT},"
         f"initialDelaySeconds=0,periodSeconds={PROBE_PERIOD_SECONDS},"
         f"timeoutSeconds={PROBE_TIMEOUT_SECONDS},failureThreshold={PROBE_FAILURE_THRESHOLD}"
     )
+
+
+def model_substitutions(models: Sequence[str]) -> str:
+    """_MODEL_1.._MODEL_3 for cloudbuild-llm.yaml: one Dockerfile.llm build slot per model."""
+    if len(models) > MODEL_SLOTS:
+        raise DeployError(
+            f"{len(models)} models for one GPU image, but Dockerfile.llm has {MODEL_SLOTS} "
+            "model slots: add a slot (ARG MODEL_n + RUN) to Dockerfile.llm"
+        )
+    slots = [*models, *[NO_MODEL] * (MODEL_SLOTS - len(models))]
+    return ",".join(f"_MODEL_{i}={tag}" for i, tag in enumerate(slots, start=1))
 
 
 def build_plan(config: Config) -> Plan:
@@ -345,8 +362,8 @@ def build_plan(config: Config) -> Plan:
 
     for backend in targets:
         substitutions = (
-            f"_IMAGE={backend.image},_MODELS={' '.join(backend.models)},"
-            f"_NUM_PARALLEL={OLLAMA_NUM_PARALLEL}"
+            f"_IMAGE={backend.image},_CACHE={backend.cache_image},"
+            f"{model_substitutions(backend.models)},_NUM_PARALLEL={OLLAMA_NUM_PARALLEL}"
         )
         plan.run(
             "gcloud", "builds", "submit", str(REPO_ROOT),
