@@ -14,23 +14,18 @@ import fnmatch
 import json
 import os
 import re
-import selectors
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
-import time
 import tomllib
 from pathlib import Path
 
-import httpx
 import pytest
 
 from catalog import production_models
 from deploy import deploy
-from tests.support.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION_TAGS = [m.tag for m in production_models()]

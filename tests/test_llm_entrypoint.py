@@ -207,9 +207,7 @@ def test_a_model_not_fully_in_gpu_memory_stops_the_container(
 
 
 def test_gpu_check_can_be_relaxed_for_cpu_hosts(tmp_path: Path, entrypoints: list) -> None:
-    entry = Entrypoint(
-        tmp_path, "gemma3:4b", processor="cpu", extra_env={"LLM_REQUIRE_GPU": "0"}
-    )
+    entry = Entrypoint(tmp_path, "gemma3:4b", processor="cpu", extra_env={"LLM_REQUIRE_GPU": "0"})
     entrypoints.append(entry)
     log = entry.wait_for("all models loaded")
     assert "warning: gemma3:4b is not fully in GPU memory" in log
