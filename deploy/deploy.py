@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catalog import production_models
+from deploy.preflight import GPU_QUOTA_ID, GPU_QUOTA_SERVICE, PreflightFailed, run_check
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,12 +66,27 @@ L4_REGIONS: dict[str, str] = {
     "us-east4": "Northern Virginia",
 }
 
+# Enabled first: the preflight checks read billing and quota through them, and neither needs
+# billing itself (enabling Cloud Run does).
+PREFLIGHT_APIS = ("cloudbilling.googleapis.com", "cloudquotas.googleapis.com")
 APIS = (
     "run.googleapis.com",
     "cloudbuild.googleapis.com",
     "artifactregistry.googleapis.com",
     "secretmanager.googleapis.com",
     "iam.googleapis.com",
+    "storage.googleapis.com",
+)
+# What the build's own service account may do, and nothing else (deploy/README.md, "Cloud Build").
+BUILD_ROLES_PROJECT = ("roles/logging.logWriter",)  # build logs go to Cloud Logging only
+BUILD_ROLE_REPOSITORY = "roles/artifactregistry.writer"  # push the images, this repository only
+BUILD_ROLE_BUCKET = "roles/storage.objectViewer"  # read the uploaded source, this bucket only
+
+# The deploy's service accounts: (name suffix, display name).
+SERVICE_ACCOUNTS = (
+    ("backend", "LLM backend (no roles)"),
+    ("ui", "LLM chat UI"),
+    ("build", "LLM chat image builds"),
 )
 
 # Local timeouts for each gcloud call (they must end; Cloud Build has its own limit too).
@@ -85,6 +101,8 @@ VARIABLE_RE = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
 # Generates the share-link key on the deployer's machine; the value only ever travels on stdin.
 SECRET_GENERATOR = ("python3", "-c", 'import secrets; print(secrets.token_urlsafe(32), end="")')
+# The dry-run script pipes a preflight command's JSON into this (run from the repository root).
+PREFLIGHT_COMMAND = ("python3", "-m", "deploy.preflight")
 
 
 class DeployError(Exception):
@@ -103,8 +121,11 @@ class Step:
     """One gcloud command.
 
     unless: a check command; when it succeeds the step is skipped (create-if-missing).
-    capture: store the command's stdout in this variable for later steps (${NAME}).
+    only_if: a check command; the step runs only when it succeeds (delete-if-present).
+    capture: store the command's stdout in this variable for later steps (${NAME}); it must
+      start with capture_prefix.
     secret_stdin: feed a freshly generated random key on stdin (never in argv or output).
+    preflight: a deploy.preflight command line that must accept the command's output.
     """
 
     argv: tuple[str, ...]
@@ -112,6 +133,9 @@ class Step:
     unless: tuple[str, ...] | None = None
     capture: str | None = None
     secret_stdin: bool = False
+    only_if: tuple[str, ...] | None = None
+    capture_prefix: str = "https://"
+    preflight: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,8 +156,13 @@ class Plan:
         unless: tuple[str, ...] | None = None,
         capture: str | None = None,
         secret_stdin: bool = False,
+        only_if: tuple[str, ...] | None = None,
+        capture_prefix: str = "https://",
+        preflight: tuple[str, ...] | None = None,
     ) -> None:
-        self.steps.append(Step(argv, timeout, unless, capture, secret_stdin))
+        self.steps.append(
+            Step(argv, timeout, unless, capture, secret_stdin, only_if, capture_prefix, preflight)
+        )
 
     def say(self, text: str) -> None:
         self.steps.append(Say(text))
@@ -168,10 +197,14 @@ def render(plan: Plan) -> str:
         line = shell_command(step.argv)
         if step.secret_stdin:
             line = f"{shell_command(SECRET_GENERATOR)} | {line}"
+        if step.preflight:
+            line = f"{line} | {shell_command(PREFLIGHT_COMMAND + step.preflight)}"
         if step.capture:
             line = f"{step.capture}=$({line})"
         if step.unless:
             line = f"{shell_command(step.unless)} >/dev/null 2>&1 || {line}"
+        if step.only_if:
+            line = f"if {shell_command(step.only_if)} >/dev/null 2>&1; then {line}; fi"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -196,8 +229,10 @@ def execute(plan: Plan, run: Runner = subprocess.run, log: Callable[[str], None]
         if isinstance(step, Say):
             log(substitute(step.text, values))
             continue
-        if step.unless:
-            check = [substitute(a, values) for a in step.unless]
+        for condition, skip_when_found in ((step.unless, True), (step.only_if, False)):
+            if not condition:
+                continue
+            check = [substitute(a, values) for a in condition]
             found = run(
                 check,
                 check=False,
@@ -205,33 +240,49 @@ def execute(plan: Plan, run: Runner = subprocess.run, log: Callable[[str], None]
                 stderr=subprocess.DEVNULL,
                 timeout=COMMAND_TIMEOUT_SECONDS,
             )
-            if found.returncode == 0:
-                log(f"+ {shell_command(check)}  # exists, skipping: {shell_command(step.argv)}")
-                continue
-        argv = [substitute(a, values) for a in step.argv]
-        log(f"+ {shell_command(argv)}")
+            if (found.returncode == 0) == skip_when_found:
+                why = "exists" if skip_when_found else "not found"
+                log(f"+ {shell_command(check)}  # {why}, skipping: {shell_command(step.argv)}")
+                break
+        else:
+            run_step(step, values, run, log)
+
+
+def run_step(step: Step, values: dict[str, str], run: Runner, log: Callable[[str], None]) -> None:
+    """Run one step (its skip checks already passed); captures and preflights its output."""
+    argv = [substitute(a, values) for a in step.argv]
+    log(f"+ {shell_command(argv)}")
+    try:
+        result = run(
+            argv,
+            check=True,
+            text=True,
+            timeout=step.timeout,
+            input=secrets.token_urlsafe(32) if step.secret_stdin else None,
+            stdout=subprocess.PIPE if step.capture or step.preflight else None,
+        )
+    except subprocess.CalledProcessError as exc:
+        raise StepFailed(
+            f"step failed with exit status {exc.returncode}: {shell_command(argv)}"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise StepFailed(
+            f"step did not finish within {step.timeout:.0f}s: {shell_command(argv)}"
+        ) from None
+    if step.preflight:
         try:
-            result = run(
-                argv,
-                check=True,
-                text=True,
-                timeout=step.timeout,
-                input=secrets.token_urlsafe(32) if step.secret_stdin else None,
-                stdout=subprocess.PIPE if step.capture else None,
+            run_check(step.preflight, result.stdout or "")
+        except PreflightFailed as exc:
+            raise StepFailed(f"preflight: {exc}") from None
+        log(f"  preflight {step.preflight[0]}: ok")
+    if step.capture:
+        output = (result.stdout or "").strip()
+        if not output.startswith(step.capture_prefix):
+            raise StepFailed(
+                f"expected {step.capture_prefix}... from {shell_command(argv)}, "
+                f"got {output[:200]!r}"
             )
-        except subprocess.CalledProcessError as exc:
-            raise StepFailed(
-                f"step failed with exit status {exc.returncode}: {shell_command(argv)}"
-            ) from None
-        except subprocess.TimeoutExpired:
-            raise StepFailed(
-                f"step did not finish within {step.timeout:.0f}s: {shell_command(argv)}"
-            ) from None
-        if step.capture:
-            output = (result.stdout or "").strip()
-            if not output.startswith("https://"):
-                raise StepFailed(f"expected a URL from {shell_command(argv)}, got {output[:200]!r}")
-            values[step.capture] = output
+        values[step.capture] = output
 
 
 # --- what to deploy -------------------------------------------------------------------------
@@ -259,6 +310,11 @@ class Config:
     @property
     def secret(self) -> str:
         return f"{self.prefix}-share-secret"
+
+    @property
+    def build_bucket(self) -> str:
+        """Where `gcloud builds submit` uploads the source; only the build may read it."""
+        return f"gs://{self.project}-{self.prefix}-build"
 
 
 @dataclass(frozen=True)
@@ -341,7 +397,23 @@ def build_plan(config: Config) -> Plan:
     plan = Plan()
     ui_sa = config.service_account("ui")
     backend_sa = config.service_account("backend")
+    build_sa = config.service_account("build")
     targets = backends(config)
+
+    # Preflight: nothing is built before the project can run what the build produces (a
+    # missing GPU quota would otherwise surface only at the backend deploy, after an hour of
+    # builds). The region itself was checked against L4_REGIONS when parsing the arguments.
+    plan.run("gcloud", "services", "enable", *PREFLIGHT_APIS, p)
+    plan.run(
+        "gcloud", "billing", "projects", "describe", config.project, "--format=json",
+        preflight=("billing", p),
+    )  # fmt: skip
+    plan.run(
+        "gcloud", "beta", "quotas", "info", "describe", GPU_QUOTA_ID,
+        f"--service={GPU_QUOTA_SERVICE}", p, "--format=json",
+        # Every GPU service of the deploy draws from the same regional quota.
+        preflight=("gpu-quota", p, r, f"--need={config.max_instances * len(targets)}"),
+    )  # fmt: skip
 
     plan.run("gcloud", "services", "enable", *APIS, p)
     plan.run(
@@ -351,14 +423,39 @@ def build_plan(config: Config) -> Plan:
         unless=("gcloud", "artifacts", "repositories", "describe", config.prefix,
                 f"--location={config.region}", p),
     )  # fmt: skip
+    plan.run(
+        "gcloud", "storage", "buckets", "create", config.build_bucket,
+        f"--location={config.region}", "--uniform-bucket-level-access", p,
+        unless=("gcloud", "storage", "buckets", "describe", config.build_bucket, p),
+    )  # fmt: skip
     # Service accounts first: IAM needs a moment to know them before the bindings below.
-    for role, name in (("backend", "LLM backend (no roles)"), ("ui", "LLM chat UI")):
+    for role, name in SERVICE_ACCOUNTS:
         plan.run(
             "gcloud", "iam", "service-accounts", "create", f"{config.prefix}-{role}",
             f"--display-name={name}", p,
             unless=("gcloud", "iam", "service-accounts", "describe",
                     config.service_account(role), p),
         )  # fmt: skip
+    # Cloud Build runs as its own account with three narrow grants, instead of a default
+    # account whose roles differ between projects (deploy/README.md, "Cloud Build").
+    build_member = f"--member=serviceAccount:{build_sa}"
+    plan.run(
+        "gcloud", "storage", "buckets", "add-iam-policy-binding", config.build_bucket,
+        build_member, f"--role={BUILD_ROLE_BUCKET}", p,
+    )  # fmt: skip
+    plan.run(
+        "gcloud", "artifacts", "repositories", "add-iam-policy-binding", config.prefix,
+        f"--location={config.region}", build_member, f"--role={BUILD_ROLE_REPOSITORY}", p,
+    )  # fmt: skip
+    for role in BUILD_ROLES_PROJECT:
+        plan.run(
+            "gcloud", "projects", "add-iam-policy-binding", config.project, build_member,
+            f"--role={role}", "--condition=None", "--quiet",
+        )  # fmt: skip
+    build_flags = (
+        f"--service-account=projects/{config.project}/serviceAccounts/{build_sa}",
+        f"--gcs-source-staging-dir={config.build_bucket}/source",
+    )
 
     for backend in targets:
         substitutions = (
@@ -368,14 +465,14 @@ def build_plan(config: Config) -> Plan:
         plan.run(
             "gcloud", "builds", "submit", str(REPO_ROOT),
             f"--config={REPO_ROOT / 'deploy' / 'cloudbuild-llm.yaml'}",
-            f"--substitutions={substitutions}", p,
+            f"--substitutions={substitutions}", *build_flags, p,
             timeout=BUILD_TIMEOUT_SECONDS,
         )  # fmt: skip
     ui_image = f"{config.registry}/ui:{config.tag}"
     plan.run(
         "gcloud", "builds", "submit", str(REPO_ROOT),
         f"--config={REPO_ROOT / 'deploy' / 'cloudbuild-ui.yaml'}",
-        f"--substitutions=_IMAGE={ui_image}", p,
+        f"--substitutions=_IMAGE={ui_image}", *build_flags, p,
         timeout=BUILD_TIMEOUT_SECONDS,
     )  # fmt: skip
 
@@ -464,6 +561,80 @@ def build_plan(config: Config) -> Plan:
     return plan
 
 
+def backend_services(config: Config) -> list[str]:
+    """Every GPU service name either routing creates (teardown removes whichever exist)."""
+    names = [f"{config.prefix}-backend"]
+    names += [f"{config.prefix}-backend-{family}" for family in families()]
+    return names
+
+
+def teardown_plan(config: Config) -> Plan:
+    """Delete everything build_plan creates; each step runs only if its resource exists."""
+    p, r = f"--project={config.project}", f"--region={config.region}"
+    plan = Plan()
+    for service in [f"{config.prefix}-ui", *backend_services(config)]:
+        plan.run(
+            "gcloud", "run", "services", "delete", service, p, r, "--quiet",
+            only_if=("gcloud", "run", "services", "describe", service, p, r),
+        )  # fmt: skip
+    # The repository holds every image and tag (backend*, ui, buildcache).
+    plan.run(
+        "gcloud", "artifacts", "repositories", "delete", config.prefix,
+        f"--location={config.region}", p, "--quiet",
+        only_if=("gcloud", "artifacts", "repositories", "describe", config.prefix,
+                 f"--location={config.region}", p),
+    )  # fmt: skip
+    plan.run(
+        "gcloud", "secrets", "delete", config.secret, p, "--quiet",
+        only_if=("gcloud", "secrets", "describe", config.secret, p),
+    )  # fmt: skip
+    build_sa = config.service_account("build")
+    for role in BUILD_ROLES_PROJECT:
+        plan.run(
+            "gcloud", "projects", "remove-iam-policy-binding", config.project,
+            f"--member=serviceAccount:{build_sa}", f"--role={role}", "--condition=None",
+            "--quiet",
+            only_if=("gcloud", "iam", "service-accounts", "describe", build_sa, p),
+        )  # fmt: skip
+    for role, _ in SERVICE_ACCOUNTS:
+        account = config.service_account(role)
+        plan.run(
+            "gcloud", "iam", "service-accounts", "delete", account, p, "--quiet",
+            only_if=("gcloud", "iam", "service-accounts", "describe", account, p),
+        )  # fmt: skip
+    # The uploaded sources, then the bucket itself.
+    plan.run(
+        "gcloud", "storage", "rm", "--recursive", config.build_bucket, p,
+        only_if=("gcloud", "storage", "buckets", "describe", config.build_bucket, p),
+    )  # fmt: skip
+    plan.say(
+        "Removed the services, images, secret, service accounts and build bucket of "
+        f"{config.prefix} in {config.project}/{config.region}. A budget made with "
+        "--budget-alert stays on the billing account (Billing > Budgets & alerts)."
+    )
+    return plan
+
+
+def budget_plan(config: Config, amount: int) -> Plan:
+    """A budget on the project's billing account that e-mails its billing admins at 50%,
+    90% and 100% of `amount` US dollars a month (spent, not forecast)."""
+    plan = Plan()
+    plan.run(
+        "gcloud", "billing", "projects", "describe", config.project,
+        "--format=value(billingAccountName.basename())",
+        capture="BILLING_ACCOUNT", capture_prefix="",
+    )  # fmt: skip
+    plan.run(
+        "gcloud", "billing", "budgets", "create", "--billing-account=${BILLING_ACCOUNT}",
+        f"--display-name={config.prefix} {config.project}", f"--budget-amount={amount}USD",
+        f"--filter-projects=projects/{config.project}", "--calendar-period=month",
+        "--threshold-rule=percent=0.5", "--threshold-rule=percent=0.9",
+        "--threshold-rule=percent=1.0",
+    )  # fmt: skip
+    plan.say(f"Budget alert at {amount} USD a month for {config.project}.")
+    return plan
+
+
 # --- command line -----------------------------------------------------------------------------
 
 
@@ -504,6 +675,15 @@ def parse_args(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
     parser.add_argument(
         "--rotate-share-secret", action="store_true",
         help="add a new share-link key version (invalidates existing share links)",
+    )  # fmt: skip
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--teardown", action="store_true",
+        help="delete everything the deploy created (services, images, secret, accounts, bucket)",
+    )  # fmt: skip
+    mode.add_argument(
+        "--budget-alert", type=int, default=0, metavar="USD",
+        help="only create a monthly budget alert of USD dollars for the project",
     )  # fmt: skip
     parser.add_argument(
         "--skip-region-check", action="store_true",
@@ -551,6 +731,10 @@ def parse_args(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
     ):
         if not low <= value <= 100:
             raise DeployError(f"{name} must be between {low} and 100, got {value}")
+    if args.budget_alert < 0:
+        raise DeployError(
+            f"--budget-alert must be a positive amount of USD, got {args.budget_alert}"
+        )
     if args.min_instances > args.max_instances:
         raise DeployError(
             f"--min-instances ({args.min_instances}) exceeds --max-instances ({args.max_instances})"
@@ -572,7 +756,12 @@ def parse_args(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, args = parse_args(sys.argv[1:] if argv is None else argv)
-        plan = build_plan(config)
+        if args.teardown:
+            plan = teardown_plan(config)
+        elif args.budget_alert:
+            plan = budget_plan(config, args.budget_alert)
+        else:
+            plan = build_plan(config)
         if "invitation" in L4_REGIONS.get(config.region, ""):
             print(
                 f"deploy: note: {config.region} offers L4 GPUs by invitation only; if the "

@@ -110,11 +110,21 @@ def gcloud_calls(script: str) -> list[dict]:
         if " >/dev/null 2>&1 || " in line:
             check, line = line.split(" >/dev/null 2>&1 || ", 1)
             unless = shlex.split(check)
-        stdin = None
+        stdin = preflight = None
         if " | " in line:
-            stdin, line = line.split(" | ", 1)
+            left, right = line.split(" | ", 1)
+            if right.startswith("python3 -m deploy.preflight "):
+                line, preflight = left, shlex.split(right)[3:]
+            else:
+                stdin, line = left, right
         calls.append(
-            {"argv": shlex.split(line), "capture": capture, "unless": unless, "stdin": stdin}
+            {
+                "argv": shlex.split(line),
+                "capture": capture,
+                "unless": unless,
+                "stdin": stdin,
+                "preflight": preflight,
+            }
         )
     return calls
 
@@ -447,29 +457,57 @@ def test_per_family_routing_deploys_one_backend_per_family() -> None:
 # --- deploy.py: the real run, against a stand-in gcloud ---------------------------------------
 
 FAKE_GCLOUD = """#!{python}
-# Stand-in for Google's gcloud CLI: records each call; resources never exist yet, and
-# `describe --format=value(status.url)` answers with a run.app URL for that service.
+# Stand-in for Google's gcloud CLI: records each call. Resources do not exist (describe exits 1)
+# unless FAKE_EXISTING=1; `describe --format=value(status.url)` answers with a run.app URL;
+# billing is enabled unless FAKE_BILLING=0; the L4 quota in every region is FAKE_L4_QUOTA (1).
 import json, os, sys
 args = sys.argv[1:]
 stdin = sys.stdin.read() if "--data-file=-" in args else None
 with open(os.environ["FAKE_GCLOUD_LOG"], "a") as log:
     log.write(json.dumps({{"argv": args, "stdin": stdin}}) + "\\n")
+if args[:3] == ["billing", "projects", "describe"]:
+    if "--format=json" in args:
+        print(json.dumps({{"billingEnabled": os.environ.get("FAKE_BILLING", "1") == "1"}}))
+    else:
+        print("01A2B3-C4D5E6-F7A8B9")
+    sys.exit(0)
+if args[:4] == ["beta", "quotas", "info", "describe"]:
+    region_value = int(os.environ.get("FAKE_L4_QUOTA", "1"))
+    print(json.dumps({{"quotaId": args[4], "dimensionsInfos": [
+        {{"dimensions": {{"region": "us-east4"}}, "details": {{"value": region_value}}}},
+        {{"details": {{"value": 0}}}},
+    ]}}))
+    sys.exit(0)
 if "describe" in args:
     if "--format=value(status.url)" in args:
         service = args[args.index("describe") + 1]
         print(f"https://{{service}}-abc123-uc.a.run.app")
         sys.exit(0)
-    sys.exit(1)
+    sys.exit(0 if os.environ.get("FAKE_EXISTING") == "1" else 1)
 """
 
 
-def test_real_run_executes_the_dry_run_commands(tmp_path: Path) -> None:
+def fake_gcloud_env(tmp_path: Path, log: str, **settings: str) -> dict[str, str]:
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    gcloud = bin_dir / "gcloud"
-    gcloud.write_text(FAKE_GCLOUD.format(python=sys.executable))
-    gcloud.chmod(0o755)
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    if not bin_dir.exists():
+        bin_dir.mkdir()
+        gcloud = bin_dir / "gcloud"
+        gcloud.write_text(FAKE_GCLOUD.format(python=sys.executable))
+        gcloud.chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_GCLOUD_LOG": str(tmp_path / log),
+        **settings,
+    }
+
+
+def logged_calls(tmp_path: Path, log: str) -> list[dict]:
+    path = tmp_path / log
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_real_run_executes_the_dry_run_commands(tmp_path: Path) -> None:
+    env = fake_gcloud_env(tmp_path, "unused.jsonl")
     args = ["--project", "demo-project", "--region", "us-east4", "--tag", "t1"]
 
     real_log = tmp_path / "real.jsonl"
@@ -509,6 +547,149 @@ def test_real_run_without_gcloud_says_how_to_get_it(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "gcloud not found" in result.stderr and "--dry-run" in result.stderr
+
+
+# --- preflight, build identity, teardown, budget -----------------------------------------------
+
+REAL_ARGS = ["--project", "demo-project", "--region", "us-east4", "--tag", "t1"]
+
+
+def test_builds_run_as_their_own_account_with_narrow_roles() -> None:
+    calls = gcloud_calls(dry_run("--region", "europe-west1"))
+    build_sa = "llm-chat-build@demo-project.iam.gserviceaccount.com"
+    member = f"--member=serviceAccount:{build_sa}"
+    grants = {
+        (c["argv"][1], flags(c["argv"])["--role"])
+        for c in calls
+        if member in c["argv"] and "add-iam-policy-binding" in c["argv"]
+    }
+    assert grants == {
+        ("storage", "roles/storage.objectViewer"),
+        ("artifacts", "roles/artifactregistry.writer"),
+        ("projects", "roles/logging.logWriter"),
+    }
+    (bucket_grant,) = [c for c in calls if c["argv"][:2] == ["gcloud", "storage"]
+                       and "add-iam-policy-binding" in c["argv"]]  # fmt: skip
+    assert bucket_grant["argv"][4] == "gs://demo-project-llm-chat-build"
+    builds = [c for c in calls if c["argv"][:3] == ["gcloud", "builds", "submit"]]
+    assert len(builds) == 2
+    for build in builds:
+        build_flags = flags(build["argv"])
+        assert build_flags["--service-account"].endswith(f"/serviceAccounts/{build_sa}")
+        assert build_flags["--gcs-source-staging-dir"] == "gs://demo-project-llm-chat-build/source"
+        config = (ROOT / build_flags["--config"]).read_text()
+        assert "logging: CLOUD_LOGGING_ONLY" in config  # required with a build service account
+    first_build = calls.index(builds[0])
+    assert all(calls.index(c) < first_build for c in calls if member in c["argv"])
+
+
+def test_preflight_comes_before_any_build() -> None:
+    calls = gcloud_calls(dry_run("--region", "europe-west4", "--routing", "per-family",
+                                 "--max-instances", "2"))  # fmt: skip
+    (billing,) = [c for c in calls if c["argv"][1:4] == ["billing", "projects", "describe"]]
+    (quota,) = [c for c in calls if c["argv"][1:5] == ["beta", "quotas", "info", "describe"]]
+    assert quota["argv"][5] == "NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion"
+    assert "--service=run.googleapis.com" in quota["argv"]
+    # Three GPU services of up to two instances each draw from one regional pool.
+    assert quota["preflight"] == [
+        "gpu-quota", "--project=demo-project", "--region=europe-west4", "--need=6",
+    ]  # fmt: skip
+    assert billing["preflight"] == ["billing", "--project=demo-project"]
+    first_build = next(i for i, c in enumerate(calls) if c["argv"][1:3] == ["builds", "submit"])
+    assert calls.index(billing) < calls.index(quota) < first_build
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ({"FAKE_L4_QUOTA": "0"}, ["NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion",
+                                  "us-east4", "iam-admin/quotas?project=demo-project",
+                                  "needs 1"]),
+        ({"FAKE_BILLING": "0"}, ["billing is not enabled",
+                                 "billing/linkedaccount?project=demo-project"]),
+    ],
+)  # fmt: skip
+def test_preflight_failure_says_what_to_request_and_builds_nothing(
+    tmp_path: Path, setting: dict[str, str], expected: list[str]
+) -> None:
+    real = run_deploy(*REAL_ARGS, env=fake_gcloud_env(tmp_path, "real.jsonl", **setting))
+    assert real.returncode == 1
+    for text in expected:
+        assert text in real.stderr, real.stderr
+    assert not [c for c in logged_calls(tmp_path, "real.jsonl") if c["argv"][:1] == ["builds"]]
+    # The dry-run script, run by hand, stops at the same check with the same advice.
+    replay = subprocess.run(
+        ["bash", "-c", run_deploy(*REAL_ARGS, "--dry-run").stdout],
+        cwd=ROOT,
+        env={**os.environ, **fake_gcloud_env(tmp_path, "script.jsonl", **setting)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert replay.returncode != 0
+    assert all(text in replay.stderr for text in expected), replay.stderr
+    assert not [c for c in logged_calls(tmp_path, "script.jsonl") if c["argv"][:1] == ["builds"]]
+
+
+def created_resources(calls: list[dict]) -> set[str]:
+    """Names of what a deploy creates: services, repository, secret, accounts, bucket."""
+    made = set()
+    for c in calls:
+        argv = c["argv"]
+        if argv[1:3] == ["run", "deploy"]:
+            made.add(argv[3])
+        elif argv[1:4] == ["artifacts", "repositories", "create"]:
+            made.add(argv[4])
+        elif argv[1:3] == ["secrets", "create"]:
+            made.add(argv[3])
+        elif argv[1:4] == ["iam", "service-accounts", "create"]:
+            made.add(f"{argv[4]}@demo-project.iam.gserviceaccount.com")
+        elif argv[1:4] == ["storage", "buckets", "create"]:
+            made.add(argv[4])
+    return made
+
+
+def test_teardown_removes_everything_either_routing_creates(tmp_path: Path) -> None:
+    created = created_resources(gcloud_calls(dry_run("--region", "us-east4")))
+    created |= created_resources(gcloud_calls(dry_run("--region", "us-east4", "--routing",
+                                                      "per-family")))  # fmt: skip
+    # UI, backend + 3 per-family backends, repository, secret, 3 service accounts, bucket.
+    assert len(created) == 1 + 4 + 1 + 1 + 3 + 1
+
+    def deleted(settings: dict[str, str], log: str) -> set[str]:
+        result = run_deploy(
+            *REAL_ARGS, "--teardown", env=fake_gcloud_env(tmp_path, log, **settings)
+        )
+        assert result.returncode == 0, result.stderr
+        names = set()
+        for c in logged_calls(tmp_path, log):
+            argv = c["argv"]
+            if "delete" in argv:
+                names.add(argv[argv.index("delete") + 1])
+            elif argv[:2] == ["storage", "rm"]:
+                names.add(argv[3])
+        return names
+
+    assert deleted({"FAKE_EXISTING": "1"}, "existing.jsonl") == created
+    # Nothing left (a second teardown): every step is skipped, nothing fails.
+    assert deleted({}, "gone.jsonl") == set()
+    script = run_deploy(*REAL_ARGS, "--teardown", "--dry-run").stdout
+    assert subprocess.run(["bash", "-n"], input=script, text=True, timeout=30).returncode == 0
+
+
+def test_budget_alert_uses_the_projects_billing_account(tmp_path: Path) -> None:
+    result = run_deploy(*REAL_ARGS, "--budget-alert", "150",
+                        env=fake_gcloud_env(tmp_path, "budget.jsonl"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (create,) = [c["argv"] for c in logged_calls(tmp_path, "budget.jsonl")
+                 if c["argv"][:3] == ["billing", "budgets", "create"]]  # fmt: skip
+    budget = flags(["gcloud", *create])
+    assert budget["--billing-account"] == "01A2B3-C4D5E6-F7A8B9"
+    assert budget["--budget-amount"] == "150USD"
+    assert budget["--filter-projects"] == "projects/demo-project"
+    thresholds = [a for a in create if a.startswith("--threshold-rule=")]
+    assert thresholds[-1] == "--threshold-rule=percent=1.0" and len(thresholds) >= 2
+    assert not [c for c in logged_calls(tmp_path, "budget.jsonl") if c["argv"][0] == "run"]
 
 
 def test_pyproject_dependencies_do_not_pull_the_local_engine() -> None:

@@ -1,8 +1,9 @@
 """The deploy's gcloud commands, checked by the real Google Cloud CLI (no string matching).
 
-- Parse: every command `make deploy` emits (and every create-if-missing check) is run by the
-  real gcloud without credentials; each must get past argument parsing and stop at the missing
-  account (exit 1), not at a usage error (exit 2).
+- Parse: every command `make deploy` emits (and every create-if-missing check), and those of
+  `--teardown` and `--budget-alert`, is run by the real gcloud without credentials; each must
+  get past argument parsing and stop at the missing account (exit 1), not at a usage error
+  (exit 2).
 - Request: the backend's and the UI's `gcloud run deploy` (plus the steps that read the URL,
   grant the invoker role and set the public URL) run against a local recording fake of the
   Cloud Run Admin API (tests/fake_run_admin.py), and the tests assert on the Knative Service
@@ -17,6 +18,7 @@ gcloud's own Python, through a sitecustomize shim).
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -60,7 +62,10 @@ def plan_commands(*args: str) -> list[list[str]]:
             continue
         if line.split("=", 1)[0].isupper() and "=$(" in line:
             line = line.split("=$(", 1)[1].removesuffix(")")
+        if line.startswith("if "):  # if CHECK >/dev/null 2>&1; then COMMAND; fi
+            line = line.removeprefix("if ").removesuffix("; fi").replace("; then ", " || ")
         for part in line.split(" >/dev/null 2>&1 || "):
+            part = part.split(" | python3 -m deploy.preflight ", 1)[0]  # output check
             part = part.split(" | ", 1)[-1]  # the generated secret is piped in
             commands.append(shlex.split(part))
     return commands
@@ -113,10 +118,20 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcloudRun]:
     tmp = tmp_path_factory.mktemp("gcloud")
     commands = plan_commands()
 
-    # 1. Parse: no credentials at all, so gcloud stops right after parsing its arguments.
+    # 1. Parse: no credentials at all, so gcloud stops right after parsing its arguments. The
+    # deploy, its teardown and the budget alert; values known only at run time filled in.
+    every = commands + plan_commands("--teardown") + plan_commands("--budget-alert", "100")
+    # gcloud is slow to start: one command per shape (the teardown's per-family backends
+    # differ from the single backend by name only; create-if-missing checks repeat).
+    shapes: dict[tuple[str, ...], list[str]] = {}
+    for argv in every:
+        filled = [arg.replace("${BILLING_ACCOUNT}", "01A2B3-C4D5E6-F7A8B9") for arg in argv]
+        shape = tuple(re.sub(r"llm-chat-backend-\w+", "llm-chat-backend", a) for a in filled)
+        shapes.setdefault(shape, filled)
+    every = list(shapes.values())
     bare = gcloud_env(tmp / "config-without-account")
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda argv: gcloud(argv, bare), commands))
+        results = list(pool.map(lambda argv: gcloud(argv, bare), every))
     # A command with an unknown flag must fail differently, or the check above proves nothing.
     control = gcloud([*find(commands, "gcloud", "run", "deploy", BACKEND), "--no-such-flag"], bare)
 
@@ -152,7 +167,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcloudRun]:
         ]
         steps[name] = gcloud(argv, env)
     try:
-        yield GcloudRun(fake, list(zip(commands, results, strict=True)), control, steps)
+        yield GcloudRun(fake, list(zip(every, results, strict=True)), control, steps)
     finally:
         fake.stop()
 
@@ -161,7 +176,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcloudRun]:
 
 
 def test_every_deploy_command_passes_gclouds_argument_parsing(run: GcloudRun) -> None:
-    assert len(run.parse_results) >= 15
+    assert len(run.parse_results) >= 40
+    kinds = {tuple(argv[1:3]) for argv, _ in run.parse_results}
+    assert {("billing", "budgets"), ("beta", "quotas"), ("storage", "rm")} <= kinds
     for argv, result in run.parse_results:
         assert result.returncode == 1 and NO_ACCOUNT in result.stderr, (
             f"{shlex.join(argv)}\nexit {result.returncode}: {result.stderr[-1500:]}"
