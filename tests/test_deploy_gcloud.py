@@ -17,6 +17,7 @@ gcloud's own Python, through a sitecustomize shim).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -40,6 +41,7 @@ PROJECT = "demo-project"
 REGION = "europe-west1"
 BACKEND = "llm-chat-backend"
 UI = "llm-chat-ui"
+ROUTED_PREFIX = "routed"
 BACKEND_SA = f"llm-chat-backend@{PROJECT}.iam.gserviceaccount.com"
 UI_SA = f"llm-chat-ui@{PROJECT}.iam.gserviceaccount.com"
 NO_ACCOUNT = "do not currently have an active account selected"
@@ -166,6 +168,15 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcloudRun]:
             for arg in find(commands, *prefix)
         ]
         steps[name] = gcloud(argv, env)
+    # Per-family routing: the UI gets a JSON route table, which needs gcloud's alternate
+    # delimiter syntax (--set-env-vars=^;^...) to survive the commas.
+    routed = find(plan_commands("--routing", "per-family", "--prefix", ROUTED_PREFIX),
+                  "gcloud", "run", "deploy", f"{ROUTED_PREFIX}-ui")  # fmt: skip
+    routed = [
+        re.sub(r"\$\{BACKEND_URL_(\w+)\}", lambda m: fake.url_of(m.group(1).lower()), arg)
+        for arg in routed
+    ]
+    steps["per-family ui deploy"] = gcloud(routed, env)
     try:
         yield GcloudRun(fake, list(zip(every, results, strict=True)), control, steps)
     finally:
@@ -278,6 +289,14 @@ def test_ui_service_env_secret_identity_and_public_access(run: GcloudRun) -> Non
     assert {"members": ["allUsers"], "role": "roles/run.invoker"} in run.fake.policies[UI][
         "bindings"
     ]
+
+
+def test_per_family_ui_gets_the_route_table_intact(run: GcloudRun) -> None:
+    env = env_of(only_service(run, f"{ROUTED_PREFIX}-ui"))
+    routes = json.loads(env["LLM_BACKEND_ROUTES"])
+    assert routes == {family: run.fake.url_of(family) for family in ("gemma", "llama", "mistral")}
+    assert env["LLM_ALLOWED_MODELS"] == "gemma3:4b,llama3.2:3b,mistral:7b"
+    assert env["LLM_BACKEND_URL"] == run.fake.url_of("gemma")
 
 
 def test_ui_gets_its_public_url_without_losing_the_rest(run: GcloudRun) -> None:
