@@ -74,7 +74,7 @@ http_request() { # method path body timeout_seconds
         return 0
     fi 2>/dev/null
     printf '%s %s HTTP/1.0\r\nHost: %s:%s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' \
-        "$method" "$path" "$api_host" "$api_port" "${#body}" "$body" >&"$fd" 2>/dev/null
+        "$method" "$path" "$api_host" "$api_port" "${#body}" "$body" 2>/dev/null 1>&"$fd"
     if IFS= read -r -t "$timeout" status_line <&"$fd"; then
         status="${status_line#* }"
         status="${status%% *}"
