@@ -97,6 +97,8 @@ def gcloud_env(config: Path, extra: dict[str, str] | None = None) -> dict[str, s
             "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
             "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "1",
             "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
+            # On a Google Cloud CI runner, gcloud would otherwise find the VM's own account.
+            "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false",
             **(extra or {}),
         }
     )
