@@ -1,10 +1,13 @@
 """Deploy the chat to Cloud Run with one command.
 
     python -m deploy.deploy --project P --region R [--dry-run] [--routing single|per-family]
+    python -m deploy.deploy --project P --region R --teardown | --budget-alert USD
 
-It builds both images with Cloud Build into Artifact Registry, deploys the private GPU backend
+It checks billing and the GPU quota first (deploy/preflight.py), builds both images with Cloud
+Build (as its own service account) into Artifact Registry, deploys the private GPU backend
 (Ollama on an NVIDIA L4) and the public UI, lets only the UI's service account invoke the
-backend, keeps the share-link key in Secret Manager, and prints the demo URL.
+backend, keeps the share-link key in Secret Manager, and prints the demo URL. `--teardown`
+deletes all of it; `--budget-alert` only adds a monthly budget alert.
 
 Every step is a gcloud command. `--dry-run` prints them as a bash script, shell-quoted and one
 per line, instead of running them; the real run executes exactly the same steps through
