@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser
 
-from tests.support.browser import chromium
-from tests.support.procs import Proc, start_engine
+from devtools.testkit.browser import chromium
+from devtools.testkit.procs import Proc, start_engine
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +34,6 @@ def engine(engine_proc: tuple[Proc, str]) -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium (tests/support/browser.py), one per test module."""
+    """Debian's Chromium (devtools/testkit/browser.py), one per test module."""
     with chromium() as launched:
         yield launched

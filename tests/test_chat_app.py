@@ -16,7 +16,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from tests.support.chat_app import (
+from devtools.testkit.chat_app import (
     chat_args,
     eval_count,
     is_note,
@@ -29,7 +29,7 @@ from tests.support.chat_app import (
     running_app,
     text_of,
 )
-from tests.support.procs import ARTIFACTS, Proc, free_port, wait_http
+from devtools.testkit.procs import ARTIFACTS, Proc, free_port, wait_http
 from ui.chat_history import (
     HistoryRejected,
     ReplyFigures,

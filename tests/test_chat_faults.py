@@ -13,7 +13,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from tests.support.chat_app import (
+from devtools.testkit.chat_app import (
     UNCHANGED,
     chat_args,
     eval_count,
@@ -26,8 +26,8 @@ from tests.support.chat_app import (
     running_app,
     text_of,
 )
-from tests.support.fake_ollama import FakeOllama
-from tests.support.procs import free_port, refusing_url, start_engine
+from devtools.testkit.fake_ollama import FakeOllama
+from devtools.testkit.procs import free_port, refusing_url, start_engine
 
 
 @pytest.fixture(scope="module")

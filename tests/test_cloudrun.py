@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from backend.cloudrun import RunningEmulator
-from backend.fake_metadata import FakeMetadataServer, SigningKey
-from tests.support.google_fakes import bearer, emulator, shared_metadata, wait_until
-from tests.support.procs import ARTIFACTS, Proc, free_port, wait_http
+from devtools.cloudrun import RunningEmulator
+from devtools.fake_metadata import FakeMetadataServer, SigningKey
+from devtools.testkit.google_fakes import bearer, emulator, shared_metadata, wait_until
+from devtools.testkit.procs import ARTIFACTS, Proc, free_port, wait_http
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -154,7 +154,7 @@ def test_rejected_tokens_stay_out_of_logs(
 
 
 def test_unauthenticated_service_needs_no_token(engine: str) -> None:
-    with emulator(upstream_url=engine, require_auth=False, certs_url=None) as service:
+    with emulator(upstream_url=engine, allow_unauthenticated=True, certs_url=None) as service:
         assert httpx.get(service.url + "/api/version", timeout=30).status_code == 200
 
 
@@ -295,7 +295,7 @@ def test_cli_runs_with_its_own_metadata_server() -> None:
         [
             sys.executable,
             "-m",
-            "backend.cloudrun",
+            "devtools.cloudrun",
             "--port",
             str(port),
             "--start-delay",

@@ -30,7 +30,7 @@ import pytest
 
 from catalog import production_models
 from deploy import deploy
-from tests.support.procs import free_port
+from devtools.testkit.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION_TAGS = [m.tag for m in production_models()]
@@ -269,6 +269,7 @@ def test_build_context_keeps_every_copied_file(dockerfile: str) -> None:
             assert not dockerignored(file), f"{file} is excluded by .dockerignore"
     for secret_like in (".env", "key.pem", "gcp-credentials.json", ".venv/bin/python"):
         assert dockerignored(secret_like), secret_like
+    assert dockerignored("devtools/cloudrun/proxy.py"), "dev tools never reach an image"
 
 
 def test_ui_image_files_are_enough_to_import_every_ui_module(tmp_path: Path) -> None:
@@ -684,9 +685,9 @@ def test_ui_starts_with_deploy_settings_against_the_emulator() -> None:
     share secret from Secret Manager) talks to an authenticating Cloud Run emulator."""
     from gradio_client import Client
 
-    from tests.support.chat_app import chat_args, note_title
-    from tests.support.google_fakes import emulator, shared_metadata
-    from tests.support.procs import Proc, free_port, wait_http
+    from devtools.testkit.chat_app import chat_args, note_title
+    from devtools.testkit.google_fakes import emulator, shared_metadata
+    from devtools.testkit.procs import Proc, free_port, wait_http
 
     ui = deploys(gcloud_calls(dry_run("--region", "europe-west1")))[1]
     env = env_flag(ui["argv"])

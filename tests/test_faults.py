@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from gradio_client import Client
 
-from backend.fake_metadata import FakeMetadataServer
-from tests.support.chat_app import (
+from devtools.fake_metadata import FakeMetadataServer
+from devtools.testkit.chat_app import (
     chat_args,
     eval_count,
     is_note,
@@ -31,9 +31,9 @@ from tests.support.chat_app import (
     running_app,
     text_of,
 )
-from tests.support.fake_ollama import FakeOllama
-from tests.support.google_fakes import emulator, shared_metadata
-from tests.support.procs import free_port, start_engine
+from devtools.testkit.fake_ollama import FakeOllama
+from devtools.testkit.google_fakes import emulator, shared_metadata
+from devtools.testkit.procs import free_port, start_engine
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.support.chat_app import running_app
-from tests.support.fake_ollama import MODELS, FakeOllama
+from devtools.testkit.chat_app import running_app
+from devtools.testkit.fake_ollama import MODELS, FakeOllama
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 

@@ -2,7 +2,7 @@
 allow): every bad value gets a clear answer that names the problem, nothing bad reaches the
 backend, and one client's flood does not stop the others from being served.
 
-The app runs for real against a protocol-level fake Ollama (tests/support/fake_ollama.py),
+The app runs for real against a protocol-level fake Ollama (devtools/testkit/fake_ollama.py),
 which records every request it gets.
 """
 
@@ -22,7 +22,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from tests.support.chat_app import (
+from devtools.testkit.chat_app import (
     UNCHANGED,
     chat_args,
     eval_count,
@@ -33,7 +33,7 @@ from tests.support.chat_app import (
     running_app,
     text_of,
 )
-from tests.support.fake_ollama import FakeOllama
+from devtools.testkit.fake_ollama import FakeOllama
 from ui.chat_history import MAX_HISTORY_MESSAGES
 
 pytestmark = pytest.mark.timeout(180)

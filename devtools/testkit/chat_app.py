@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tests.support.procs import free_port
+from devtools.testkit.procs import free_port
 from ui.app import build_app, launch
 from ui.settings import Settings
 

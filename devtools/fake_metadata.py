@@ -22,7 +22,7 @@ the process; only certificates are served.
 google-auth reads `GCE_METADATA_HOST` once, when `google.auth.compute_engine` is first
 imported, and `GCE_METADATA_IP` at every ping: set both before the client process starts.
 
-    python -m backend.fake_metadata --port 8090
+    python -m devtools.fake_metadata --port 8090
 """
 
 from __future__ import annotations
@@ -444,7 +444,7 @@ def env_lines(server: FakeMetadataServer) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m backend.fake_metadata",
+        prog="python -m devtools.fake_metadata",
         description="Fake Google metadata server issuing real RS256 ID tokens (dev/test only).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="bind address")
