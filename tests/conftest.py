@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from gradio_client import Client
 from playwright.sync_api import Browser
 
 from devtools.testkit.browser import chromium
@@ -37,3 +38,9 @@ def browser() -> Iterator[Browser]:
     """Debian's Chromium (devtools/testkit/browser.py), one per test module."""
     with chromium() as launched:
         yield launched
+
+
+@pytest.fixture(scope="module")
+def client(app_url: str) -> Client:
+    """A Gradio client of the module's app (for modules whose `app_url` fixture runs one)."""
+    return Client(app_url, verbose=False)

@@ -15,6 +15,7 @@ from gradio_client.exceptions import AppError
 
 from devtools.testkit.chat_app import (
     UNCHANGED,
+    chat,
     chat_args,
     eval_count,
     is_note,
@@ -42,16 +43,6 @@ def app_url(fake: FakeOllama) -> Iterator[str]:
         backend_url=fake.url, rate_limit_per_minute=1000, max_message_chars=100
     ) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def client(app_url: str) -> Client:
-    return Client(app_url, verbose=False)
-
-
-def chat(client: Client, *args: Any, **kwargs: Any) -> tuple[Any, list[dict[str, Any]], str]:
-    box, history, banner = client.predict(*chat_args(*args, **kwargs), api_name="/chat")
-    return box, history, banner
 
 
 @pytest.mark.parametrize(

@@ -51,11 +51,6 @@ def app_url(engine: str) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def client(app_url: str) -> Client:
-    return Client(app_url, verbose=False)
-
-
 def compare_args(
     message: Any,
     models: Any = (SMOL, GEMMA),

@@ -24,6 +24,7 @@ from gradio_client.exceptions import AppError
 
 from devtools.testkit.chat_app import (
     UNCHANGED,
+    chat,
     chat_args,
     eval_count,
     last_note,
@@ -57,16 +58,6 @@ def app_url(fake: FakeOllama) -> Iterator[str]:
         share_secret="hostile-input-test-secret-0123456789abcdef",
     ) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def client(app_url: str) -> Client:
-    return Client(app_url, verbose=False)
-
-
-def chat(client: Client, *args: Any, **kwargs: Any) -> tuple[Any, Any, str]:
-    box, history, banner = client.predict(*chat_args(*args, **kwargs), api_name="/chat")
-    return box, history, banner
 
 
 class RawQueue:
