@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from gradio_client import Client
+from ollama import ChatResponse, Message
 
 from devtools.fake_metadata import FakeMetadataServer
 from devtools.testkit.chat_app import (
@@ -136,8 +137,10 @@ class FaultyOllama(FakeOllama):
         return Handler
 
 
-def _word(model: str, i: int) -> dict[str, Any]:
-    return {"model": model, "message": {"role": "assistant", "content": f"word{i} "}, "done": False}
+def _word(model: str, i: int) -> ChatResponse:
+    return ChatResponse(
+        model=model, message=Message(role="assistant", content=f"word{i} "), done=False
+    )
 
 
 @pytest.fixture(scope="module")
