@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import CliApp, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from devtools.cloudrun.config import EmulatorConfig
 from devtools.cloudrun.proxy import STATE_PATH
 from devtools.cloudrun.serve import bind, build_emulator, uvicorn_server
+from devtools.commandline import parse
 from devtools.fake_metadata import start_fake_metadata
 
 PROG = "python -m devtools.cloudrun"
@@ -52,22 +53,8 @@ class CommandLine(EmulatorConfig):
         return self.metadata
 
 
-def _parse(argv: list[str] | None) -> CommandLine:
-    try:
-        return CliApp.run(CommandLine, cli_args=argv)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
-            if e["loc"]
-            else e["msg"].removeprefix("Value error, ")
-            for e in exc.errors()
-        )
-        print(f"{PROG}: error: {problems}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = _parse(argv)
+    args = parse(CommandLine, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request
     try:

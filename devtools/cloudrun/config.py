@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from devtools.commandline import CommandLineSettings
 
 
-class EmulatorConfig(BaseSettings):
+class EmulatorConfig(CommandLineSettings):
     """The emulator's behaviour. Field names are the keyword arguments; on the command line
-    each is a kebab-case flag (`--start-delay`), or its alias where one is given."""
-
-    model_config = SettingsConfigDict(
-        frozen=True,
-        extra="forbid",
-        populate_by_name=True,  # invokers=... in Python, --invoker on the command line
-        cli_kebab_case=True,
-        cli_implicit_flags="toggle",  # a bool defaulting to False is a bare --flag
-        cli_hide_none_type=True,
-    )
+    each is a kebab-case flag (`--start-delay`), or its alias where one is given
+    (`invokers=...` in Python, `--invoker` on the command line)."""
 
     start_delay: float = Field(
         5.0, ge=0, description="emulated instance start before the engine is spawned (s)"
@@ -77,15 +69,6 @@ class EmulatorConfig(BaseSettings):
         description="proxy to this always-on URL instead of managing an engine",
     )
     connect_timeout: float = Field(5.0, gt=0, description="connect timeout to the engine (s)")
-
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        *other_sources: PydanticBaseSettingsSource, **named_sources: Any,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:  # fmt: skip
-        # Keyword arguments (and the command line, which CliApp adds) only: no environment
-        # variable changes an emulator that a test builds.
-        return (init_settings,)
 
     @field_validator("upstream_url")
     @classmethod
