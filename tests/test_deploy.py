@@ -225,8 +225,9 @@ def test_ui_image_installs_runtime_dependencies_only_before_the_code() -> None:
     install_at = next(i for i, s in enumerate(order) if "pip install" in s)
     first_code_copy = next(i for i, s in enumerate(order) if s.startswith("COPY ui"))
     assert install_at < first_code_copy, "dependencies must be their own cached layer"
-    backend_copies = [r for r in args_of("Dockerfile.ui", "COPY") if "backend" in r]
-    assert backend_copies == ["backend/__init__.py backend/catalog.py ./backend/"]
+    copies = args_of("Dockerfile.ui", "COPY")
+    assert "catalog.py ./" in copies  # the one module the UI shares with engine and deploy
+    assert not [r for r in copies if "backend" in r or "devtools" in r], copies
     for kw, rest in steps:
         if kw in ("ENV", "ARG"):
             assert not re.search(r"(SECRET|TOKEN|PASSWORD|CREDENTIAL)", rest.upper()), rest
