@@ -252,9 +252,9 @@ def test_ui_image_installs_runtime_dependencies_only_before_the_code() -> None:
     install_at = next(i for i, s in enumerate(order) if "pip install" in s)
     first_code_copy = next(i for i, s in enumerate(order) if s.startswith("COPY ui"))
     assert install_at < first_code_copy, "dependencies must be their own cached layer"
-    # The UI image has no engine: of the repository it gets the UI and the shared catalog.
-    assert not [r for r in args_of("Dockerfile.ui", "COPY") if "backend" in r]
-    assert "catalog.py ./" in args_of("Dockerfile.ui", "COPY")
+    copies = args_of("Dockerfile.ui", "COPY")
+    assert "catalog.py ./" in copies  # the one module the UI shares with engine and deploy
+    assert not [r for r in copies if "backend" in r or "devtools" in r], copies
     for kw, rest in steps:
         if kw in ("ENV", "ARG"):
             assert not re.search(r"(SECRET|TOKEN|PASSWORD|CREDENTIAL)", rest.upper()), rest
@@ -297,6 +297,7 @@ def test_build_context_keeps_every_copied_file(dockerfile: str) -> None:
             assert not dockerignored(file), f"{file} is excluded by .dockerignore"
     for secret_like in (".env", "key.pem", "gcp-credentials.json", ".venv/bin/python"):
         assert dockerignored(secret_like), secret_like
+    assert dockerignored("devtools/cloudrun/proxy.py"), "dev tools never reach an image"
 
 
 def test_ui_image_files_are_enough_to_import_every_ui_module(tmp_path: Path) -> None:
@@ -713,9 +714,9 @@ def test_ui_starts_with_deploy_settings_against_the_emulator() -> None:
     share secret from Secret Manager) talks to an authenticating Cloud Run emulator."""
     from gradio_client import Client
 
-    from tests.support.chat_app import chat_args, note_title
-    from tests.support.google_fakes import emulator, shared_metadata
-    from tests.support.procs import Proc, free_port, wait_http
+    from devtools.testkit.chat_app import chat_args, note_title
+    from devtools.testkit.google_fakes import emulator, shared_metadata
+    from devtools.testkit.procs import Proc, free_port, wait_http
 
     ui = deploys(gcloud_calls(dry_run("--region", "europe-west1")))[1]
     env = env_flag(ui["argv"])

@@ -6,7 +6,7 @@
   (exit 2).
 - Request: the backend's and the UI's `gcloud run deploy` (plus the steps that read the URL,
   grant the invoker role and set the public URL) run against a local recording fake of the
-  Cloud Run Admin API (tests/fake_run_admin.py), and the tests assert on the Knative Service
+  Cloud Run Admin API (devtools/fake_run_admin.py), and the tests assert on the Knative Service
   gcloud sends.
 
 gcloud takes 2-5 s per command, so one module-scoped fixture runs everything once. Nothing
@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from deploy import deploy
-from tests.fake_run_admin import FAKE_DOMAIN, FakeRunAdmin, resolver_shim
+from devtools.fake_run_admin import FAKE_DOMAIN, FakeRunAdmin, resolver_shim
 
 ROOT = Path(__file__).resolve().parents[1]
 GCLOUD = shutil.which("gcloud") or "/usr/bin/gcloud"

@@ -81,8 +81,6 @@ SAVE_HISTORY_JS = "(history) => [history]"
 RESTORE_HISTORY_JS = "(saved) => [Array.isArray(saved) ? saved : []]"
 
 
-
-
 @dataclass
 class PreparedTurn:
     """A checked request, ready to stream."""
