@@ -52,9 +52,13 @@ MODEL_SLOTS = 3
 NO_MODEL = "none"
 # Long enough for the longest stream (max tokens on a slow, busy instance).
 REQUEST_TIMEOUT_SECONDS = 3600
-# The UI's own queue (LLM_CONCURRENCY=100 streams + LLM_MAX_QUEUE=200 waiting, ui/settings.py)
-# should decide who waits, and tell them so; Cloud Run's per-instance cap stays above it.
-UI_CONCURRENCY = 500
+# Requests one UI instance (1 vCPU) takes before Cloud Run starts another: the concurrency
+# benchmark measured 80 streams on one UI core at p95 18 ms of added time to first token
+# (bench/README.md, bench.concurrency, 2026-11-28); each streaming reply holds one request.
+# Votes live in Firestore and share links carry their content, so no state is per instance
+# and the UI can scale out (deploy/README.md, "Scaling the UI").
+UI_CONCURRENCY = 80
+UI_MAX_INSTANCES = 5
 
 # Regions where Cloud Run offers NVIDIA L4 GPUs, from Google's GPU pages for Cloud Run
 # (cloud.google.com/run/docs/configuring/services/gpu and .../workerpools/gpu), checked when
@@ -79,7 +83,11 @@ APIS = (
     "secretmanager.googleapis.com",
     "iam.googleapis.com",
     "storage.googleapis.com",
+    "firestore.googleapis.com",  # the vote store (LLM_VOTES=firestore)
 )
+# The UI's service account reads and writes votes; datastore.user is the narrowest
+# predefined role with document read/write, and it grants no admin rights.
+UI_ROLE_FIRESTORE = "roles/datastore.user"
 # What the build's own service account may do, and nothing else (deploy/README.md, "Cloud Build").
 BUILD_ROLES_PROJECT = ("roles/logging.logWriter",)  # build logs go to Cloud Logging only
 BUILD_ROLE_REPOSITORY = "roles/artifactregistry.writer"  # push the images, this repository only
@@ -300,7 +308,7 @@ class Config:
     tag: str = "latest"
     max_instances: int = 1
     min_instances: int = 0
-    ui_max_instances: int = 1
+    ui_max_instances: int = UI_MAX_INSTANCES
     rotate_share_secret: bool = False
 
     @property
@@ -504,6 +512,19 @@ def build_plan(config: Config) -> Plan:
             f"--member=serviceAccount:{ui_sa}", "--role=roles/run.invoker", "--quiet",
         )  # fmt: skip
 
+    # Votes: Firestore's (default) database in Native mode, in the services' region (every
+    # L4 region is a Firestore location), created once and kept across deploys.
+    plan.run(
+        "gcloud", "firestore", "databases", "create", f"--location={config.region}",
+        "--type=firestore-native", p,
+        unless=("gcloud", "firestore", "databases", "describe", "--database=(default)", p),
+    )  # fmt: skip
+    plan.run(
+        "gcloud", "projects", "add-iam-policy-binding", config.project,
+        f"--member=serviceAccount:{ui_sa}", f"--role={UI_ROLE_FIRESTORE}",
+        "--condition=None", "--quiet",
+    )  # fmt: skip
+
     # The share-link signing key: created once, kept across deploys (rotating it invalidates
     # every link already shared) unless --rotate-share-secret asks for a new version.
     plan.run(
@@ -527,7 +548,12 @@ def build_plan(config: Config) -> Plan:
     # The UI offers exactly the baked models: it can fill its picker from this list while
     # a GPU backend is still scaled to zero.
     baked = [m.tag for m in production_models()]
-    env = {"LLM_AUTH": "google", "LLM_ALLOWED_MODELS": ",".join(baked)}
+    env = {
+        "LLM_AUTH": "google",
+        "LLM_ALLOWED_MODELS": ",".join(baked),
+        "LLM_VOTES": "firestore",
+        "GOOGLE_CLOUD_PROJECT": config.project,  # the Firestore client's project
+    }
     if config.routing == "single":
         env["LLM_BACKEND_URL"] = f"${{{targets[0].url_variable}}}"
     else:
@@ -591,6 +617,13 @@ def teardown_plan(config: Config) -> Plan:
         "gcloud", "secrets", "delete", config.secret, p, "--quiet",
         only_if=("gcloud", "secrets", "describe", config.secret, p),
     )  # fmt: skip
+    ui_sa = config.service_account("ui")
+    plan.run(
+        "gcloud", "projects", "remove-iam-policy-binding", config.project,
+        f"--member=serviceAccount:{ui_sa}", f"--role={UI_ROLE_FIRESTORE}", "--condition=None",
+        "--quiet",
+        only_if=("gcloud", "iam", "service-accounts", "describe", ui_sa, p),
+    )  # fmt: skip
     build_sa = config.service_account("build")
     for role in BUILD_ROLES_PROJECT:
         plan.run(
@@ -613,7 +646,10 @@ def teardown_plan(config: Config) -> Plan:
     plan.say(
         "Removed the services, images, secret, service accounts and build bucket of "
         f"{config.prefix} in {config.project}/{config.region}. A budget made with "
-        "--budget-alert stays on the billing account (Billing > Budgets & alerts)."
+        "--budget-alert stays on the billing account (Billing > Budgets & alerts). The "
+        "battle votes stay in Firestore's (default) database; to delete them: gcloud "
+        f"firestore databases delete --database='(default)' --project={config.project} "
+        "(this deletes every collection in that database, not only the votes)."
     )
     return plan
 
@@ -672,7 +708,10 @@ def parse_args(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
         "--min-instances", type=int, default=0,
         help="GPU instances kept warm per backend (billed while idle; default 0)",
     )  # fmt: skip
-    parser.add_argument("--ui-max-instances", type=int, default=1, help="default 1")
+    parser.add_argument(
+        "--ui-max-instances", type=int, default=UI_MAX_INSTANCES,
+        help=f"default {UI_MAX_INSTANCES} (votes are shared, so instances are interchangeable)",
+    )  # fmt: skip
     parser.add_argument("--prefix", default="llm-chat", help="name prefix of every resource")
     parser.add_argument("--tag", default="", help="image tag (default: current UTC time)")
     parser.add_argument(

@@ -382,6 +382,8 @@ def test_dry_run_single_backend_wires_gpu_iam_and_secret() -> None:
         "LLM_AUTH": "google",
         # The picker works from the baked models while the GPU service is scaled to zero.
         "LLM_ALLOWED_MODELS": ",".join(m.tag for m in production_models()),
+        "LLM_VOTES": "firestore",
+        "GOOGLE_CLOUD_PROJECT": "demo-project",
     }
     assert ui_flags["--set-secrets"] == "LLM_SHARE_SECRET=llm-chat-share-secret:latest"
 
@@ -582,6 +584,38 @@ def test_builds_run_as_their_own_account_with_narrow_roles() -> None:
         assert "logging: CLOUD_LOGGING_ONLY" in config  # required with a build service account
     first_build = calls.index(builds[0])
     assert all(calls.index(c) < first_build for c in calls if member in c["argv"])
+
+
+def test_votes_go_to_firestore_with_the_narrowest_role(tmp_path: Path) -> None:
+    calls = gcloud_calls(dry_run("--region", "europe-west1"))
+    enabled = [a for c in calls if c["argv"][1:3] == ["services", "enable"] for a in c["argv"]]
+    assert "firestore.googleapis.com" in enabled
+    (database,) = [c for c in calls if c["argv"][1:4] == ["firestore", "databases", "create"]]
+    assert flags(database["argv"])["--location"] == "europe-west1"  # the services' region
+    assert flags(database["argv"])["--type"] == "firestore-native"
+    assert database["unless"][1:4] == ["firestore", "databases", "describe"]  # created once
+    ui_sa = "llm-chat-ui@demo-project.iam.gserviceaccount.com"
+    ui_grants = [
+        flags(c["argv"])["--role"]
+        for c in calls
+        if f"--member=serviceAccount:{ui_sa}" in c["argv"] and "add-iam-policy-binding" in c["argv"]
+    ]
+    # Run the backend, read the share secret, use Firestore documents: nothing broader.
+    assert sorted(ui_grants) == [
+        "roles/datastore.user", "roles/run.invoker", "roles/secretmanager.secretAccessor",
+    ]  # fmt: skip
+    ui = deploys(calls)[1]
+    assert env_flag(ui["argv"])["LLM_VOTES"] == "firestore"
+    assert calls.index(database) < calls.index(ui)
+    assert flags(ui["argv"])["--max-instances"] == str(deploy.UI_MAX_INSTANCES)
+    # Teardown removes the grant and says how to delete the votes (it keeps the database).
+    teardown_env = fake_gcloud_env(tmp_path, "td.jsonl", FAKE_EXISTING="1")
+    result = run_deploy(*REAL_ARGS, "--teardown", env=teardown_env)
+    assert result.returncode == 0, result.stderr
+    removed = [c["argv"] for c in logged_calls(tmp_path, "td.jsonl")
+               if "remove-iam-policy-binding" in c["argv"]]  # fmt: skip
+    assert any("--role=roles/datastore.user" in argv for argv in removed)
+    assert "gcloud firestore databases delete --database='(default)'" in result.stdout
 
 
 def test_preflight_comes_before_any_build() -> None:

@@ -278,12 +278,16 @@ def test_ui_service_env_secret_identity_and_public_access(run: GcloudRun) -> Non
         "LLM_AUTH": "google",
         "LLM_ALLOWED_MODELS": "gemma3:4b,llama3.2:3b,mistral:7b",
         "LLM_BACKEND_URL": run.fake.url_of(BACKEND),
+        # Votes in Firestore, shared by every UI instance.
+        "LLM_VOTES": "firestore",
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
         # From Secret Manager, never a plain value.
         "LLM_SHARE_SECRET": {"secretKeyRef": {"name": "llm-chat-share-secret", "key": "latest"}},
     }
     assert spec["serviceAccountName"] == UI_SA
-    assert spec["containerConcurrency"] == deploy.UI_CONCURRENCY
-    assert annotations["autoscaling.knative.dev/maxScale"] == "1"
+    assert spec["containerConcurrency"] == deploy.UI_CONCURRENCY == 80
+    assert annotations["autoscaling.knative.dev/maxScale"] == str(deploy.UI_MAX_INSTANCES)
+    assert deploy.UI_MAX_INSTANCES > 1  # no per-instance state left: the UI scales out
     assert annotations["run.googleapis.com/sessionAffinity"] == "true"
     assert annotations["run.googleapis.com/startup-cpu-boost"] == "True"
     assert "nvidia.com/gpu" not in container(service)["resources"].get("limits", {})
