@@ -28,9 +28,9 @@ run: $(VENV)/.installed
 	$(BIN)/python -m ui
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check ui backend tests bench deploy catalog.py
-	$(BIN)/ruff format --check ui backend tests bench deploy catalog.py
-	$(BIN)/mypy ui backend catalog.py
+	$(BIN)/ruff check ui backend tests bench deploy catalog.py devtools
+	$(BIN)/ruff format --check ui backend tests bench deploy catalog.py devtools
+	$(BIN)/mypy ui backend catalog.py devtools
 
 test: lint
 	$(BIN)/python -m pytest
@@ -39,7 +39,7 @@ test: lint
 # server, scale to zero after 60 s idle, 5 s emulated instance start, 429 beyond 4 requests)
 # in front of the engine, and the UI with Google auth on. Watch localhost:8080/_emulator/state.
 run-cold: $(VENV)/.installed
-	@$(BIN)/python -m backend.cloudrun --port 8080 --start-delay 5 --idle-timeout 60 \
+	@$(BIN)/python -m devtools.cloudrun --port 8080 --start-delay 5 --idle-timeout 60 \
 	    --max-instances 1 --concurrency 4 --queue-timeout 10 --request-timeout 300 \
 	    --metadata --metadata-port 8090 & \
 	emu=$$!; trap 'kill $$emu 2>/dev/null; wait $$emu 2>/dev/null' EXIT INT TERM; \

@@ -27,8 +27,8 @@ from llama_cpp import Llama
 
 import catalog
 from backend import model_files, prompts
-from catalog import ModelSpec
 from backend.threads import ThreadChooser
+from catalog import ModelSpec
 
 log = logging.getLogger("backend.engine")
 

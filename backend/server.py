@@ -22,7 +22,6 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from backend import model_files, prompts
-from catalog import ModelSpec
 from backend.engine import (
     Engine,
     EngineError,
@@ -30,6 +29,7 @@ from backend.engine import (
     Stats,
     parse_keep_alive,
 )
+from catalog import ModelSpec
 
 log = logging.getLogger("backend.server")
 

@@ -1,6 +1,6 @@
 """Benchmark: cold starts through the UI, and how much the page-load pre-warm hides.
 
-The Cloud Run emulator (backend/cloudrun.py, no IAM) stands for a GPU service scaled to
+The Cloud Run emulator (devtools/cloudrun/, no IAM) stands for a GPU service scaled to
 zero: a request to a cold emulator waits `--start-delay` D seconds of emulated instance
 start, then for the engine process to start and load the model. The UI (`python -m ui`,
 its own process) points at the emulator. A fresh emulator on the same port makes the
@@ -37,7 +37,7 @@ import ollama
 
 from bench.common import load_note, median, start_ui, table
 from bench.gradio_queue import GradioQueue, reply_text
-from tests.support.procs import ARTIFACTS, Proc, free_port, wait_http
+from devtools.testkit.procs import ARTIFACTS, Proc, free_port, wait_http
 
 MODEL = "smollm2:135m"
 PROMPT = "Say hello in five words."
@@ -50,7 +50,7 @@ def emulator(port: int, start_delay: float) -> Iterator[None]:
     does not share this process's interpreter with the clients being timed."""
     proc = Proc(
         "bench-cold-emulator",
-        [sys.executable, "-m", "backend.cloudrun", "--port", str(port),
+        [sys.executable, "-m", "devtools.cloudrun", "--port", str(port),
          "--start-delay", str(start_delay),
          "--idle-timeout", "600",  # no scale-down during a run: T is well below this
          "--concurrency", "4", "--allow-unauthenticated", "--engine-args", "--num-parallel 1",

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tests.support.procs import Proc, free_port, wait_http
+from devtools.testkit.procs import Proc, free_port, wait_http
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

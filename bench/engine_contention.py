@@ -18,11 +18,11 @@ import sys
 from llama_cpp import Llama
 
 from backend import model_files
-from catalog import find
 from backend.engine import usable_cores
 from bench.common import load_note, median, table
 from bench.engine_vs_inprocess import run_http, run_inprocess
-from tests.support.procs import start_engine
+from catalog import find
+from devtools.testkit.procs import start_engine
 
 BUSY_LOOP = [sys.executable, "-c", "while True: pass"]
 

@@ -19,9 +19,9 @@ import httpx
 from llama_cpp import Llama
 
 from backend import model_files, prompts
-from catalog import find
 from backend.engine import usable_cores
-from tests.support.procs import start_engine
+from catalog import find
+from devtools.testkit.procs import start_engine
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 

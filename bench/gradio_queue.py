@@ -30,6 +30,8 @@ from typing import Any
 
 import httpx
 
+from devtools.testkit.chat_app import is_note, text_of
+
 UpdateCallback = Callable[[float, list[Any]], None]
 
 
@@ -190,17 +192,6 @@ def apply_diff_in_place(target: Any, diff: list[Any]) -> Any:
 
 
 # --- reading the chat outputs ---------------------------------------------------------------
-def message_text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content or [] if isinstance(part, dict))
-
-
-def is_note(message: dict[str, Any]) -> bool:
-    return bool((message.get("metadata") or {}).get("title"))
-
-
 def reply_text(history: Any) -> str:
     """The last assistant reply in a Chatbot value (stats and error notes left out)."""
     if not isinstance(history, list):
@@ -209,7 +200,7 @@ def reply_text(history: Any) -> str:
         if isinstance(message, dict) and message.get("role") == "assistant":
             if is_note(message):
                 continue
-            return message_text(message)
+            return text_of(message)
         if isinstance(message, dict) and message.get("role") == "user":
             return ""
     return ""
@@ -220,5 +211,5 @@ def last_note(history: Any) -> str:
         return ""
     for message in reversed(history):
         if isinstance(message, dict) and is_note(message):
-            return str(message["metadata"]["title"]) + "\n" + message_text(message)
+            return str(message["metadata"]["title"]) + "\n" + text_of(message)
     return ""

@@ -57,7 +57,7 @@ from bench.common import (
 )
 from bench.gradio_queue import GradioQueue, last_note, reply_text
 from bench.synthetic_ollama import MODEL as MODEL_GPU_LIKE
-from tests.support.procs import Proc, start_engine
+from devtools.testkit.procs import Proc, start_engine
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from tests.support.procs import ARTIFACTS, ROOT
+from devtools.testkit.procs import ARTIFACTS, ROOT
 
 BENCHMARKS = [
     "engine_vs_inprocess",

@@ -1,10 +1,13 @@
 """Deploy the chat to Cloud Run with one command.
 
     python -m deploy.deploy --project P --region R [--dry-run] [--routing single|per-family]
+    python -m deploy.deploy --project P --region R --teardown | --budget-alert USD
 
-It builds both images with Cloud Build into Artifact Registry, deploys the private GPU backend
+It checks billing and the GPU quota first (deploy/preflight.py), builds both images with Cloud
+Build (as its own service account) into Artifact Registry, deploys the private GPU backend
 (Ollama on an NVIDIA L4) and the public UI, lets only the UI's service account invoke the
-backend, keeps the share-link key in Secret Manager, and prints the demo URL.
+backend, keeps the share-link key in Secret Manager, and prints the demo URL. `--teardown`
+deletes all of it; `--budget-alert` only adds a monthly budget alert.
 
 Every step is a gcloud command. `--dry-run` prints them as a bash script, shell-quoted and one
 per line, instead of running them; the real run executes exactly the same steps through
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catalog import production_models
+from deploy.preflight import GPU_QUOTA_ID, GPU_QUOTA_SERVICE, PreflightFailed, run_check
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,20 +40,25 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Cloud Run --concurrency is the same number, so Cloud Run never sends an instance more
 # requests than one model can run at once (the rest wait in Cloud Run or go to a new instance).
 OLLAMA_NUM_PARALLEL = 4
-SERVING_PORT = 8080  # OLLAMA_HOST in Dockerfile.llm
-READY_PORT = 8081  # LLM_READY_PORT in Dockerfile.llm: answers only once every model is loaded
-READY_PATH = "/ready"
-# Startup probe: every 5 s for up to 240 s (48 x 5 s), the startup window every Cloud Run
-# service accepts (Google documents up to 1800 s for GPU jobs). Loading ~10 GB of streamed
-# weights should take well under that; raise PROBE_FAILURE_THRESHOLD if real loads do not.
-PROBE_PERIOD_SECONDS = 5
-PROBE_TIMEOUT_SECONDS = 3
-PROBE_FAILURE_THRESHOLD = 48
+SERVING_PORT = 8080  # OLLAMA_HOST in Dockerfile.llm, Cloud Run's container port
+# Startup probe: TCP on the container port, every 2 s for up to 240 s. Ollama listens a second
+# or two after the container starts; the instance then takes traffic while the entrypoint loads
+# the models, the requested one first (deploy/llm-entrypoint.sh, deploy/README.md "Cold start").
+PROBE_PERIOD_SECONDS = 2
+PROBE_TIMEOUT_SECONDS = 1
+PROBE_FAILURE_THRESHOLD = 120
+# Build slots of Dockerfile.llm (ARG MODEL_1..MODEL_3, one image layer each); "none" = unused.
+MODEL_SLOTS = 3
+NO_MODEL = "none"
 # Long enough for the longest stream (max tokens on a slow, busy instance).
 REQUEST_TIMEOUT_SECONDS = 3600
-# The UI's own queue (LLM_CONCURRENCY=100 streams + LLM_MAX_QUEUE=200 waiting, ui/settings.py)
-# should decide who waits, and tell them so; Cloud Run's per-instance cap stays above it.
-UI_CONCURRENCY = 500
+# Requests one UI instance (1 vCPU) takes before Cloud Run starts another: the concurrency
+# benchmark measured 80 streams on one UI core at p95 18 ms of added time to first token
+# (bench/README.md, bench.concurrency, 2026-11-28); each streaming reply holds one request.
+# Votes live in Firestore and share links carry their content, so no state is per instance
+# and the UI can scale out (deploy/README.md, "Scaling the UI").
+UI_CONCURRENCY = 80
+UI_MAX_INSTANCES = 5
 
 # Regions where Cloud Run offers NVIDIA L4 GPUs, from Google's GPU pages for Cloud Run
 # (cloud.google.com/run/docs/configuring/services/gpu and .../workerpools/gpu), checked when
@@ -64,12 +73,31 @@ L4_REGIONS: dict[str, str] = {
     "us-east4": "Northern Virginia",
 }
 
+# Enabled first: the preflight checks read billing and quota through them, and neither needs
+# billing itself (enabling Cloud Run does).
+PREFLIGHT_APIS = ("cloudbilling.googleapis.com", "cloudquotas.googleapis.com")
 APIS = (
     "run.googleapis.com",
     "cloudbuild.googleapis.com",
     "artifactregistry.googleapis.com",
     "secretmanager.googleapis.com",
     "iam.googleapis.com",
+    "storage.googleapis.com",
+    "firestore.googleapis.com",  # the vote store (LLM_VOTES=firestore)
+)
+# The UI's service account reads and writes votes; datastore.user is the narrowest
+# predefined role with document read/write, and it grants no admin rights.
+UI_ROLE_FIRESTORE = "roles/datastore.user"
+# What the build's own service account may do, and nothing else (deploy/README.md, "Cloud Build").
+BUILD_ROLES_PROJECT = ("roles/logging.logWriter",)  # build logs go to Cloud Logging only
+BUILD_ROLE_REPOSITORY = "roles/artifactregistry.writer"  # push the images, this repository only
+BUILD_ROLE_BUCKET = "roles/storage.objectViewer"  # read the uploaded source, this bucket only
+
+# The deploy's service accounts: (name suffix, display name).
+SERVICE_ACCOUNTS = (
+    ("backend", "LLM backend (no roles)"),
+    ("ui", "LLM chat UI"),
+    ("build", "LLM chat image builds"),
 )
 
 # Local timeouts for each gcloud call (they must end; Cloud Build has its own limit too).
@@ -84,6 +112,8 @@ VARIABLE_RE = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
 # Generates the share-link key on the deployer's machine; the value only ever travels on stdin.
 SECRET_GENERATOR = ("python3", "-c", 'import secrets; print(secrets.token_urlsafe(32), end="")')
+# The dry-run script pipes a preflight command's JSON into this (run from the repository root).
+PREFLIGHT_COMMAND = ("python3", "-m", "deploy.preflight")
 
 
 class DeployError(Exception):
@@ -102,8 +132,11 @@ class Step:
     """One gcloud command.
 
     unless: a check command; when it succeeds the step is skipped (create-if-missing).
-    capture: store the command's stdout in this variable for later steps (${NAME}).
+    only_if: a check command; the step runs only when it succeeds (delete-if-present).
+    capture: store the command's stdout in this variable for later steps (${NAME}); it must
+      start with capture_prefix.
     secret_stdin: feed a freshly generated random key on stdin (never in argv or output).
+    preflight: a deploy.preflight command line that must accept the command's output.
     """
 
     argv: tuple[str, ...]
@@ -111,6 +144,9 @@ class Step:
     unless: tuple[str, ...] | None = None
     capture: str | None = None
     secret_stdin: bool = False
+    only_if: tuple[str, ...] | None = None
+    capture_prefix: str = "https://"
+    preflight: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -131,8 +167,13 @@ class Plan:
         unless: tuple[str, ...] | None = None,
         capture: str | None = None,
         secret_stdin: bool = False,
+        only_if: tuple[str, ...] | None = None,
+        capture_prefix: str = "https://",
+        preflight: tuple[str, ...] | None = None,
     ) -> None:
-        self.steps.append(Step(argv, timeout, unless, capture, secret_stdin))
+        self.steps.append(
+            Step(argv, timeout, unless, capture, secret_stdin, only_if, capture_prefix, preflight)
+        )
 
     def say(self, text: str) -> None:
         self.steps.append(Say(text))
@@ -167,10 +208,14 @@ def render(plan: Plan) -> str:
         line = shell_command(step.argv)
         if step.secret_stdin:
             line = f"{shell_command(SECRET_GENERATOR)} | {line}"
+        if step.preflight:
+            line = f"{line} | {shell_command(PREFLIGHT_COMMAND + step.preflight)}"
         if step.capture:
             line = f"{step.capture}=$({line})"
         if step.unless:
             line = f"{shell_command(step.unless)} >/dev/null 2>&1 || {line}"
+        if step.only_if:
+            line = f"if {shell_command(step.only_if)} >/dev/null 2>&1; then {line}; fi"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -195,8 +240,10 @@ def execute(plan: Plan, run: Runner = subprocess.run, log: Callable[[str], None]
         if isinstance(step, Say):
             log(substitute(step.text, values))
             continue
-        if step.unless:
-            check = [substitute(a, values) for a in step.unless]
+        for condition, skip_when_found in ((step.unless, True), (step.only_if, False)):
+            if not condition:
+                continue
+            check = [substitute(a, values) for a in condition]
             found = run(
                 check,
                 check=False,
@@ -204,33 +251,49 @@ def execute(plan: Plan, run: Runner = subprocess.run, log: Callable[[str], None]
                 stderr=subprocess.DEVNULL,
                 timeout=COMMAND_TIMEOUT_SECONDS,
             )
-            if found.returncode == 0:
-                log(f"+ {shell_command(check)}  # exists, skipping: {shell_command(step.argv)}")
-                continue
-        argv = [substitute(a, values) for a in step.argv]
-        log(f"+ {shell_command(argv)}")
+            if (found.returncode == 0) == skip_when_found:
+                why = "exists" if skip_when_found else "not found"
+                log(f"+ {shell_command(check)}  # {why}, skipping: {shell_command(step.argv)}")
+                break
+        else:
+            run_step(step, values, run, log)
+
+
+def run_step(step: Step, values: dict[str, str], run: Runner, log: Callable[[str], None]) -> None:
+    """Run one step (its skip checks already passed); captures and preflights its output."""
+    argv = [substitute(a, values) for a in step.argv]
+    log(f"+ {shell_command(argv)}")
+    try:
+        result = run(
+            argv,
+            check=True,
+            text=True,
+            timeout=step.timeout,
+            input=secrets.token_urlsafe(32) if step.secret_stdin else None,
+            stdout=subprocess.PIPE if step.capture or step.preflight else None,
+        )
+    except subprocess.CalledProcessError as exc:
+        raise StepFailed(
+            f"step failed with exit status {exc.returncode}: {shell_command(argv)}"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise StepFailed(
+            f"step did not finish within {step.timeout:.0f}s: {shell_command(argv)}"
+        ) from None
+    if step.preflight:
         try:
-            result = run(
-                argv,
-                check=True,
-                text=True,
-                timeout=step.timeout,
-                input=secrets.token_urlsafe(32) if step.secret_stdin else None,
-                stdout=subprocess.PIPE if step.capture else None,
+            run_check(step.preflight, result.stdout or "")
+        except PreflightFailed as exc:
+            raise StepFailed(f"preflight: {exc}") from None
+        log(f"  preflight {step.preflight[0]}: ok")
+    if step.capture:
+        output = (result.stdout or "").strip()
+        if not output.startswith(step.capture_prefix):
+            raise StepFailed(
+                f"expected {step.capture_prefix}... from {shell_command(argv)}, "
+                f"got {output[:200]!r}"
             )
-        except subprocess.CalledProcessError as exc:
-            raise StepFailed(
-                f"step failed with exit status {exc.returncode}: {shell_command(argv)}"
-            ) from None
-        except subprocess.TimeoutExpired:
-            raise StepFailed(
-                f"step did not finish within {step.timeout:.0f}s: {shell_command(argv)}"
-            ) from None
-        if step.capture:
-            output = (result.stdout or "").strip()
-            if not output.startswith("https://"):
-                raise StepFailed(f"expected a URL from {shell_command(argv)}, got {output[:200]!r}")
-            values[step.capture] = output
+        values[step.capture] = output
 
 
 # --- what to deploy -------------------------------------------------------------------------
@@ -245,7 +308,7 @@ class Config:
     tag: str = "latest"
     max_instances: int = 1
     min_instances: int = 0
-    ui_max_instances: int = 1
+    ui_max_instances: int = UI_MAX_INSTANCES
     rotate_share_secret: bool = False
 
     @property
@@ -259,6 +322,11 @@ class Config:
     def secret(self) -> str:
         return f"{self.prefix}-share-secret"
 
+    @property
+    def build_bucket(self) -> str:
+        """Where `gcloud builds submit` uploads the source; only the build may read it."""
+        return f"gs://{self.project}-{self.prefix}-build"
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -269,6 +337,11 @@ class Backend:
     image: str
     models: tuple[str, ...]
     url_variable: str
+
+    @property
+    def cache_image(self) -> str:
+        """The previous build, whose unchanged model layers the next build reuses."""
+        return self.image.rsplit(":", 1)[0] + ":buildcache"
 
 
 def families() -> list[str]:
@@ -313,10 +386,21 @@ def env_vars_flag(env: dict[str, str]) -> str:
 
 def startup_probe() -> str:
     return (
-        f"--startup-probe=httpGet.path={READY_PATH},httpGet.port={READY_PORT},"
+        f"--startup-probe=tcpSocket.port={SERVING_PORT},"
         f"initialDelaySeconds=0,periodSeconds={PROBE_PERIOD_SECONDS},"
         f"timeoutSeconds={PROBE_TIMEOUT_SECONDS},failureThreshold={PROBE_FAILURE_THRESHOLD}"
     )
+
+
+def model_substitutions(models: Sequence[str]) -> str:
+    """_MODEL_1.._MODEL_3 for cloudbuild-llm.yaml: one Dockerfile.llm build slot per model."""
+    if len(models) > MODEL_SLOTS:
+        raise DeployError(
+            f"{len(models)} models for one GPU image, but Dockerfile.llm has {MODEL_SLOTS} "
+            "model slots: add a slot (ARG MODEL_n + RUN) to Dockerfile.llm"
+        )
+    slots = [*models, *[NO_MODEL] * (MODEL_SLOTS - len(models))]
+    return ",".join(f"_MODEL_{i}={tag}" for i, tag in enumerate(slots, start=1))
 
 
 def build_plan(config: Config) -> Plan:
@@ -324,7 +408,23 @@ def build_plan(config: Config) -> Plan:
     plan = Plan()
     ui_sa = config.service_account("ui")
     backend_sa = config.service_account("backend")
+    build_sa = config.service_account("build")
     targets = backends(config)
+
+    # Preflight: nothing is built before the project can run what the build produces (a
+    # missing GPU quota would otherwise surface only at the backend deploy, after an hour of
+    # builds). The region itself was checked against L4_REGIONS when parsing the arguments.
+    plan.run("gcloud", "services", "enable", *PREFLIGHT_APIS, p)
+    plan.run(
+        "gcloud", "billing", "projects", "describe", config.project, "--format=json",
+        preflight=("billing", p),
+    )  # fmt: skip
+    plan.run(
+        "gcloud", "beta", "quotas", "info", "describe", GPU_QUOTA_ID,
+        f"--service={GPU_QUOTA_SERVICE}", p, "--format=json",
+        # Every GPU service of the deploy draws from the same regional quota.
+        preflight=("gpu-quota", p, r, f"--need={config.max_instances * len(targets)}"),
+    )  # fmt: skip
 
     plan.run("gcloud", "services", "enable", *APIS, p)
     plan.run(
@@ -334,31 +434,56 @@ def build_plan(config: Config) -> Plan:
         unless=("gcloud", "artifacts", "repositories", "describe", config.prefix,
                 f"--location={config.region}", p),
     )  # fmt: skip
+    plan.run(
+        "gcloud", "storage", "buckets", "create", config.build_bucket,
+        f"--location={config.region}", "--uniform-bucket-level-access", p,
+        unless=("gcloud", "storage", "buckets", "describe", config.build_bucket, p),
+    )  # fmt: skip
     # Service accounts first: IAM needs a moment to know them before the bindings below.
-    for role, name in (("backend", "LLM backend (no roles)"), ("ui", "LLM chat UI")):
+    for role, name in SERVICE_ACCOUNTS:
         plan.run(
             "gcloud", "iam", "service-accounts", "create", f"{config.prefix}-{role}",
             f"--display-name={name}", p,
             unless=("gcloud", "iam", "service-accounts", "describe",
                     config.service_account(role), p),
         )  # fmt: skip
+    # Cloud Build runs as its own account with three narrow grants, instead of a default
+    # account whose roles differ between projects (deploy/README.md, "Cloud Build").
+    build_member = f"--member=serviceAccount:{build_sa}"
+    plan.run(
+        "gcloud", "storage", "buckets", "add-iam-policy-binding", config.build_bucket,
+        build_member, f"--role={BUILD_ROLE_BUCKET}", p,
+    )  # fmt: skip
+    plan.run(
+        "gcloud", "artifacts", "repositories", "add-iam-policy-binding", config.prefix,
+        f"--location={config.region}", build_member, f"--role={BUILD_ROLE_REPOSITORY}", p,
+    )  # fmt: skip
+    for role in BUILD_ROLES_PROJECT:
+        plan.run(
+            "gcloud", "projects", "add-iam-policy-binding", config.project, build_member,
+            f"--role={role}", "--condition=None", "--quiet",
+        )  # fmt: skip
+    build_flags = (
+        f"--service-account=projects/{config.project}/serviceAccounts/{build_sa}",
+        f"--gcs-source-staging-dir={config.build_bucket}/source",
+    )
 
     for backend in targets:
         substitutions = (
-            f"_IMAGE={backend.image},_MODELS={' '.join(backend.models)},"
-            f"_NUM_PARALLEL={OLLAMA_NUM_PARALLEL}"
+            f"_IMAGE={backend.image},_CACHE={backend.cache_image},"
+            f"{model_substitutions(backend.models)},_NUM_PARALLEL={OLLAMA_NUM_PARALLEL}"
         )
         plan.run(
             "gcloud", "builds", "submit", str(REPO_ROOT),
             f"--config={REPO_ROOT / 'deploy' / 'cloudbuild-llm.yaml'}",
-            f"--substitutions={substitutions}", p,
+            f"--substitutions={substitutions}", *build_flags, p,
             timeout=BUILD_TIMEOUT_SECONDS,
         )  # fmt: skip
     ui_image = f"{config.registry}/ui:{config.tag}"
     plan.run(
         "gcloud", "builds", "submit", str(REPO_ROOT),
         f"--config={REPO_ROOT / 'deploy' / 'cloudbuild-ui.yaml'}",
-        f"--substitutions=_IMAGE={ui_image}", p,
+        f"--substitutions=_IMAGE={ui_image}", *build_flags, p,
         timeout=BUILD_TIMEOUT_SECONDS,
     )  # fmt: skip
 
@@ -387,6 +512,19 @@ def build_plan(config: Config) -> Plan:
             f"--member=serviceAccount:{ui_sa}", "--role=roles/run.invoker", "--quiet",
         )  # fmt: skip
 
+    # Votes: Firestore's (default) database in Native mode, in the services' region (every
+    # L4 region is a Firestore location), created once and kept across deploys.
+    plan.run(
+        "gcloud", "firestore", "databases", "create", f"--location={config.region}",
+        "--type=firestore-native", p,
+        unless=("gcloud", "firestore", "databases", "describe", "--database=(default)", p),
+    )  # fmt: skip
+    plan.run(
+        "gcloud", "projects", "add-iam-policy-binding", config.project,
+        f"--member=serviceAccount:{ui_sa}", f"--role={UI_ROLE_FIRESTORE}",
+        "--condition=None", "--quiet",
+    )  # fmt: skip
+
     # The share-link signing key: created once, kept across deploys (rotating it invalidates
     # every link already shared) unless --rotate-share-secret asks for a new version.
     plan.run(
@@ -410,7 +548,12 @@ def build_plan(config: Config) -> Plan:
     # The UI offers exactly the baked models: it can fill its picker from this list while
     # a GPU backend is still scaled to zero.
     baked = [m.tag for m in production_models()]
-    env = {"LLM_AUTH": "google", "LLM_ALLOWED_MODELS": ",".join(baked)}
+    env = {
+        "LLM_AUTH": "google",
+        "LLM_ALLOWED_MODELS": ",".join(baked),
+        "LLM_VOTES": "firestore",
+        "GOOGLE_CLOUD_PROJECT": config.project,  # the Firestore client's project
+    }
     if config.routing == "single":
         env["LLM_BACKEND_URL"] = f"${{{targets[0].url_variable}}}"
     else:
@@ -444,6 +587,90 @@ def build_plan(config: Config) -> Plan:
         timeout=DEPLOY_TIMEOUT_SECONDS,
     )  # fmt: skip
     plan.say("Demo URL: ${UI_URL}")
+    return plan
+
+
+def backend_services(config: Config) -> list[str]:
+    """Every GPU service name either routing creates (teardown removes whichever exist)."""
+    names = [f"{config.prefix}-backend"]
+    names += [f"{config.prefix}-backend-{family}" for family in families()]
+    return names
+
+
+def teardown_plan(config: Config) -> Plan:
+    """Delete everything build_plan creates; each step runs only if its resource exists."""
+    p, r = f"--project={config.project}", f"--region={config.region}"
+    plan = Plan()
+    for service in [f"{config.prefix}-ui", *backend_services(config)]:
+        plan.run(
+            "gcloud", "run", "services", "delete", service, p, r, "--quiet",
+            only_if=("gcloud", "run", "services", "describe", service, p, r),
+        )  # fmt: skip
+    # The repository holds every image and tag (backend*, ui, buildcache).
+    plan.run(
+        "gcloud", "artifacts", "repositories", "delete", config.prefix,
+        f"--location={config.region}", p, "--quiet",
+        only_if=("gcloud", "artifacts", "repositories", "describe", config.prefix,
+                 f"--location={config.region}", p),
+    )  # fmt: skip
+    plan.run(
+        "gcloud", "secrets", "delete", config.secret, p, "--quiet",
+        only_if=("gcloud", "secrets", "describe", config.secret, p),
+    )  # fmt: skip
+    ui_sa = config.service_account("ui")
+    plan.run(
+        "gcloud", "projects", "remove-iam-policy-binding", config.project,
+        f"--member=serviceAccount:{ui_sa}", f"--role={UI_ROLE_FIRESTORE}", "--condition=None",
+        "--quiet",
+        only_if=("gcloud", "iam", "service-accounts", "describe", ui_sa, p),
+    )  # fmt: skip
+    build_sa = config.service_account("build")
+    for role in BUILD_ROLES_PROJECT:
+        plan.run(
+            "gcloud", "projects", "remove-iam-policy-binding", config.project,
+            f"--member=serviceAccount:{build_sa}", f"--role={role}", "--condition=None",
+            "--quiet",
+            only_if=("gcloud", "iam", "service-accounts", "describe", build_sa, p),
+        )  # fmt: skip
+    for role, _ in SERVICE_ACCOUNTS:
+        account = config.service_account(role)
+        plan.run(
+            "gcloud", "iam", "service-accounts", "delete", account, p, "--quiet",
+            only_if=("gcloud", "iam", "service-accounts", "describe", account, p),
+        )  # fmt: skip
+    # The uploaded sources, then the bucket itself.
+    plan.run(
+        "gcloud", "storage", "rm", "--recursive", config.build_bucket, p,
+        only_if=("gcloud", "storage", "buckets", "describe", config.build_bucket, p),
+    )  # fmt: skip
+    plan.say(
+        "Removed the services, images, secret, service accounts and build bucket of "
+        f"{config.prefix} in {config.project}/{config.region}. A budget made with "
+        "--budget-alert stays on the billing account (Billing > Budgets & alerts). The "
+        "battle votes stay in Firestore's (default) database; to delete them: gcloud "
+        f"firestore databases delete --database='(default)' --project={config.project} "
+        "(this deletes every collection in that database, not only the votes)."
+    )
+    return plan
+
+
+def budget_plan(config: Config, amount: int) -> Plan:
+    """A budget on the project's billing account that e-mails its billing admins at 50%,
+    90% and 100% of `amount` US dollars a month (spent, not forecast)."""
+    plan = Plan()
+    plan.run(
+        "gcloud", "billing", "projects", "describe", config.project,
+        "--format=value(billingAccountName.basename())",
+        capture="BILLING_ACCOUNT", capture_prefix="",
+    )  # fmt: skip
+    plan.run(
+        "gcloud", "billing", "budgets", "create", "--billing-account=${BILLING_ACCOUNT}",
+        f"--display-name={config.prefix} {config.project}", f"--budget-amount={amount}USD",
+        f"--filter-projects=projects/{config.project}", "--calendar-period=month",
+        "--threshold-rule=percent=0.5", "--threshold-rule=percent=0.9",
+        "--threshold-rule=percent=1.0",
+    )  # fmt: skip
+    plan.say(f"Budget alert at {amount} USD a month for {config.project}.")
     return plan
 
 
@@ -481,12 +708,24 @@ def parse_args(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
         "--min-instances", type=int, default=0,
         help="GPU instances kept warm per backend (billed while idle; default 0)",
     )  # fmt: skip
-    parser.add_argument("--ui-max-instances", type=int, default=1, help="default 1")
+    parser.add_argument(
+        "--ui-max-instances", type=int, default=UI_MAX_INSTANCES,
+        help=f"default {UI_MAX_INSTANCES} (votes are shared, so instances are interchangeable)",
+    )  # fmt: skip
     parser.add_argument("--prefix", default="llm-chat", help="name prefix of every resource")
     parser.add_argument("--tag", default="", help="image tag (default: current UTC time)")
     parser.add_argument(
         "--rotate-share-secret", action="store_true",
         help="add a new share-link key version (invalidates existing share links)",
+    )  # fmt: skip
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--teardown", action="store_true",
+        help="delete everything the deploy created (services, images, secret, accounts, bucket)",
+    )  # fmt: skip
+    mode.add_argument(
+        "--budget-alert", type=int, default=0, metavar="USD",
+        help="only create a monthly budget alert of USD dollars for the project",
     )  # fmt: skip
     parser.add_argument(
         "--skip-region-check", action="store_true",
@@ -534,6 +773,10 @@ def parse_args(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
     ):
         if not low <= value <= 100:
             raise DeployError(f"{name} must be between {low} and 100, got {value}")
+    if args.budget_alert < 0:
+        raise DeployError(
+            f"--budget-alert must be a positive amount of USD, got {args.budget_alert}"
+        )
     if args.min_instances > args.max_instances:
         raise DeployError(
             f"--min-instances ({args.min_instances}) exceeds --max-instances ({args.max_instances})"
@@ -555,7 +798,12 @@ def parse_args(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, args = parse_args(sys.argv[1:] if argv is None else argv)
-        plan = build_plan(config)
+        if args.teardown:
+            plan = teardown_plan(config)
+        elif args.budget_alert:
+            plan = budget_plan(config, args.budget_alert)
+        else:
+            plan = build_plan(config)
         if "invitation" in L4_REGIONS.get(config.region, ""):
             print(
                 f"deploy: note: {config.region} offers L4 GPUs by invitation only; if the "

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from gradio_client import Client
 from playwright.sync_api import Browser
 
-from tests.support.browser import chromium
-from tests.support.procs import Proc, free_port, start_engine, wait_http
+from devtools.testkit.browser import chromium
+from devtools.testkit.procs import Proc, free_port, start_engine, wait_http
 
 
 @pytest.fixture(scope="session")
@@ -34,9 +35,15 @@ def engine(engine_proc: tuple[Proc, str]) -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium (tests/support/browser.py), one per test module."""
+    """Debian's Chromium (devtools/testkit/browser.py), one per test module."""
     with chromium() as launched:
         yield launched
+
+
+@pytest.fixture(scope="module")
+def client(app_url: str) -> Client:
+    """A Gradio client of the module's app (for modules whose `app_url` fixture runs one)."""
+    return Client(app_url, verbose=False)
 
 
 @pytest.fixture(scope="session")

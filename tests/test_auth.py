@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend.cloudrun import RunningEmulator
-from backend.fake_metadata import FakeMetadataServer
-from tests.support.google_fakes import emulator, metadata_for_test
-from tests.support.procs import free_port
+from devtools.cloudrun import RunningEmulator
+from devtools.fake_metadata import FakeMetadataServer
+from devtools.testkit.google_fakes import emulator, metadata_for_test
+from devtools.testkit.procs import free_port
 from ui.auth import GoogleIdTokenAuth, auth_for, denied_message, root_url
 from ui.errors import BackendAuthError
 from ui.settings import Settings

@@ -1,5 +1,5 @@
 """The backend client against the real local engine, and against a real local HTTP server
-that speaks Ollama's protocol but fails on purpose (tests/support/fake_ollama.py)."""
+that speaks Ollama's protocol but fails on purpose (devtools/testkit/fake_ollama.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.fake_ollama import FakeOllama
-from tests.support.procs import free_port, refusing_url
+from devtools.testkit.fake_ollama import FakeOllama
+from devtools.testkit.procs import free_port, refusing_url
 from ui.auth import denied_message
 from ui.backend_client import BackendClient, ReplyDone, TokenDelta
 from ui.embedded_engine import EngineStartError, resolve_backend

@@ -16,9 +16,9 @@ import pytest
 from gradio_client import Client
 from playwright.sync_api import expect
 
-from tests.support.browser import chromium
-from tests.support.chat_app import is_note, text_of
-from tests.support.procs import Proc, free_port, wait_http
+from devtools.testkit.browser import chromium
+from devtools.testkit.chat_app import is_note, text_of
+from devtools.testkit.procs import Proc, free_port, wait_http
 from ui.battle_token import (
     TOKEN_TTL_S,
     BattleTokenError,

@@ -16,7 +16,8 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from tests.support.chat_app import (
+from devtools.testkit.chat_app import (
+    chat,
     chat_args,
     eval_count,
     is_note,
@@ -29,7 +30,7 @@ from tests.support.chat_app import (
     running_app,
     text_of,
 )
-from tests.support.procs import ARTIFACTS, Proc, free_port, wait_http
+from devtools.testkit.procs import ARTIFACTS, Proc, free_port, wait_http
 from ui.chat_history import (
     HistoryRejected,
     ReplyFigures,
@@ -64,16 +65,6 @@ def app_url(engine: str) -> Iterator[str]:
         rate_limit_per_minute=1000,
     ) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def client(app_url: str) -> Client:
-    return Client(app_url, verbose=False)
-
-
-def chat(client: Client, *args: Any, **kwargs: Any) -> tuple[Any, list[dict[str, Any]], str]:
-    box, history, banner = client.predict(*chat_args(*args, **kwargs), api_name="/chat")
-    return box, history, banner
 
 
 # === model list ===========================================================================

@@ -8,16 +8,14 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.support.chat_app import running_app
-from tests.support.procs import ARTIFACTS
+from devtools.testkit.browser import REPLIES, STATS, send, set_max_tokens
+from devtools.testkit.chat_app import running_app
+from devtools.testkit.procs import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
 SMOLLM_LABEL = "SmolLM2 135M Instruct — Llama · 135M"
 GEMMA_LABEL = "Gemma 3 270M (base) — Gemma · 270M · base model, not chat-tuned"
-
-REPLIES = '#chatbot div.message:not(.thought) > [data-testid="bot"]'  # not stats lines
-STATS = "#chatbot .thought .title"
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +28,6 @@ def pick_model(page: Page, label: str) -> None:
     page.locator("#model input").click()
     page.get_by_role("option", name=label).click()
     expect(page.locator("#model input")).to_have_value(label)
-
-
-def set_max_tokens(page: Page, value: int) -> None:
-    box = page.locator("#max-tokens input[type=number]")
-    box.fill(str(value))
-    box.blur()
-    expect(box).to_have_value(str(value))
-
-
-def send(page: Page, text: str) -> None:
-    page.locator("#message textarea").fill(text)
-    page.locator("#send").click()
 
 
 def reply_lengths_until_stats(page: Page, reply_index: int, stats_count: int) -> list[int]:

@@ -13,8 +13,9 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from tests.support.chat_app import (
+from devtools.testkit.chat_app import (
     UNCHANGED,
+    chat,
     chat_args,
     eval_count,
     is_note,
@@ -26,8 +27,8 @@ from tests.support.chat_app import (
     running_app,
     text_of,
 )
-from tests.support.fake_ollama import FakeOllama
-from tests.support.procs import free_port, refusing_url, start_engine
+from devtools.testkit.fake_ollama import FakeOllama
+from devtools.testkit.procs import free_port, refusing_url, start_engine
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +43,6 @@ def app_url(fake: FakeOllama) -> Iterator[str]:
         backend_url=fake.url, rate_limit_per_minute=1000, max_message_chars=100
     ) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def client(app_url: str) -> Client:
-    return Client(app_url, verbose=False)
-
-
-def chat(client: Client, *args: Any, **kwargs: Any) -> tuple[Any, list[dict[str, Any]], str]:
-    box, history, banner = client.predict(*chat_args(*args, **kwargs), api_name="/chat")
-    return box, history, banner
 
 
 @pytest.mark.parametrize(

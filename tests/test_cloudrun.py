@@ -16,10 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from backend.cloudrun import RunningEmulator
-from backend.fake_metadata import FakeMetadataServer, SigningKey
-from tests.support.google_fakes import bearer, emulator, shared_metadata, wait_until
-from tests.support.procs import ARTIFACTS, Proc, free_port, wait_http
+from devtools.cloudrun import RunningEmulator
+from devtools.cloudrun.cli import CommandLine
+from devtools.commandline import parse
+from devtools.fake_metadata import FakeMetadataServer, SigningKey
+from devtools.testkit.google_fakes import bearer, emulator, shared_metadata, wait_until
+from devtools.testkit.procs import ARTIFACTS, Proc, free_port, wait_http
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -112,6 +114,19 @@ def test_missing_token_is_forbidden_like_cloud_run(guarded: RunningEmulator) -> 
     assert response.status_code == 401
 
 
+def test_a_rotated_signing_key_is_fetched_while_certificates_are_cached(
+    guarded: RunningEmulator, md: FakeMetadataServer
+) -> None:
+    """The fake's certificates may be cached for 60 s; a token with a key id they lack makes
+    the emulator fetch them again (at most once a second), as Google's verifiers do."""
+    url = guarded.url + "/api/version"
+    assert httpx.get(url, headers=bearer(md.mint_token(guarded.url)), timeout=30).is_success
+    md.rotate_key(keep_old=True)
+    time.sleep(1.1)  # past the refetch interval since the certificates were cached
+    response = httpx.get(url, headers=bearer(md.mint_token(guarded.url)), timeout=30)
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.parametrize("case", ["wrong audience", "expired", "bad signature", "not google"])
 def test_invalid_tokens_are_unauthorized(
     case: str, guarded: RunningEmulator, md: FakeMetadataServer
@@ -154,7 +169,7 @@ def test_rejected_tokens_stay_out_of_logs(
 
 
 def test_unauthenticated_service_needs_no_token(engine: str) -> None:
-    with emulator(upstream_url=engine, require_auth=False, certs_url=None) as service:
+    with emulator(upstream_url=engine, allow_unauthenticated=True, certs_url=None) as service:
         assert httpx.get(service.url + "/api/version", timeout=30).status_code == 200
 
 
@@ -287,6 +302,32 @@ def test_client_leaving_a_held_request_frees_its_slot(
 # --- the command line ------------------------------------------------------------------------
 
 
+def test_cli_flags_are_the_settings_model(capsys: pytest.CaptureFixture[str]) -> None:
+    # `make run-cold`'s flags, and the benchmark's (--engine-args is one shell string).
+    cold = parse(CommandLine, [
+        "--port", "8080", "--start-delay", "5", "--idle-timeout", "60", "--max-instances", "1",
+        "--concurrency", "4", "--queue-timeout", "10", "--request-timeout", "300",
+        "--metadata", "--metadata-port", "8090",
+    ])  # fmt: skip
+    assert (cold.port, cold.start_delay, cold.capacity, cold.metadata) == (8080, 5, 4, True)
+    assert cold.require_auth and cold.certs_url is None  # the metadata server provides them
+    bench = parse(CommandLine, [
+        "--allow-unauthenticated", "--engine-args", "--num-parallel 1", "--upstream", "http://x/",
+        "--invoker", "a@x.iam", "--invoker", "b@x.iam",
+    ])  # fmt: skip
+    assert bench.engine_args == ("--num-parallel", "1") and not bench.require_auth
+    assert bench.upstream_url == "http://x" and bench.invokers == {"a@x.iam", "b@x.iam"}
+    with pytest.raises(SystemExit) as exited:
+        parse(CommandLine, ["--start-delay", "-1", "--concurrency", "0"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert "--start-delay: Input should be greater than or equal to 0" in error
+    assert "--concurrency: Input should be greater than or equal to 1" in error
+    with pytest.raises(SystemExit):
+        parse(CommandLine, [])  # authentication on, and nothing to verify tokens with
+    assert "certs_url is required" in capsys.readouterr().err
+
+
 def test_cli_runs_with_its_own_metadata_server() -> None:
     port = free_port()
     env_file = ARTIFACTS / "cloudrun-cli.env"
@@ -295,7 +336,7 @@ def test_cli_runs_with_its_own_metadata_server() -> None:
         [
             sys.executable,
             "-m",
-            "backend.cloudrun",
+            "devtools.cloudrun",
             "--port",
             str(port),
             "--start-delay",

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from backend.cloudrun import RunningEmulator
-from tests.support.chat_app import running_app
-from tests.support.google_fakes import emulator, shared_metadata, wait_until
-from tests.support.procs import ARTIFACTS
-from tests.test_chat_browser import REPLIES, STATS, send, set_max_tokens
+from devtools.cloudrun import RunningEmulator
+from devtools.testkit.browser import REPLIES, STATS, send, set_max_tokens
+from devtools.testkit.chat_app import running_app
+from devtools.testkit.google_fakes import emulator, shared_metadata, wait_until
+from devtools.testkit.procs import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 

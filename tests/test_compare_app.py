@@ -15,8 +15,8 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from backend.cloudrun import EmulatorConfig, start_emulator
-from tests.support.chat_app import (
+from devtools.cloudrun import EmulatorConfig, start_emulator
+from devtools.testkit.chat_app import (
     UNCHANGED,
     eval_count,
     is_note,
@@ -49,11 +49,6 @@ def app_url(engine: str) -> Iterator[str]:
         share_secret=SECRET,
     ) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def client(app_url: str) -> Client:
-    return Client(app_url, verbose=False)
 
 
 def compare_args(
@@ -277,7 +272,7 @@ def test_each_column_shows_its_own_warming_state(engine: str) -> None:
     1.5 s), SmolLM on the warm engine: only Gemma's column shows the warming banner, and
     SmolLM's answer streams meanwhile."""
     config = EmulatorConfig(
-        start_delay=1.5, idle_timeout=60, concurrency=4, require_auth=False,
+        start_delay=1.5, idle_timeout=60, concurrency=4, allow_unauthenticated=True,
         engine_args=("--num-parallel", "2"),
     )  # fmt: skip
     # SmolLM loaded in the warm engine (Ollama loads a model on a chat without messages).

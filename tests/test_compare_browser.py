@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.support.chat_app import running_app
-from tests.support.procs import ARTIFACTS
+from devtools.testkit.browser import set_number
+from devtools.testkit.chat_app import running_app
+from devtools.testkit.procs import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
@@ -33,16 +34,6 @@ def reply_length(page: Page, column: str, index: int = 0) -> int:
 
 def stats_count(page: Page, column: str) -> int:
     return page.locator(f"{column} {STATS}").count()
-
-
-def set_number(page: Page, selector: str, value: int | float) -> None:
-    box = page.locator(f"{selector} input[type=number]")
-    deadline = time.monotonic() + 10
-    while box.input_value() != str(value):  # a just-opened accordion may re-render
-        assert time.monotonic() < deadline, f"could not set {selector} to {value}"
-        box.fill(str(value))
-        box.blur()
-        page.wait_for_timeout(100)
 
 
 def send(page: Page, text: str, max_tokens: int) -> None:

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.support.chat_app import running_app
+from devtools.testkit.chat_app import running_app
 from ui.deep_links import (
     chat_link,
     compare_link,

@@ -4,8 +4,8 @@
   parallelism, ports, non-root user, exec-form commands, the files the images receive).
 - `python -m deploy.deploy`, the real CLI: its dry-run script, its input errors, and its real
   mode against a stand-in `gcloud` executable (Google's CLI and servers cannot exist here).
-- The GPU image's entrypoint, run for real against a stand-in `ollama serve` that speaks the
-  Ollama HTTP API (the Ollama binary cannot exist here either).
+- The GPU image's entrypoint: tests/test_llm_entrypoint.py. The deploy's gcloud commands checked
+  by the real gcloud: tests/test_deploy_gcloud.py.
 """
 
 from __future__ import annotations
@@ -14,23 +14,18 @@ import fnmatch
 import json
 import os
 import re
-import selectors
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
-import time
 import tomllib
 from pathlib import Path
 
-import httpx
 import pytest
 
 from catalog import production_models
 from deploy import deploy
-from tests.support.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION_TAGS = [m.tag for m in production_models()]
@@ -115,11 +110,21 @@ def gcloud_calls(script: str) -> list[dict]:
         if " >/dev/null 2>&1 || " in line:
             check, line = line.split(" >/dev/null 2>&1 || ", 1)
             unless = shlex.split(check)
-        stdin = None
+        stdin = preflight = None
         if " | " in line:
-            stdin, line = line.split(" | ", 1)
+            left, right = line.split(" | ", 1)
+            if right.startswith("python3 -m deploy.preflight "):
+                line, preflight = left, shlex.split(right)[3:]
+            else:
+                stdin, line = left, right
         calls.append(
-            {"argv": shlex.split(line), "capture": capture, "unless": unless, "stdin": stdin}
+            {
+                "argv": shlex.split(line),
+                "capture": capture,
+                "unless": unless,
+                "stdin": stdin,
+                "preflight": preflight,
+            }
         )
     return calls
 
@@ -162,12 +167,35 @@ def test_hadolint_is_clean(dockerfile: str) -> None:
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
-def test_llm_image_bakes_exactly_the_production_models() -> None:
-    assert arg_default("Dockerfile.llm", "MODELS").split() == PRODUCTION_TAGS
-    # The pull loop and the preload list both use that one ARG.
-    pulls = [r for r in args_of("Dockerfile.llm", "RUN") if "ollama pull" in r]
-    assert len(pulls) == 1 and "for model in ${MODELS}" in pulls[0]
-    assert env_of("Dockerfile.llm")["LLM_MODELS"] == "${MODELS}"
+def test_llm_image_bakes_each_production_model_in_its_own_layer() -> None:
+    slots = [f"MODEL_{i}" for i in range(1, deploy.MODEL_SLOTS + 1)]
+    assert [arg_default("Dockerfile.llm", slot) for slot in slots] == PRODUCTION_TAGS
+    # Slot n: ARG MODEL_n, then one RUN that pulls exactly it, before the next slot's ARG, so
+    # a changed model invalidates (and re-pushes) only its own layer and the ones after it.
+    steps = instructions("Dockerfile.llm")
+    for slot in slots:
+        (declared,) = [i for i, (kw, rest) in enumerate(steps) if kw == "ARG" and
+                       rest.startswith(f"{slot}=")]  # fmt: skip
+        keyword, run = steps[declared + 1]
+        assert keyword == "RUN" and f'ollama pull "${{{slot}}}"' in run, (slot, run)
+        assert f'[ "${{{slot}}}" = {deploy.NO_MODEL} ]' in run, "empty slots must be skipped"
+        assert sum("ollama pull" in rest for _, rest in steps) == len(slots)
+    assert env_of("Dockerfile.llm")["LLM_MODELS"] == " ".join(f"${{{s}}}" for s in slots)
+    (copy_at,) = [i for i, (kw, rest) in enumerate(steps) if kw == "COPY"]
+    last_pull = max(i for i, (_, rest) in enumerate(steps) if "ollama pull" in rest)
+    assert last_pull < copy_at, "editing the entrypoint must not re-pull the models"
+
+
+def test_llm_image_ollama_runs_cuda_on_cloud_run_l4_driver() -> None:
+    """Cloud Run's L4 has NVIDIA driver 535 (CUDA 12.2); Ollama 0.30.0 and later need 550+ for
+    their CUDA backend and fall back to the CPU (deploy/README.md, "Which Ollama")."""
+    (base,) = args_of("Dockerfile.llm", "FROM")
+    match = re.fullmatch(r"ollama/ollama:(\d+)\.(\d+)\.(\d+)", base)
+    assert match, f"Ollama must be pinned to a release: {base}"
+    version = tuple(int(part) for part in match.groups())
+    assert version < (0, 30, 0), f"{base} refuses CUDA on driver 535"
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    assert base in readme and "535" in readme and "ollama/ollama#16895" in readme
 
 
 def test_llm_image_parallelism_equals_cloud_run_concurrency() -> None:
@@ -176,7 +204,8 @@ def test_llm_image_parallelism_equals_cloud_run_concurrency() -> None:
     assert env_of("Dockerfile.llm")["OLLAMA_NUM_PARALLEL"] == "${OLLAMA_NUM_PARALLEL}"
     cloudbuild = (ROOT / "deploy" / "cloudbuild-llm.yaml").read_text()
     assert "--build-arg=OLLAMA_NUM_PARALLEL=${_NUM_PARALLEL}" in cloudbuild
-    assert "--build-arg=MODELS=${_MODELS}" in cloudbuild
+    for i in range(1, deploy.MODEL_SLOTS + 1):
+        assert f"--build-arg=MODEL_{i}=${{_MODEL_{i}}}" in cloudbuild
     assert "--file=Dockerfile.llm" in cloudbuild
 
     calls = gcloud_calls(dry_run("--region", "us-central1"))
@@ -189,14 +218,12 @@ def test_llm_image_parallelism_equals_cloud_run_concurrency() -> None:
 
 
 def test_llm_image_serves_on_the_container_port_and_keeps_models_loaded() -> None:
-    (base,) = args_of("Dockerfile.llm", "FROM")
-    assert re.fullmatch(r"ollama/ollama:\d+\.\d+\.\d+", base), base
     env = env_of("Dockerfile.llm")
     assert env["OLLAMA_HOST"] == f"0.0.0.0:{deploy.SERVING_PORT}"
     assert env["OLLAMA_KEEP_ALIVE"] == "-1"
     assert env["OLLAMA_MODELS"].startswith("/")
     assert int(env["OLLAMA_MAX_LOADED_MODELS"]) >= len(PRODUCTION_TAGS)
-    assert env["LLM_READY_PORT"] == str(deploy.READY_PORT)
+    assert args_of("Dockerfile.llm", "EXPOSE") == [str(deploy.SERVING_PORT)]
     (entrypoint,) = args_of("Dockerfile.llm", "ENTRYPOINT")
     assert json.loads(entrypoint)[-1] == "/usr/local/bin/llm-entrypoint.sh"
 
@@ -225,8 +252,9 @@ def test_ui_image_installs_runtime_dependencies_only_before_the_code() -> None:
     install_at = next(i for i, s in enumerate(order) if "pip install" in s)
     first_code_copy = next(i for i, s in enumerate(order) if s.startswith("COPY ui"))
     assert install_at < first_code_copy, "dependencies must be their own cached layer"
-    backend_copies = [r for r in args_of("Dockerfile.ui", "COPY") if "backend" in r]
-    assert backend_copies == ["backend/__init__.py backend/catalog.py ./backend/"]
+    copies = args_of("Dockerfile.ui", "COPY")
+    assert "catalog.py ./" in copies  # the one module the UI shares with engine and deploy
+    assert not [r for r in copies if "backend" in r or "devtools" in r], copies
     for kw, rest in steps:
         if kw in ("ENV", "ARG"):
             assert not re.search(r"(SECRET|TOKEN|PASSWORD|CREDENTIAL)", rest.upper()), rest
@@ -269,6 +297,7 @@ def test_build_context_keeps_every_copied_file(dockerfile: str) -> None:
             assert not dockerignored(file), f"{file} is excluded by .dockerignore"
     for secret_like in (".env", "key.pem", "gcp-credentials.json", ".venv/bin/python"):
         assert dockerignored(secret_like), secret_like
+    assert dockerignored("devtools/cloudrun/proxy.py"), "dev tools never reach an image"
 
 
 def test_ui_image_files_are_enough_to_import_every_ui_module(tmp_path: Path) -> None:
@@ -329,10 +358,9 @@ def test_dry_run_single_backend_wires_gpu_iam_and_secret() -> None:
     }.items():
         assert backend_flags.get(name) == value, (name, backend_flags.get(name))
     probe = dict(kv.split("=") for kv in backend_flags["--startup-probe"].split(","))
-    assert probe["httpGet.path"] == deploy.READY_PATH
-    assert probe["httpGet.port"] == str(deploy.READY_PORT)
-    assert int(probe["periodSeconds"]) <= 240
-    assert int(probe["timeoutSeconds"]) < int(probe["periodSeconds"])
+    assert probe["tcpSocket.port"] == backend_flags["--port"], "probe the container port"
+    assert int(probe["periodSeconds"]) * int(probe["failureThreshold"]) <= 240
+    assert int(probe["timeoutSeconds"]) <= int(probe["periodSeconds"])
 
     ui_sa = "llm-chat-ui@demo-project.iam.gserviceaccount.com"
     (url,) = [c for c in calls if c["capture"] == "BACKEND_URL"]
@@ -354,6 +382,8 @@ def test_dry_run_single_backend_wires_gpu_iam_and_secret() -> None:
         "LLM_AUTH": "google",
         # The picker works from the baked models while the GPU service is scaled to zero.
         "LLM_ALLOWED_MODELS": ",".join(m.tag for m in production_models()),
+        "LLM_VOTES": "firestore",
+        "GOOGLE_CLOUD_PROJECT": "demo-project",
     }
     assert ui_flags["--set-secrets"] == "LLM_SHARE_SECRET=llm-chat-share-secret:latest"
 
@@ -402,7 +432,9 @@ def test_per_family_routing_deploys_one_backend_per_family() -> None:
     for subs in llm_builds:
         values = dict(item.split("=", 1) for item in subs.split(","))
         family = values["_IMAGE"].rsplit("/", 1)[1].split(":")[0].removeprefix("backend-")
-        baked[family] = values["_MODELS"].split()
+        assert values["_CACHE"] == values["_IMAGE"].rsplit(":", 1)[0] + ":buildcache"
+        slots = [values[f"_MODEL_{i}"] for i in range(1, deploy.MODEL_SLOTS + 1)]
+        baked[family] = [tag for tag in slots if tag != deploy.NO_MODEL]
     assert baked == by_family
 
     gpu_deploys = [c for c in deploys(calls) if "--gpu" in flags(c["argv"])]
@@ -428,29 +460,57 @@ def test_per_family_routing_deploys_one_backend_per_family() -> None:
 # --- deploy.py: the real run, against a stand-in gcloud ---------------------------------------
 
 FAKE_GCLOUD = """#!{python}
-# Stand-in for Google's gcloud CLI: records each call; resources never exist yet, and
-# `describe --format=value(status.url)` answers with a run.app URL for that service.
+# Stand-in for Google's gcloud CLI: records each call. Resources do not exist (describe exits 1)
+# unless FAKE_EXISTING=1; `describe --format=value(status.url)` answers with a run.app URL;
+# billing is enabled unless FAKE_BILLING=0; the L4 quota in every region is FAKE_L4_QUOTA (1).
 import json, os, sys
 args = sys.argv[1:]
 stdin = sys.stdin.read() if "--data-file=-" in args else None
 with open(os.environ["FAKE_GCLOUD_LOG"], "a") as log:
     log.write(json.dumps({{"argv": args, "stdin": stdin}}) + "\\n")
+if args[:3] == ["billing", "projects", "describe"]:
+    if "--format=json" in args:
+        print(json.dumps({{"billingEnabled": os.environ.get("FAKE_BILLING", "1") == "1"}}))
+    else:
+        print("01A2B3-C4D5E6-F7A8B9")
+    sys.exit(0)
+if args[:4] == ["beta", "quotas", "info", "describe"]:
+    region_value = int(os.environ.get("FAKE_L4_QUOTA", "1"))
+    print(json.dumps({{"quotaId": args[4], "dimensionsInfos": [
+        {{"dimensions": {{"region": "us-east4"}}, "details": {{"value": region_value}}}},
+        {{"details": {{"value": 0}}}},
+    ]}}))
+    sys.exit(0)
 if "describe" in args:
     if "--format=value(status.url)" in args:
         service = args[args.index("describe") + 1]
         print(f"https://{{service}}-abc123-uc.a.run.app")
         sys.exit(0)
-    sys.exit(1)
+    sys.exit(0 if os.environ.get("FAKE_EXISTING") == "1" else 1)
 """
 
 
-def test_real_run_executes_the_dry_run_commands(tmp_path: Path) -> None:
+def fake_gcloud_env(tmp_path: Path, log: str, **settings: str) -> dict[str, str]:
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    gcloud = bin_dir / "gcloud"
-    gcloud.write_text(FAKE_GCLOUD.format(python=sys.executable))
-    gcloud.chmod(0o755)
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    if not bin_dir.exists():
+        bin_dir.mkdir()
+        gcloud = bin_dir / "gcloud"
+        gcloud.write_text(FAKE_GCLOUD.format(python=sys.executable))
+        gcloud.chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_GCLOUD_LOG": str(tmp_path / log),
+        **settings,
+    }
+
+
+def logged_calls(tmp_path: Path, log: str) -> list[dict]:
+    path = tmp_path / log
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_real_run_executes_the_dry_run_commands(tmp_path: Path) -> None:
+    env = fake_gcloud_env(tmp_path, "unused.jsonl")
     args = ["--project", "demo-project", "--region", "us-east4", "--tag", "t1"]
 
     real_log = tmp_path / "real.jsonl"
@@ -492,175 +552,179 @@ def test_real_run_without_gcloud_says_how_to_get_it(tmp_path: Path) -> None:
     assert "gcloud not found" in result.stderr and "--dry-run" in result.stderr
 
 
-# --- the GPU image's entrypoint, against a stand-in `ollama serve` ------------------------------
+# --- preflight, build identity, teardown, budget -----------------------------------------------
 
-FAKE_OLLAMA = """#!{python}
-# Stand-in for `ollama serve`: the Ollama API calls the entrypoint makes, a slow model load,
-# and Ollama's 404 for a model that is not installed. Every completed load is logged.
-import json, os, signal, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-assert sys.argv[1:] == ["serve"], sys.argv
-host, port = os.environ["OLLAMA_HOST"].rsplit(":", 1)
-installed = os.environ["FAKE_INSTALLED"].split()
-
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def reply(self, status, payload):
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        if self.path == "/api/version":
-            return self.reply(200, {{"version": "0.0.0"}})
-        self.reply(404, {{"error": "not found"}})
-
-    def do_POST(self):
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        model = request["model"]
-        if self.path != "/api/generate" or model not in installed:
-            return self.reply(404, {{"error": f"model '{{model}}' not found"}})
-        time.sleep(float(os.environ["FAKE_LOAD_SECONDS"]))
-        with open(os.environ["FAKE_LOADS"], "a") as log:
-            log.write(json.dumps(request) + "\\n")
-        self.reply(200, {{"model": model, "done": True, "done_reason": "load"}})
-
-time.sleep(0.3)  # Ollama takes a moment before it listens
-server = ThreadingHTTPServer((host, int(port)), Handler)
-signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-server.serve_forever()
-"""
+REAL_ARGS = ["--project", "demo-project", "--region", "us-east4", "--tag", "t1"]
 
 
-class Entrypoint:
-    """deploy/llm-entrypoint.sh running against the stand-in Ollama on free ports."""
+def test_builds_run_as_their_own_account_with_narrow_roles() -> None:
+    calls = gcloud_calls(dry_run("--region", "europe-west1"))
+    build_sa = "llm-chat-build@demo-project.iam.gserviceaccount.com"
+    member = f"--member=serviceAccount:{build_sa}"
+    grants = {
+        (c["argv"][1], flags(c["argv"])["--role"])
+        for c in calls
+        if member in c["argv"] and "add-iam-policy-binding" in c["argv"]
+    }
+    assert grants == {
+        ("storage", "roles/storage.objectViewer"),
+        ("artifacts", "roles/artifactregistry.writer"),
+        ("projects", "roles/logging.logWriter"),
+    }
+    (bucket_grant,) = [c for c in calls if c["argv"][:2] == ["gcloud", "storage"]
+                       and "add-iam-policy-binding" in c["argv"]]  # fmt: skip
+    assert bucket_grant["argv"][4] == "gs://demo-project-llm-chat-build"
+    builds = [c for c in calls if c["argv"][:3] == ["gcloud", "builds", "submit"]]
+    assert len(builds) == 2
+    for build in builds:
+        build_flags = flags(build["argv"])
+        assert build_flags["--service-account"].endswith(f"/serviceAccounts/{build_sa}")
+        assert build_flags["--gcs-source-staging-dir"] == "gs://demo-project-llm-chat-build/source"
+        config = (ROOT / build_flags["--config"]).read_text()
+        assert "logging: CLOUD_LOGGING_ONLY" in config  # required with a build service account
+    first_build = calls.index(builds[0])
+    assert all(calls.index(c) < first_build for c in calls if member in c["argv"])
 
-    def __init__(self, tmp_path: Path, models: str, installed: str, load_seconds: float):
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
-        fake = bin_dir / "ollama"
-        fake.write_text(FAKE_OLLAMA.format(python=sys.executable))
-        fake.chmod(0o755)
-        self.api_port, self.ready_port = free_port(), free_port()
-        self.loads = tmp_path / "loads.jsonl"
-        self.loads.touch()
-        self.proc = subprocess.Popen(
-            ["bash", str(ROOT / "deploy" / "llm-entrypoint.sh")],
-            env={
-                **os.environ,
-                "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-                "OLLAMA_HOST": f"127.0.0.1:{self.api_port}",
-                "LLM_READY_PORT": str(self.ready_port),
-                "LLM_MODELS": models,
-                "LLM_LOAD_TIMEOUT_SECONDS": "60",
-                "FAKE_INSTALLED": installed,
-                "FAKE_LOAD_SECONDS": str(load_seconds),
-                "FAKE_LOADS": str(self.loads),
-            },
-            stderr=subprocess.PIPE,
-            start_new_session=True,
+
+def test_votes_go_to_firestore_with_the_narrowest_role(tmp_path: Path) -> None:
+    calls = gcloud_calls(dry_run("--region", "europe-west1"))
+    enabled = [a for c in calls if c["argv"][1:3] == ["services", "enable"] for a in c["argv"]]
+    assert "firestore.googleapis.com" in enabled
+    (database,) = [c for c in calls if c["argv"][1:4] == ["firestore", "databases", "create"]]
+    assert flags(database["argv"])["--location"] == "europe-west1"  # the services' region
+    assert flags(database["argv"])["--type"] == "firestore-native"
+    assert database["unless"][1:4] == ["firestore", "databases", "describe"]  # created once
+    ui_sa = "llm-chat-ui@demo-project.iam.gserviceaccount.com"
+    ui_grants = [
+        flags(c["argv"])["--role"]
+        for c in calls
+        if f"--member=serviceAccount:{ui_sa}" in c["argv"] and "add-iam-policy-binding" in c["argv"]
+    ]
+    # Run the backend, read the share secret, use Firestore documents: nothing broader.
+    assert sorted(ui_grants) == [
+        "roles/datastore.user", "roles/run.invoker", "roles/secretmanager.secretAccessor",
+    ]  # fmt: skip
+    ui = deploys(calls)[1]
+    assert env_flag(ui["argv"])["LLM_VOTES"] == "firestore"
+    assert calls.index(database) < calls.index(ui)
+    assert flags(ui["argv"])["--max-instances"] == str(deploy.UI_MAX_INSTANCES)
+    # Teardown removes the grant and says how to delete the votes (it keeps the database).
+    teardown_env = fake_gcloud_env(tmp_path, "td.jsonl", FAKE_EXISTING="1")
+    result = run_deploy(*REAL_ARGS, "--teardown", env=teardown_env)
+    assert result.returncode == 0, result.stderr
+    removed = [c["argv"] for c in logged_calls(tmp_path, "td.jsonl")
+               if "remove-iam-policy-binding" in c["argv"]]  # fmt: skip
+    assert any("--role=roles/datastore.user" in argv for argv in removed)
+    assert "gcloud firestore databases delete --database='(default)'" in result.stdout
+
+
+def test_preflight_comes_before_any_build() -> None:
+    calls = gcloud_calls(dry_run("--region", "europe-west4", "--routing", "per-family",
+                                 "--max-instances", "2"))  # fmt: skip
+    (billing,) = [c for c in calls if c["argv"][1:4] == ["billing", "projects", "describe"]]
+    (quota,) = [c for c in calls if c["argv"][1:5] == ["beta", "quotas", "info", "describe"]]
+    assert quota["argv"][5] == "NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion"
+    assert "--service=run.googleapis.com" in quota["argv"]
+    # Three GPU services of up to two instances each draw from one regional pool.
+    assert quota["preflight"] == [
+        "gpu-quota", "--project=demo-project", "--region=europe-west4", "--need=6",
+    ]  # fmt: skip
+    assert billing["preflight"] == ["billing", "--project=demo-project"]
+    first_build = next(i for i, c in enumerate(calls) if c["argv"][1:3] == ["builds", "submit"])
+    assert calls.index(billing) < calls.index(quota) < first_build
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ({"FAKE_L4_QUOTA": "0"}, ["NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion",
+                                  "us-east4", "iam-admin/quotas?project=demo-project",
+                                  "needs 1"]),
+        ({"FAKE_BILLING": "0"}, ["billing is not enabled",
+                                 "billing/linkedaccount?project=demo-project"]),
+    ],
+)  # fmt: skip
+def test_preflight_failure_says_what_to_request_and_builds_nothing(
+    tmp_path: Path, setting: dict[str, str], expected: list[str]
+) -> None:
+    real = run_deploy(*REAL_ARGS, env=fake_gcloud_env(tmp_path, "real.jsonl", **setting))
+    assert real.returncode == 1
+    for text in expected:
+        assert text in real.stderr, real.stderr
+    assert not [c for c in logged_calls(tmp_path, "real.jsonl") if c["argv"][:1] == ["builds"]]
+    # The dry-run script, run by hand, stops at the same check with the same advice.
+    replay = subprocess.run(
+        ["bash", "-c", run_deploy(*REAL_ARGS, "--dry-run").stdout],
+        cwd=ROOT,
+        env={**os.environ, **fake_gcloud_env(tmp_path, "script.jsonl", **setting)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert replay.returncode != 0
+    assert all(text in replay.stderr for text in expected), replay.stderr
+    assert not [c for c in logged_calls(tmp_path, "script.jsonl") if c["argv"][:1] == ["builds"]]
+
+
+def created_resources(calls: list[dict]) -> set[str]:
+    """Names of what a deploy creates: services, repository, secret, accounts, bucket."""
+    made = set()
+    for c in calls:
+        argv = c["argv"]
+        if argv[1:3] == ["run", "deploy"]:
+            made.add(argv[3])
+        elif argv[1:4] == ["artifacts", "repositories", "create"]:
+            made.add(argv[4])
+        elif argv[1:3] == ["secrets", "create"]:
+            made.add(argv[3])
+        elif argv[1:4] == ["iam", "service-accounts", "create"]:
+            made.add(f"{argv[4]}@demo-project.iam.gserviceaccount.com")
+        elif argv[1:4] == ["storage", "buckets", "create"]:
+            made.add(argv[4])
+    return made
+
+
+def test_teardown_removes_everything_either_routing_creates(tmp_path: Path) -> None:
+    created = created_resources(gcloud_calls(dry_run("--region", "us-east4")))
+    created |= created_resources(gcloud_calls(dry_run("--region", "us-east4", "--routing",
+                                                      "per-family")))  # fmt: skip
+    # UI, backend + 3 per-family backends, repository, secret, 3 service accounts, bucket.
+    assert len(created) == 1 + 4 + 1 + 1 + 3 + 1
+
+    def deleted(settings: dict[str, str], log: str) -> set[str]:
+        result = run_deploy(
+            *REAL_ARGS, "--teardown", env=fake_gcloud_env(tmp_path, log, **settings)
         )
-        assert self.proc.stderr is not None
-        self._stderr = self.proc.stderr
-        self._stderr_text = ""
+        assert result.returncode == 0, result.stderr
+        names = set()
+        for c in logged_calls(tmp_path, log):
+            argv = c["argv"]
+            if "delete" in argv:
+                names.add(argv[argv.index("delete") + 1])
+            elif argv[:2] == ["storage", "rm"]:
+                names.add(argv[3])
+        return names
 
-    def stderr(self) -> str:
-        """The entrypoint's log so far (it logs each step on stderr), read without blocking."""
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._stderr, selectors.EVENT_READ)
-            while selector.select(timeout=0):
-                chunk = os.read(self._stderr.fileno(), 4096)
-                if not chunk:
-                    break
-                self._stderr_text += chunk.decode(errors="replace")
-        return self._stderr_text
-
-    def ready(self) -> bool:
-        try:
-            response = httpx.get(f"http://127.0.0.1:{self.ready_port}/ready", timeout=1.0)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
-
-    def loaded(self) -> list[dict]:
-        return [json.loads(line) for line in self.loads.read_text().splitlines()]
-
-    def api_answers(self) -> bool:
-        try:
-            httpx.get(f"http://127.0.0.1:{self.api_port}/api/version", timeout=1.0)
-        except httpx.HTTPError:
-            return False
-        return True
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+    assert deleted({"FAKE_EXISTING": "1"}, "existing.jsonl") == created
+    # Nothing left (a second teardown): every step is skipped, nothing fails.
+    assert deleted({}, "gone.jsonl") == set()
+    script = run_deploy(*REAL_ARGS, "--teardown", "--dry-run").stdout
+    assert subprocess.run(["bash", "-n"], input=script, text=True, timeout=30).returncode == 0
 
 
-@pytest.fixture
-def entrypoints():
-    started: list[Entrypoint] = []
-    yield started
-    for entry in started:
-        entry.stop()
-
-
-def test_entrypoint_reports_ready_only_after_every_model_is_loaded(
-    tmp_path: Path, entrypoints: list
-) -> None:
-    models = "gemma3:4b llama3.2:3b mistral:7b"
-    entry = Entrypoint(tmp_path, models, installed=models, load_seconds=0.4)
-    entrypoints.append(entry)
-    deadline = time.monotonic() + 30
-    not_ready_while_loading = False
-    while not entry.ready():
-        assert entry.proc.poll() is None, entry.stderr()
-        assert time.monotonic() < deadline, "never became ready"
-        not_ready_while_loading |= entry.api_answers()
-        time.sleep(0.05)
-    assert not_ready_while_loading, "the Ollama port never answered before readiness"
-    loaded = entry.loaded()
-    assert [r["model"] for r in loaded] == models.split()
-    assert all(r["keep_alive"] == -1 for r in loaded)
-
-    entry.proc.send_signal(signal.SIGTERM)
-    assert entry.proc.wait(timeout=15) == 0
-    assert not entry.api_answers() and not entry.ready(), "children outlived the entrypoint"
-
-
-def test_entrypoint_fails_instead_of_serving_a_model_that_cannot_load(
-    tmp_path: Path, entrypoints: list
-) -> None:
-    entry = Entrypoint(tmp_path, "gemma3:4b mistral:7b", installed="gemma3:4b", load_seconds=0.1)
-    entrypoints.append(entry)
-    status = entry.proc.wait(timeout=30)
-    stderr = entry.stderr()
-    assert status != 0
-    assert "mistral:7b" in stderr and "404" in stderr
-    assert not entry.ready() and not entry.api_answers()
-
-
-def test_entrypoint_stops_promptly_on_sigterm_during_a_long_load(
-    tmp_path: Path, entrypoints: list
-) -> None:
-    entry = Entrypoint(tmp_path, "mistral:7b", installed="mistral:7b", load_seconds=120)
-    entrypoints.append(entry)
-    deadline = time.monotonic() + 30
-    while "loading mistral:7b" not in (stderr := entry.stderr()):
-        assert time.monotonic() < deadline and entry.proc.poll() is None, stderr
-        time.sleep(0.05)
-    started = time.monotonic()
-    entry.proc.send_signal(signal.SIGTERM)
-    assert entry.proc.wait(timeout=15) == 0
-    assert time.monotonic() - started < 10, "SIGTERM waited for the model load"
-    assert not entry.ready() and not entry.api_answers()
+def test_budget_alert_uses_the_projects_billing_account(tmp_path: Path) -> None:
+    result = run_deploy(*REAL_ARGS, "--budget-alert", "150",
+                        env=fake_gcloud_env(tmp_path, "budget.jsonl"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (create,) = [c["argv"] for c in logged_calls(tmp_path, "budget.jsonl")
+                 if c["argv"][:3] == ["billing", "budgets", "create"]]  # fmt: skip
+    budget = flags(["gcloud", *create])
+    assert budget["--billing-account"] == "01A2B3-C4D5E6-F7A8B9"
+    assert budget["--budget-amount"] == "150USD"
+    assert budget["--filter-projects"] == "projects/demo-project"
+    thresholds = [a for a in create if a.startswith("--threshold-rule=")]
+    assert thresholds[-1] == "--threshold-rule=percent=1.0" and len(thresholds) >= 2
+    assert not [c for c in logged_calls(tmp_path, "budget.jsonl") if c["argv"][0] == "run"]
 
 
 def test_pyproject_dependencies_do_not_pull_the_local_engine() -> None:
@@ -684,9 +748,9 @@ def test_ui_starts_with_deploy_settings_against_the_emulator() -> None:
     share secret from Secret Manager) talks to an authenticating Cloud Run emulator."""
     from gradio_client import Client
 
-    from tests.support.chat_app import chat_args, note_title
-    from tests.support.google_fakes import emulator, shared_metadata
-    from tests.support.procs import Proc, free_port, wait_http
+    from devtools.testkit.chat_app import chat_args, note_title
+    from devtools.testkit.google_fakes import emulator, shared_metadata
+    from devtools.testkit.procs import Proc, free_port, wait_http
 
     ui = deploys(gcloud_calls(dry_run("--region", "europe-west1")))[1]
     env = env_flag(ui["argv"])

@@ -286,7 +286,7 @@ async def test_disconnect_mid_stream_frees_the_slot(engine: str) -> None:
 
 async def test_queue_beyond_limit_gets_503() -> None:
     """One slot and a queue of one: a third concurrent request is refused with 503."""
-    from tests.support.procs import start_engine
+    from devtools.testkit.procs import start_engine
 
     proc, url = start_engine(None, "--num-parallel", "1", "--max-queue", "1", name="engine-q1")
     try:

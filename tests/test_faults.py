@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 from gradio_client import Client
+from ollama import ChatResponse, Message
 
-from backend.fake_metadata import FakeMetadataServer
-from tests.support.chat_app import (
+from devtools.fake_metadata import FakeMetadataServer
+from devtools.testkit.chat_app import (
     chat_args,
     eval_count,
     is_note,
@@ -31,9 +32,9 @@ from tests.support.chat_app import (
     running_app,
     text_of,
 )
-from tests.support.fake_ollama import FakeOllama
-from tests.support.google_fakes import emulator, shared_metadata
-from tests.support.procs import free_port, start_engine
+from devtools.testkit.fake_ollama import FakeOllama
+from devtools.testkit.google_fakes import emulator, shared_metadata
+from devtools.testkit.procs import free_port, start_engine
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -136,8 +137,10 @@ class FaultyOllama(FakeOllama):
         return Handler
 
 
-def _word(model: str, i: int) -> dict[str, Any]:
-    return {"model": model, "message": {"role": "assistant", "content": f"word{i} "}, "done": False}
+def _word(model: str, i: int) -> ChatResponse:
+    return ChatResponse(
+        model=model, message=Message(role="assistant", content=f"word{i} "), done=False
+    )
 
 
 @pytest.fixture(scope="module")

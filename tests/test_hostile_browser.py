@@ -17,10 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from ollama import ChatResponse, ListResponse, Message
+from ollama._types import ModelDetails
 from playwright.sync_api import Browser, Page, expect
+from pydantic import ByteSize
 
-from tests.support.chat_app import running_app
-from tests.support.fake_ollama import MODELS, FakeOllama
+from devtools.testkit.chat_app import running_app
+from devtools.testkit.fake_ollama import MODELS, FakeOllama
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
@@ -98,11 +101,12 @@ class HtmlOllama(FakeOllama):
                 if self.path != "/api/tags":
                     super().do_GET()
                     return
+                details = ModelDetails(family="fake")
                 models = [
-                    {"name": m, "model": m, "size": 1000, "details": {"family": "fake"}}
+                    ListResponse.Model(model=m, size=ByteSize(1000), details=details)
                     for m in ["fake-html", *MODELS]
                 ]
-                self._json(200, {"models": models})
+                self._json(200, ListResponse(models=models))
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
@@ -111,7 +115,11 @@ class HtmlOllama(FakeOllama):
                     self._json(404, {"error": "not found"})
                     return
                 if not body.get("messages"):  # the pre-warm's load request
-                    self._json(200, {"model": "fake-html", "done": True, "done_reason": "load"})
+                    loaded = ChatResponse(
+                        model="fake-html", message=Message(role="assistant", content=""),
+                        done=True, done_reason="load",
+                    )  # fmt: skip
+                    self._json(200, loaded)
                     return
                 self.send_response(200)
                 self.send_header("content-type", "application/x-ndjson")
@@ -119,11 +127,13 @@ class HtmlOllama(FakeOllama):
                 self.end_headers()
                 pieces = [fake.reply[i : i + 7] for i in range(0, len(fake.reply), 7)]
                 for piece in pieces:
-                    message = {"role": "assistant", "content": piece}
-                    self._chunk({"model": "fake-html", "message": message, "done": False})
-                final = {"model": "fake-html", "message": {"role": "assistant", "content": ""},
-                         "done": True, "done_reason": "stop", "eval_count": len(pieces),
-                         "eval_duration": 10**8, "total_duration": 10**8}  # fmt: skip
+                    message = Message(role="assistant", content=piece)
+                    self._chunk(ChatResponse(model="fake-html", message=message, done=False))
+                final = ChatResponse(
+                    model="fake-html", message=Message(role="assistant", content=""), done=True,
+                    done_reason="stop", eval_count=len(pieces), eval_duration=10**8,
+                    total_duration=10**8,
+                )  # fmt: skip
                 self._chunk(final)
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()

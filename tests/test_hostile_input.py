@@ -2,7 +2,7 @@
 allow): every bad value gets a clear answer that names the problem, nothing bad reaches the
 backend, and one client's flood does not stop the others from being served.
 
-The app runs for real against a protocol-level fake Ollama (tests/support/fake_ollama.py),
+The app runs for real against a protocol-level fake Ollama (devtools/testkit/fake_ollama.py),
 which records every request it gets.
 """
 
@@ -22,8 +22,9 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from tests.support.chat_app import (
+from devtools.testkit.chat_app import (
     UNCHANGED,
+    chat,
     chat_args,
     eval_count,
     last_note,
@@ -33,7 +34,7 @@ from tests.support.chat_app import (
     running_app,
     text_of,
 )
-from tests.support.fake_ollama import FakeOllama
+from devtools.testkit.fake_ollama import FakeOllama
 from ui.chat_history import MAX_HISTORY_MESSAGES
 
 pytestmark = pytest.mark.timeout(180)
@@ -57,16 +58,6 @@ def app_url(fake: FakeOllama) -> Iterator[str]:
         share_secret="hostile-input-test-secret-0123456789abcdef",
     ) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def client(app_url: str) -> Client:
-    return Client(app_url, verbose=False)
-
-
-def chat(client: Client, *args: Any, **kwargs: Any) -> tuple[Any, Any, str]:
-    box, history, banner = client.predict(*chat_args(*args, **kwargs), api_name="/chat")
-    return box, history, banner
 
 
 class RawQueue:

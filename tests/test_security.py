@@ -20,12 +20,12 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from backend.cloudrun import RunningEmulator
-from backend.fake_metadata import FakeMetadataServer
-from tests.support.chat_app import chat_args, eval_count, last_note, running_app
-from tests.support.fake_ollama import FakeOllama
-from tests.support.google_fakes import emulator, shared_metadata
-from tests.support.procs import Proc, free_port, wait_http
+from devtools.cloudrun import RunningEmulator
+from devtools.fake_metadata import FakeMetadataServer
+from devtools.testkit.chat_app import chat_args, eval_count, last_note, running_app
+from devtools.testkit.fake_ollama import FakeOllama
+from devtools.testkit.google_fakes import emulator, shared_metadata
+from devtools.testkit.procs import Proc, free_port, wait_http
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -11,7 +11,8 @@ import time
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.support.procs import ARTIFACTS, Proc, free_port, wait_http
+from devtools.testkit.browser import set_number
+from devtools.testkit.procs import ARTIFACTS, Proc, free_port, wait_http
 
 pytestmark = pytest.mark.browser
 
@@ -40,17 +41,6 @@ def start_ui(engine: str, port: int, name: str) -> Proc:
         proc.stop()
         raise
     return proc
-
-
-def set_number(page: Page, selector: str, value: int) -> None:
-    box = page.locator(f"{selector} input[type=number]")
-    deadline = time.monotonic() + 10
-    while box.input_value() != str(value):  # a just-opened accordion may re-render
-        assert time.monotonic() < deadline, f"could not set {selector} to {value}"
-        box.fill(str(value))
-        box.blur()
-        page.wait_for_timeout(100)
-    expect(box).to_have_value(str(value))
 
 
 def texts(page: Page, selector: str) -> list[str]:

@@ -16,8 +16,8 @@ import pytest
 from gradio_client import Client
 from playwright.sync_api import Browser, expect
 
-from tests.support.chat_app import is_note, text_of
-from tests.support.procs import Proc, free_port, wait_http
+from devtools.testkit.chat_app import is_note, text_of
+from devtools.testkit.procs import Proc, free_port, wait_http
 
 SECRET = "votes-app-test-secret-0123456789abcdef"
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from backend.cloudrun import EmulatorConfig, RunningEmulator, start_emulator
-from tests.support.procs import refusing_url
+from devtools.cloudrun import EmulatorConfig, RunningEmulator, start_emulator
+from devtools.testkit.procs import refusing_url
 from ui.backend_client import BackendClient, ReplyDone, TokenDelta
 from ui.errors import BackendTimeout, BackendUnreachable
 from ui.settings import Settings
@@ -34,7 +34,7 @@ def scaled_to_zero(concurrency: int) -> RunningEmulator:
             idle_timeout=60,
             concurrency=concurrency,
             queue_timeout=0.3,
-            require_auth=False,
+            allow_unauthenticated=True,
             engine_args=("--num-parallel", str(concurrency)),
         )
     )

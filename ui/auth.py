@@ -91,7 +91,7 @@ def _no_token_message(audience: str, reason: str) -> str:
         "On Cloud Run the metadata server provides it for the service's account. Elsewhere set "
         "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or GCE_METADATA_HOST "
         "and GCE_METADATA_IP to a metadata server (for local runs: python -m "
-        "backend.fake_metadata), or LLM_AUTH=none if the backend needs no authentication."
+        "devtools.fake_metadata), or LLM_AUTH=none if the backend needs no authentication."
     )
 
 

@@ -22,12 +22,11 @@ the process; only certificates are served.
 google-auth reads `GCE_METADATA_HOST` once, when `google.auth.compute_engine` is first
 imported, and `GCE_METADATA_IP` at every ping: set both before the client process starts.
 
-    python -m backend.fake_metadata --port 8090
+    python -m devtools.fake_metadata --port 8090
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
 import json
@@ -46,6 +45,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from devtools.commandline import CommandLineSettings, parse
 
 log = logging.getLogger(__name__)
 
@@ -442,20 +445,19 @@ def env_lines(server: FakeMetadataServer) -> list[str]:
     return [f"{name}={value}" for name, value in server.env().items()]
 
 
+class CommandLine(CommandLineSettings):
+    """Fake Google metadata server issuing real RS256 ID tokens (dev/test only)."""
+
+    model_config = SettingsConfigDict(cli_prog_name="python -m devtools.fake_metadata")
+
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8090, ge=0, le=65535, description="port (0 = any free port)")
+    email: str = Field(DEFAULT_EMAIL, description="the service account it vouches for")
+    token_lifetime: float = Field(3600.0, gt=0, description="ID token lifetime in seconds")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m backend.fake_metadata",
-        description="Fake Google metadata server issuing real RS256 ID tokens (dev/test only).",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="bind address")
-    parser.add_argument("--port", type=int, default=8090, help="port (0 = any free port)")
-    parser.add_argument("--email", default=DEFAULT_EMAIL, help="the service account it vouches for")
-    parser.add_argument(
-        "--token-lifetime", type=float, default=3600.0, help="ID token lifetime in seconds"
-    )
-    args = parser.parse_args(argv)
-    if args.token_lifetime <= 0:
-        parser.error("--token-lifetime must be positive")
+    args = parse(CommandLine, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     server = FakeMetadataServer(
         args.host, args.port, email=args.email, token_lifetime=args.token_lifetime

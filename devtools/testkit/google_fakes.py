@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from backend.cloudrun import EmulatorConfig, RunningEmulator, start_emulator
-from backend.fake_metadata import FakeMetadataServer, start_fake_metadata
+from devtools.cloudrun import EmulatorConfig, RunningEmulator, start_emulator
+from devtools.fake_metadata import FakeMetadataServer, start_fake_metadata
 
 _server: FakeMetadataServer | None = None
 _server_lock = threading.Lock()
@@ -39,7 +39,7 @@ def shared_metadata() -> FakeMetadataServer:
             raise RuntimeError(
                 f"google-auth was imported with GCE_METADATA_HOST={seen!r} before the fake "
                 f"metadata server ({_server.host}) started; start it first "
-                "(tests.support.google_fakes.shared_metadata())."
+                "(devtools.testkit.google_fakes.shared_metadata())."
             )
         return _server
 

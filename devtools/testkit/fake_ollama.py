@@ -14,7 +14,8 @@ everything that works). The model name picks the behaviour of /api/chat:
     anything else  HTTP 404 {"error": "model 'x' not found"}
 
 Every request is recorded in `requests` as (method, path, json body or None); `hangups`
-counts streams the client closed early.
+counts streams the client closed early. Answers are the `ollama` package's own pydantic types
+(`ChatResponse`, `ListResponse`, ...), serialised: the client's schema is the fake's schema.
 """
 
 from __future__ import annotations
@@ -25,10 +26,22 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ollama import ChatResponse, ListResponse, Message, ProcessResponse
+from ollama._types import ModelDetails
+from pydantic import BaseModel, ByteSize
+
 MODELS = [
     "fake-ok", "fake-slow", "fake-500", "fake-503", "fake-401", "fake-midstream", "fake-drop",
     "fake-garbage",
 ]  # fmt: skip
+
+
+def _dumps(obj: BaseModel | dict[str, Any]) -> str:
+    """Ollama's JSON: a typed answer without its unset fields; errors are `{"error": ...}`,
+    which the ollama package has no type for."""
+    if isinstance(obj, BaseModel):
+        return obj.model_dump_json(exclude_none=True)
+    return json.dumps(obj)
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -81,18 +94,14 @@ class FakeOllama:
                 elif self.path == "/api/version":
                     self._json(200, {"version": "0.0.0-fake"})
                 elif self.path == "/api/tags":
+                    details = ModelDetails(family="fake", parameter_size="1M")
                     models = [
-                        {
-                            "name": m,
-                            "model": m,
-                            "size": 1000,
-                            "details": {"family": "fake", "parameter_size": "1M"},
-                        }
+                        ListResponse.Model(model=m, size=ByteSize(1000), details=details)
                         for m in MODELS
                     ]
-                    self._json(200, {"models": models})
+                    self._json(200, ListResponse(models=models))
                 elif self.path == "/api/ps":
-                    self._json(200, {"models": []})
+                    self._json(200, ProcessResponse(models=[]))
                 else:
                     self._json(404, {"error": "not found"})
 
@@ -132,11 +141,11 @@ class FakeOllama:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _json(self, status: int, obj: Any) -> None:
-                self._send(status, json.dumps(obj), "application/json")
+            def _json(self, status: int, obj: BaseModel | dict[str, Any]) -> None:
+                self._send(status, _dumps(obj), "application/json")
 
-            def _chunk(self, obj: Any | bytes) -> None:
-                data = obj if isinstance(obj, bytes) else (json.dumps(obj) + "\n").encode()
+            def _chunk(self, obj: BaseModel | dict[str, Any] | bytes) -> None:
+                data = obj if isinstance(obj, bytes) else (_dumps(obj) + "\n").encode()
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                 self.wfile.flush()
 
@@ -149,8 +158,8 @@ class FakeOllama:
                 try:
                     for i in range(words):
                         time.sleep(delay)
-                        message = {"role": "assistant", "content": f"word{i} "}
-                        self._chunk({"model": model, "message": message, "done": False})
+                        message = Message(role="assistant", content=f"word{i} ")
+                        self._chunk(ChatResponse(model=model, message=message, done=False))
                     if ending == "error":
                         self._chunk({"error": "the model runner crashed"})
                     elif ending == "garbage":
@@ -164,17 +173,17 @@ class FakeOllama:
                     else:
                         elapsed = int((time.monotonic() - started) * 1e9)
                         self._chunk(
-                            {
-                                "model": model,
-                                "message": {"role": "assistant", "content": ""},
-                                "done": True,
-                                "done_reason": "length" if words >= 8 else "stop",
-                                "total_duration": elapsed,
-                                "load_duration": 1000,
-                                "prompt_eval_count": 5,
-                                "eval_count": words,
-                                "eval_duration": max(elapsed, 1),
-                            }
+                            ChatResponse(
+                                model=model,
+                                message=Message(role="assistant", content=""),
+                                done=True,
+                                done_reason="length" if words >= 8 else "stop",
+                                total_duration=elapsed,
+                                load_duration=1000,
+                                prompt_eval_count=5,
+                                eval_count=words,
+                                eval_duration=max(elapsed, 1),
+                            )
                         )
                     self.wfile.write(b"0\r\n\r\n")
                     self.wfile.flush()

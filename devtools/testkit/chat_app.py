@@ -1,4 +1,6 @@
-"""Run the real Gradio app in-process on a free port, and read its chat outputs."""
+"""Run the real Gradio app in-process on a free port, call its /chat endpoint, and read its
+chat outputs. Only `running_app` loads Gradio, so benchmarks that time a UI in another
+process can use the readers without it."""
 
 from __future__ import annotations
 
@@ -6,11 +8,13 @@ import html
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tests.support.procs import free_port
-from ui.app import build_app, launch
+from devtools.testkit.procs import free_port
 from ui.settings import Settings
+
+if TYPE_CHECKING:
+    from gradio_client import Client
 
 # Settings every test app starts from: no auth (local backends), quick timeouts.
 BASE_SETTINGS: dict[str, Any] = {
@@ -27,6 +31,8 @@ BASE_SETTINGS: dict[str, Any] = {
 @contextmanager
 def running_app(**settings: Any) -> Iterator[str]:
     """Build and launch the app; yields its base URL; closes it afterwards."""
+    from ui.app import build_app, launch  # Gradio: see the module docstring
+
     config = Settings(**{**BASE_SETTINGS, **settings})
     demo = build_app(config)
     _, url, _ = launch(demo, config, server_port=free_port(), prevent_thread_lock=True, quiet=True)
@@ -107,3 +113,9 @@ def chat_args(
 ) -> tuple[Any, ...]:
     """Positional inputs of the /chat endpoint."""
     return (message, history or [], model, system_prompt, temperature, top_p, max_tokens)
+
+
+def chat(client: Client, *args: Any, **kwargs: Any) -> tuple[Any, list[dict[str, Any]], str]:
+    """Call /chat with `chat_args(*args, **kwargs)`: (message box, history, banner)."""
+    box, history, banner = client.predict(*chat_args(*args, **kwargs), api_name="/chat")
+    return box, history, banner

@@ -1,0 +1,3 @@
+from devtools.cloudrun.cli import main
+
+main()

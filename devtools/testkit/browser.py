@@ -1,0 +1,57 @@
+"""Debian's Chromium under Playwright, launched the same way by every browser test, and the
+page helpers several browser tests (and nothing else) share.
+
+Playwright's own browser download does not work on these machines; Debian's `chromium`
+package does (the Makefile installs it)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+# The chat page's replies (stats lines left out) and its stats lines.
+REPLIES = '#chatbot div.message:not(.thought) > [data-testid="bot"]'
+STATS = "#chatbot .thought .title"
+
+
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """A headless Chromium, closed on exit."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def set_number(page: Page, selector: str, value: int | float) -> None:
+    """Type `value` into the number box of the component `selector`."""
+    box = page.locator(f"{selector} input[type=number]")
+    deadline = time.monotonic() + 10
+    while box.input_value() != str(value):  # a just-opened accordion may re-render
+        assert time.monotonic() < deadline, f"could not set {selector} to {value}"
+        box.fill(str(value))
+        box.blur()
+        page.wait_for_timeout(100)
+    expect(box).to_have_value(str(value))
+
+
+def set_max_tokens(page: Page, value: int) -> None:
+    """The chat page's "max tokens" setting."""
+    set_number(page, "#max-tokens", value)
+
+
+def send(page: Page, text: str) -> None:
+    """Send `text` from the chat page."""
+    page.locator("#message textarea").fill(text)
+    page.locator("#send").click()
