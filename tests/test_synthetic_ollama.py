@@ -85,3 +85,23 @@ async def test_the_other_endpoints_speak_the_ollama_schema(synthetic: str) -> No
         assert (await http.get("/api/version")).json() == {"version": "0.0.0-synthetic"}
         bad = await http.post("/api/chat", content=b'{"model": 5}')
         assert bad.status_code == 400 and "error" in bad.json()
+
+
+async def test_a_client_leaving_mid_stream_ends_it(synthetic: str) -> None:
+    client = ollama.AsyncClient(host=synthetic)
+    stream = await client.chat(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hi"}],
+        options={"num_predict": 10_000},  # 100 s at RATE: only a hang-up ends it early
+        stream=True,
+    )
+    async for _ in stream:
+        break
+    await stream.aclose()  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(base_url=synthetic) as http:
+        for _ in range(500):
+            stats = (await http.get("/_synthetic/stats")).json()
+            if stats["active"] == 0:
+                break
+            await asyncio.sleep(0.01)
+    assert stats["active"] == 0 and stats["tokens"] < 10_000, stats
