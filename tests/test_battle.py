@@ -94,6 +94,8 @@ def test_expiry_is_exact_and_a_foreign_old_token_is_not_called_old() -> None:
     assert "24 hours" in caught.value.user_message
     with pytest.raises(BattleTokenError, match="too old"):
         open_pairing(token, SECRET, now=issued + 3600, ttl=60)
+    with pytest.raises(BattleTokenError, match="cannot be verified"):
+        open_pairing(token, SECRET, now=issued - 3600)  # made "later" than now: not old
     # Without the key nothing about the token is told, not even that it is old.
     with pytest.raises(BattleTokenError, match="cannot be verified"):
         open_pairing(token, b"another-secret-of-this-app-000000", now=issued + 10 * TOKEN_TTL_S)

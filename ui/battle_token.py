@@ -110,7 +110,7 @@ def open_pairing(
     try:
         plain = fernet.decrypt_at_time(token, ttl=int(ttl), current_time=current)
     except InvalidToken:
-        raise _why_refused(fernet, token, ttl) from None
+        raise _why_refused(fernet, token, ttl, current) from None
     try:
         data = json.loads(plain.decode("ascii"))
         return BattlePairing(
@@ -123,11 +123,13 @@ def open_pairing(
         raise BattleTokenError(INVALID_MESSAGE) from None
 
 
-def _why_refused(fernet: Fernet, token: str, ttl: float) -> BattleTokenError:
+def _why_refused(fernet: Fernet, token: str, ttl: float, current: int) -> BattleTokenError:
     """Fernet says only "invalid": an authentic token that failed is out of its time."""
     try:
-        fernet.extract_timestamp(token)  # verifies the MAC
+        issued = fernet.extract_timestamp(token)  # verifies the MAC
     except InvalidToken:
+        return BattleTokenError(INVALID_MESSAGE)
+    if issued > current:  # dated ahead of this server's clock (Fernet allows 60 s)
         return BattleTokenError(INVALID_MESSAGE)
     hours = ttl / 3600
     return BattleTokenError(
