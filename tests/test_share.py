@@ -198,9 +198,10 @@ def test_garbage_is_malformed(garbage: str, expected: str, secret: bytes) -> Non
     assert expected in caught.value.user_message or "impossible" in caught.value.user_message
 
 
-def test_valid_alphabet_garbage_fails_the_signature(secret: bytes) -> None:
+@pytest.mark.parametrize("garbage", ["A" * 200, "AQ" + "A" * 200])  # "AQ": byte 0x01
+def test_valid_alphabet_garbage_fails_the_signature(garbage: str, secret: bytes) -> None:
     with pytest.raises(ShareLinkTampered):
-        decode_share("A" * 200, secret)
+        decode_share(garbage, secret)
 
 
 def test_non_text_token_is_malformed(secret: bytes) -> None:

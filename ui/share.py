@@ -377,13 +377,20 @@ def _unsigned_token_error(token: str) -> ShareLinkError:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         return ShareLinkTampered()
-    if raw[:1] == b"\x01" and len(raw) > 1 + 32:
-        # Format 1 (HMAC || zlib, no separator) was replaced by this one; not verified.
+    if _looks_like_format_1(raw):
+        # Format 1 (hand-written HMAC || zlib, no separator) was replaced by this one. Its
+        # signature is not checked: the message only names the shape it has.
         return ShareLinkUnsupportedVersion(
             "This share link was made by an earlier version of the app, whose links this "
             "version cannot read. Ask for a new link."
         )
     return ShareLinkTampered()
+
+
+def _looks_like_format_1(raw: bytes) -> bool:
+    """0x01, a 32-byte MAC, then a zlib stream (whose 2-byte header is a multiple of 31)."""
+    header = raw[33:35]
+    return len(raw) > 35 and raw[0] == 1 and header[0] == 0x78 and int.from_bytes(header) % 31 == 0
 
 
 def decode_share(
