@@ -30,9 +30,17 @@ import logging
 import statistics
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_before_delay,
+    wait_exponential,
+)
 
 from catalog import find
 from ui.backend_client import BackendClient, ChatEvent
@@ -116,6 +124,8 @@ class ColdStartTracker:
 
 # Errors after which the request certainly was not processed, so sending again is safe.
 _RETRYABLE = (BackendBusy, BackendUnreachable)
+# Seconds between attempts: 1, 2, 4, 8, 8, ... (the message retries and the pre-warm).
+BACKOFF = wait_exponential(multiplier=1, max=8)
 
 
 async def detect_phase(client: BackendClient, model: str) -> Phase | None:
@@ -151,87 +161,107 @@ async def stream_with_warmup(
     costs no extra round trip before the first token. Yields WarmingStatus updates while a
     cold backend gets ready, then the backend client's TokenDelta / ReplyDone events.
     Raises `ui.errors.BackendError`.
+
+    Retries: tenacity sends the message again, with BACKOFF, only while no reply has begun
+    and only after an error in _RETRYABLE; the wait runs in tenacity's task, and this
+    generator shows it as a countdown ("retrying in N s") meanwhile.
     """
     settings = client.settings
     t0 = time.monotonic()
-    deadline = t0 + settings.cold_start_deadline
     phase: list[Phase | None] = [None]  # what the detector found; None = warm or unknown
-    backoff = 1.0
-    retried = False
+    updates: asyncio.Queue[tuple[Phase, float] | None] = asyncio.Queue()  # waits, then None
+    attempts = 0
 
     def status(p: Phase, retry_in: float | None = None) -> WarmingStatus:
         return WarmingStatus(p, model, time.monotonic() - t0, tracker.typical, retry_in)
 
-    while True:
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    def out_of_time(state: RetryCallState) -> bool:
+        """Stop rather than wait past the deadline (for refused connections, the shorter
+        connect_retry_window: Cloud Run holds cold requests instead of refusing them)."""
+        window = settings.cold_start_deadline
+        if not isinstance(_failure(state), BackendBusy):
+            window = min(window, settings.connect_retry_window)
+        return time.monotonic() - t0 + state.upcoming_sleep > window
+
+    def announce_wait(state: RetryCallState) -> None:
+        waiting: Phase = "busy" if isinstance(_failure(state), BackendBusy) else "unreachable"
+        phase[0] = waiting
+        updates.put_nowait((waiting, time.monotonic() + state.upcoming_sleep))
+
+    async def first_event() -> tuple[AsyncGenerator[ChatEvent, None], ChatEvent | None]:
+        """One attempt: send the message and wait for the reply's first event."""
+        nonlocal attempts
+        attempts += 1
         chat = client.chat_stream(model, messages, options=options, keep_alive=keep_alive)
-        task = asyncio.create_task(_pump(chat, queue))
         detector = asyncio.create_task(_detect(client, model, phase))
-        first = True
         try:
-            while first:
-                try:
-                    kind, value = await asyncio.wait_for(queue.get(), timeout=tick)
-                except TimeoutError:
-                    if phase[0] is not None:
-                        yield status(phase[0])
-                    continue
-                if kind == "error":
-                    raise value
-                if kind == "end":
-                    return
-                first = False
-                detector.cancel()
-                if phase[0] is not None or retried:  # it was a cold start
-                    took = time.monotonic() - t0
-                    tracker.record(took)
-                    log.info("cold start of %s took %.1f s", model, took)
-                    yield status("ready")
-                yield value
-            # Streaming: the pump stopped after the first event; the rest is read right
-            # here, with no task hand-over or timer per token.
-            async for value in chat:
-                yield value
-            return
-        except _RETRYABLE as exc:
-            if not first:
-                raise  # part of the reply arrived: resending would answer twice
-            wait = min(backoff, 8.0)
-            busy = isinstance(exc, BackendBusy)
-            give_up_at = deadline if busy else min(deadline, t0 + settings.connect_retry_window)
-            if time.monotonic() + wait > give_up_at:
-                if not busy:
-                    raise  # refused: say so plainly ("cannot be reached")
-                raise BackendTimeout(
-                    f"The model backend did not become ready within "
-                    f"{settings.cold_start_deadline:.0f} s ({exc.user_message})"
-                ) from exc
-            retried = True
-            waiting: Phase = "busy" if busy else "unreachable"
-            phase[0] = waiting
-            end = time.monotonic() + wait
-            while (left := end - time.monotonic()) > 0:
-                yield status(waiting, retry_in=left)
-                await asyncio.sleep(min(tick, left))
-            backoff *= 2
+            return chat, await anext(chat, None)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await chat.aclose()
+            raise
         finally:
             detector.cancel()
-            task.cancel()
-            await asyncio.gather(task, detector, return_exceptions=True)
+            await asyncio.gather(detector, return_exceptions=True)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(_RETRYABLE),
+        wait=BACKOFF,
+        stop=out_of_time,
+        before_sleep=announce_wait,
+        reraise=True,
+    )
+    opening: asyncio.Task[tuple[AsyncGenerator[ChatEvent, None], ChatEvent | None]]
+    opening = asyncio.create_task(retrying(first_event))
+    opening.add_done_callback(lambda _: updates.put_nowait(None))
+    chat: AsyncGenerator[ChatEvent, None] | None = None
+    try:
+        retry_at: tuple[Phase, float] | None = None  # the countdown under way
+        while True:
+            left = retry_at[1] - time.monotonic() if retry_at else tick
+            try:
+                update = await asyncio.wait_for(updates.get(), timeout=max(min(tick, left), 0))
+            except TimeoutError:
+                pass
+            else:
+                if update is None:
+                    break
+                retry_at = update
+            if retry_at is not None and (left := retry_at[1] - time.monotonic()) > 0:
+                yield status(retry_at[0], retry_in=left)
+                continue
+            retry_at = None
+            if phase[0] is not None:
+                yield status(phase[0])
+        try:
+            chat, first = opening.result()
+        except BackendBusy as exc:
+            raise BackendTimeout(
+                f"The model backend did not become ready within "
+                f"{settings.cold_start_deadline:.0f} s ({exc.user_message})"
+            ) from exc
+        if first is None:
+            return
+        if phase[0] is not None or attempts > 1:  # it was a cold start
+            took = time.monotonic() - t0
+            tracker.record(took)
+            log.info("cold start of %s took %.1f s", model, took)
+            yield status("ready")
+        yield first
+        # Streaming: the rest is read right here, with no task hand-over or timer per
+        # token. An error from here on is not retried: resending would answer twice.
+        async for value in chat:
+            yield value
+    finally:
+        opening.cancel()
+        await asyncio.gather(opening, return_exceptions=True)
+        if chat is not None:
             with contextlib.suppress(Exception):
                 await chat.aclose()  # closes the HTTP stream if the reply was cut short
 
 
-async def _pump(events: AsyncIterator[ChatEvent], queue: asyncio.Queue[tuple[str, Any]]) -> None:
-    """Hand over the first event (or the end, or the error), then stop reading: the caller
-    reads the rest of `events` itself."""
-    try:
-        async for event in events:
-            await queue.put(("event", event))
-            return
-        await queue.put(("end", None))
-    except BackendError as exc:
-        await queue.put(("error", exc))
+def _failure(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome is not None else None
 
 
 async def _detect(client: BackendClient, model: str, phase: list[Phase | None]) -> None:
@@ -272,27 +302,27 @@ class Prewarmer:
         settings = self.client.settings
         t0 = time.monotonic()
         deadline = t0 + settings.cold_start_deadline
-        backoff = 1.0
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                # A cheap request first: on Cloud Run it starts an instance (and is held
-                # until the instance is up); then load the model with no prompt.
-                await asyncio.wait_for(self.client.list_models(), timeout=left)
-                await asyncio.wait_for(
-                    self.client.load_model(model, keep_alive=self.keep_alive),
-                    timeout=max(deadline - time.monotonic(), 0.1),
-                )
-                log.info("pre-warmed %s in %.1f s", model, time.monotonic() - t0)
-                return
-            except _RETRYABLE as exc:
-                if time.monotonic() + backoff > deadline:
-                    log.info("pre-warm of %s gave up: %s", model, exc.user_message)
-                    return
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 8.0)
-            except (BackendError, TimeoutError) as exc:
-                log.info(
-                    "pre-warm of %s did not finish: %s", model, getattr(exc, "user_message", exc)
-                )
-                return
+
+        async def attempt() -> None:
+            # A cheap request first: on Cloud Run it starts an instance (and is held
+            # until the instance is up); then load the model with no prompt.
+            await asyncio.wait_for(self.client.list_models(), timeout=deadline - time.monotonic())
+            await asyncio.wait_for(
+                self.client.load_model(model, keep_alive=self.keep_alive),
+                timeout=max(deadline - time.monotonic(), 0.1),
+            )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_RETRYABLE),
+            wait=BACKOFF,
+            stop=stop_before_delay(settings.cold_start_deadline),
+            reraise=True,
+        )
+        try:
+            await retrying(attempt)
+        except _RETRYABLE as exc:
+            log.info("pre-warm of %s gave up: %s", model, exc.user_message)
+        except (BackendError, TimeoutError) as exc:
+            log.info("pre-warm of %s did not finish: %s", model, getattr(exc, "user_message", exc))
+        else:
+            log.info("pre-warmed %s in %.1f s", model, time.monotonic() - t0)
