@@ -142,8 +142,8 @@ def _details(spec: ModelSpec) -> ModelDetails:
     return ModelDetails(
         parent_model="",
         format="gguf",
-        family=spec.family,
-        families=[spec.family],
+        family=spec.reported_family,
+        families=[spec.reported_family],
         parameter_size=spec.parameter_size,
         quantization_level=spec.quantization,
     )
@@ -249,7 +249,7 @@ def build_app(engine: Engine) -> Starlette:
             template=prompts.template_text(spec.prompt_format),
             details=_details(spec),
             model_info={
-                "general.architecture": "gemma3" if spec.family == "gemma" else "llama",
+                "general.architecture": spec.reported_family,
                 "general.basename": spec.display_name,
                 "general.description": spec.description,
                 "general.chat_tuned": spec.chat_tuned,

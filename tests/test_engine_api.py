@@ -30,7 +30,7 @@ def test_root_and_version(engine: str) -> None:
 def test_list_shows_bundled_models(client: ollama.Client) -> None:
     listed = {m.model: m for m in client.list().models}
     assert set(listed) == {m.tag for m in local_models()}
-    assert listed[GEMMA].details.family == "gemma"
+    assert listed[GEMMA].details.family == "gemma3"  # as Ollama reports gemma3:270m
     assert listed[SMOL].details.family == "llama"
     assert all(m.size and m.size > 10_000_000 for m in listed.values())
 

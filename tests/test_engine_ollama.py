@@ -18,6 +18,7 @@ import ollama
 import pytest
 from llama_cpp import Llama
 
+import catalog
 from backend import model_files, prompts
 from backend.engine import FOREVER, parse_env_keep_alive, parse_keep_alive
 from tests.support.procs import Proc, start_engine
@@ -367,3 +368,20 @@ def test_truncation_drops_old_messages_and_keeps_the_system(
     )
     assert 0 < fits < len(rest) - 1  # some, not all, old messages were dropped
     assert reply.prompt_eval_count == _count(gemma_vocab, rendered(rest[fits:]))
+
+
+# --- the catalog's production entries ------------------------------------------------------
+def test_catalog_production_entries_are_what_ollamas_library_serves() -> None:
+    # /api/tags of the library tags as pulled (routes.go ListHandler reports the GGUF's
+    # architecture as family): gemma3:4b digest a2af6cc3eb7f; llama3.2:3b; mistral:7b digest
+    # 6577803aa9a0 (Q4_K_M; the earlier f974a74358d6 was Q4_0). Mistral's GGUF is "llama".
+    served = {
+        "gemma3:4b": ("gemma3", "4.3B", "Q4_K_M"),
+        "llama3.2:3b": ("llama", "3.2B", "Q4_K_M"),
+        "mistral:7b": ("llama", "7.2B", "Q4_K_M"),
+    }
+    ours = {
+        m.tag: (m.reported_family, m.parameter_size, m.quantization)
+        for m in catalog.production_models()
+    }
+    assert ours == served
