@@ -239,11 +239,13 @@ async def stream_with_warmup(
                 if cold:
                     _record_cold_start(tracker, model, first_token_after)
                     yield status("ready")
+                elif _waited_for_a_load(value):  # an empty reply: its end came first
+                    _record_cold_start(tracker, model, first_token_after)
                 yield value
             # Streaming: the pump stopped after the first event; the rest is read right
             # here, with no task hand-over or timer per token.
             async for value in chat:
-                if not cold and isinstance(value, ReplyDone) and value.stats.model_was_loaded:
+                if not cold and _waited_for_a_load(value):
                     # A load the detector did not see (e.g. over before its second look):
                     # the answer's load_duration says so.
                     _record_cold_start(tracker, model, first_token_after)
@@ -276,6 +278,10 @@ async def stream_with_warmup(
             await asyncio.gather(task, detector, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await chat.aclose()  # closes the HTTP stream if the reply was cut short
+
+
+def _waited_for_a_load(event: object) -> bool:
+    return isinstance(event, ReplyDone) and event.stats.model_was_loaded
 
 
 def _record_cold_start(tracker: ColdStartTracker, model: str, took: float) -> None:
