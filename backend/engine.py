@@ -391,6 +391,7 @@ class Engine:
             await model.free.acquire()  # unbounded wait, like Ollama's semaphore
         except BaseException:
             model.active -= 1
+            self.went_idle(model)
             raise
         try:
             slot, extra_load = await self._take_slot(model, spec, num_ctx)
