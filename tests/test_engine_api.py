@@ -30,7 +30,7 @@ def test_root_and_version(engine: str) -> None:
 def test_list_shows_bundled_models(client: ollama.Client) -> None:
     listed = {m.model: m for m in client.list().models}
     assert set(listed) == {m.tag for m in local_models()}
-    assert listed[GEMMA].details.family == "gemma"
+    assert listed[GEMMA].details.family == "gemma3"  # as Ollama reports gemma3:270m
     assert listed[SMOL].details.family == "llama"
     assert all(m.size and m.size > 10_000_000 for m in listed.values())
 
@@ -166,7 +166,8 @@ def test_load_duration_reported_when_loading(client: ollama.Client) -> None:
     cold = client.chat(model=GEMMA, messages=HELLO, options={"num_predict": 2})
     warm = client.chat(model=GEMMA, messages=HELLO, options={"num_predict": 2})
     assert cold.load_duration and cold.load_duration > 1_000_000  # > 1 ms: a real load
-    assert warm.load_duration == 0
+    # Never 0, as in Ollama (tests/test_engine_ollama.py): the scheduling time only.
+    assert warm.load_duration and 0 < warm.load_duration < cold.load_duration
 
 
 def test_unknown_model_is_404(client: ollama.Client) -> None:
@@ -288,25 +289,3 @@ async def test_disconnect_mid_stream_frees_the_slot(engine: str) -> None:
         )
     assert [r.status_code for r in results] == [200] * 10
     assert all(r.json()["eval_count"] == 4 for r in results)
-
-
-async def test_queue_beyond_limit_gets_503() -> None:
-    """One slot and a queue of one: a third concurrent request is refused with 503."""
-    from devtools.testkit.procs import start_engine
-
-    proc, url = start_engine(None, "--num-parallel", "1", "--max-queue", "1", name="engine-q1")
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(120, connect=5)) as c:
-            body = {
-                "model": SMOL,
-                "messages": HELLO,
-                "stream": False,
-                "options": {"num_predict": 200, "temperature": 1},
-            }
-            results = await asyncio.gather(*(c.post("/api/chat", json=body) for _ in range(3)))
-        codes = sorted(r.status_code for r in results)
-        assert codes == [200, 200, 503]
-        busy = next(r for r in results if r.status_code == 503)
-        assert "maximum pending requests exceeded" in busy.json()["error"]
-    finally:
-        proc.stop()

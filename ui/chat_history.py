@@ -17,12 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ui.backend_client import MODEL_LOAD_MIN_S
 from ui.errors import InputRejected
 
 CHARS_PER_TOKEN = 4  # rough average for English text with these tokenizers
 TOKENS_PER_MESSAGE = 4  # role markers and separators of chat templates
 MAX_HISTORY_MESSAGES = 500  # far more than any context holds; bounds the work per request
-LOAD_SHOWN_ABOVE_S = 0.05  # a load_duration below this means "model was already loaded"
+# A load_duration at or below this means "model was already loaded" (see MODEL_LOAD_MIN_S).
+LOAD_SHOWN_ABOVE_S = MODEL_LOAD_MIN_S
 WARNING_SIGN = "⚠"  # U+26A0 without the emoji selector: common text fonts have it
 
 Message = dict[str, Any]

@@ -6,7 +6,7 @@ GPU memory. `stream_with_warmup` wraps one chat request and, until its first tok
 `WarmingStatus` updates every `tick` seconds:
 
     phase "starting"  the backend does not answer its quick probe: an instance is starting
-    phase "loading"   the backend answers but the model is not in /api/ps: it is loading
+    phase "loading"   the backend answers but the model is not ready in memory: it is loading
     phase "busy"      429/503: every instance is busy; retrying with backoff
     phase "unreachable" the connection was refused; retried briefly (connect_retry_window)
     phase "ready"     the first token arrived (the banner goes away)
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import html
 import logging
 import statistics
@@ -43,7 +44,7 @@ from tenacity import (
 )
 
 from catalog import find
-from ui.backend_client import BackendClient, ChatEvent
+from ui.backend_client import BackendClient, ChatEvent, ReplyDone
 from ui.errors import BackendBusy, BackendError, BackendTimeout, BackendUnreachable
 
 log = logging.getLogger(__name__)
@@ -128,21 +129,72 @@ _RETRYABLE = (BackendBusy, BackendUnreachable)
 BACKOFF = wait_exponential(multiplier=1, max=8)
 
 
-async def detect_phase(client: BackendClient, model: str) -> Phase | None:
-    """None when warm (backend answers and the model is loaded), else the cold phase."""
+@dataclass(frozen=True)
+class _PsLook:
+    at: float  # monotonic time of the look
+    expires_at: dt.datetime | None  # the model's /api/ps expires_at, None if not listed
+
+
+class PhaseDetector:
+    """The cold phase of one request that is held without a first token, from evidence that
+    holds for both Ollama lines the backend may run (0.24, the GPU image's pin, and 0.32+):
+
+    - /api/version does not answer within `probe_timeout`: "starting" (Cloud Run holds
+      requests while an instance starts);
+    - it answers, /api/ps does not: "loading" (0.32.4+ holds /api/ps while a model loads);
+    - /api/ps does not list the model: "loading" (it is not in memory);
+    - /api/ps lists it with an expires_at that moves with the clock between two looks:
+      "loading" (0.24 lists a loading model, and both list a just-loaded one, with
+      expires_at = now + keep_alive until a request on it finished; a model that has served
+      a request keeps a fixed expires_at);
+    - /api/ps lists it with a fixed expires_at: warm (None).
+    A listed model seen once is taken as warm until a second look says otherwise.
+    """
+
+    # How far expires_at must follow the clock between two looks to count as "moving".
+    FOLLOWS_CLOCK = 0.5
+
+    def __init__(self, client: BackendClient, model: str) -> None:
+        self.client = client
+        self.model = model
+        self._last: _PsLook | None = None
+
+    async def detect(self) -> Phase | None:
+        client = self.client
+        try:
+            await client.probe(self.model)
+        except BackendBusy:
+            return "busy"
+        except (BackendTimeout, BackendUnreachable):
+            return "starting"
+        try:
+            running = await asyncio.wait_for(
+                client.running_models(), timeout=client.settings.probe_timeout
+            )
+        except TimeoutError:
+            return "loading"  # the instance answered; its /api/ps waits for a load
+        except BackendError:
+            return "starting"
+        entry = next((m for m in running if m.name == self.model), None)
+        if entry is None:
+            self._last = None
+            return "loading"
+        look = _PsLook(time.monotonic(), _parse_time(entry.expires_at))
+        last, self._last = self._last, look
+        if last is None or look.expires_at is None or last.expires_at is None:
+            return None
+        waited = look.at - last.at
+        moved = (look.expires_at - last.expires_at).total_seconds()
+        return "loading" if waited > 0 and moved >= self.FOLLOWS_CLOCK * waited else None
+
+
+def _parse_time(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
     try:
-        await client.probe(model)
-    except BackendBusy:
-        return "busy"
-    except (BackendTimeout, BackendUnreachable):
-        return "starting"
-    try:
-        running = await asyncio.wait_for(
-            client.running_models(), timeout=client.settings.probe_timeout
-        )
-    except (BackendError, TimeoutError):
-        return "starting"
-    return None if any(m.name == model for m in running) else "loading"
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 async def stream_with_warmup(
@@ -242,15 +294,21 @@ async def stream_with_warmup(
             ) from exc
         if first is None:
             return
-        if phase[0] is not None or attempts > 1:  # it was a cold start
-            took = time.monotonic() - t0
-            tracker.record(took)
-            log.info("cold start of %s took %.1f s", model, took)
+        first_token_after = time.monotonic() - t0
+        cold = phase[0] is not None or attempts > 1
+        if cold:
+            _record_cold_start(tracker, model, first_token_after)
             yield status("ready")
+        elif _waited_for_a_load(first):  # an empty reply: its end came first
+            _record_cold_start(tracker, model, first_token_after)
         yield first
         # Streaming: the rest is read right here, with no task hand-over or timer per
         # token. An error from here on is not retried: resending would answer twice.
         async for value in chat:
+            if not cold and _waited_for_a_load(value):
+                # A load the detector did not see (e.g. over before its second look):
+                # the answer's load_duration says so.
+                _record_cold_start(tracker, model, first_token_after)
             yield value
     finally:
         opening.cancel()
@@ -264,21 +322,32 @@ def _failure(state: RetryCallState) -> BaseException | None:
     return state.outcome.exception() if state.outcome is not None else None
 
 
+def _waited_for_a_load(event: object) -> bool:
+    return isinstance(event, ReplyDone) and event.stats.model_was_loaded
+
+
+def _record_cold_start(tracker: ColdStartTracker, model: str, took: float) -> None:
+    tracker.record(took)
+    log.info("cold start of %s took %.1f s", model, took)
+
+
 async def _detect(client: BackendClient, model: str, phase: list[Phase | None]) -> None:
-    """Find the cold phase; while an instance starts, re-probe until it moves on to
-    "loading" (the instance answers, the model is not in memory yet)."""
+    """Find the cold phase, and look again every second until the first token (which
+    cancels this): "starting" moves on to "loading", and a model listed in /api/ps needs
+    two looks to tell loading from warm (PhaseDetector). Once a cold phase was seen, a
+    later "warm" shows as "loading": the model came up and the reply is on its way."""
     # A warm backend usually sends its first token before this; the check is then
     # cancelled before it sends anything (no extra requests, and no connection dropped
     # mid-request). The first banner shows at the first tick anyway.
     await asyncio.sleep(DETECT_AFTER_S)
-    found = await detect_phase(client, model)
-    if phase[0] is None or found is not None:
-        phase[0] = found if found is not None else phase[0]
-    while phase[0] in ("starting", "busy"):
-        await asyncio.sleep(1.0)
-        found = await detect_phase(client, model)
-        if found in ("loading", None):
+    detector = PhaseDetector(client, model)
+    while True:
+        found = await detector.detect()
+        if found is not None:
+            phase[0] = found
+        elif phase[0] in ("starting", "busy"):
             phase[0] = "loading"
+        await asyncio.sleep(1.0)
 
 
 class Prewarmer:
