@@ -33,9 +33,7 @@ from gradio import route_utils
 from pydantic import ValidationError
 
 from catalog import find
-from ui.backend_client import BackendClient
 from ui.chat_history import (
-    HistoryRejected,
     Message,
     ReplyFigures,
     is_note,
@@ -43,23 +41,18 @@ from ui.chat_history import (
     read_stats_note,
     stats_note,
 )
-from ui.chat_page import (
-    DEFAULT_TOP_P,
-    TEMPERATURE_RANGE,
-    TOP_P_RANGE,
-    ChatComponents,
-    ChatPage,
-    InputRejected,
+from ui.context import AppContext
+from ui.deep_links import (
+    MAX_COMPARE_MODELS,
+    PARAM_SHARE,
+    TAB_CHAT,
+    TAB_COMPARE,
+    initial_tab,
+    query_params,
 )
-from ui.compare_page import (
-    COLUMN_SLOTS,
-    CompareComponents,
-    check_model_count,
-    column_head_html,
-    parse_model_list,
-)
-from ui.deep_links import PARAM_SHARE, TAB_CHAT, TAB_COMPARE, initial_tab, query_params
-from ui.model_directory import ModelDirectory, ModelRejected
+from ui.errors import InputRejected
+from ui.render import banner_html as notice
+from ui.render import column_head_html
 from ui.settings import Settings
 from ui.share import (
     ReplyStats,
@@ -73,19 +66,12 @@ from ui.share import (
     fit_to_share_limit,
     share_url,
 )
+from ui.turns import DEFAULT_TOP_P, TEMPERATURE_RANGE, TOP_P_RANGE, check_models, check_parameters
 
 logger = logging.getLogger(__name__)
 
 NOTHING_TO_SHARE = "There is nothing to share yet: send a message first."
-
-CSS = """
-#share-notice:has(.prose:empty), #compare-share-notice:has(.prose:empty),
-#chat-share-notice:has(.prose:empty) { display: none; }
-.shared-summary { padding: 8px 12px; border-radius: 8px; background: var(--color-accent-soft);
-  margin-bottom: 6px; }
-.shared-summary .shared-params { font-size: 0.9em; opacity: 0.85; }
-.shared-summary pre { white-space: pre-wrap; margin: 4px 0; font-size: 0.9em; }
-"""
+COLUMN_SLOTS = MAX_COMPARE_MODELS  # columns the shared view lays out
 
 
 # === conversions between the Chatbot's messages and the share format ====================
@@ -156,10 +142,6 @@ class ShareOutcome:
     notice_html: str
 
 
-def notice(text: str, kind: str = "info") -> str:
-    return f'<div class="chat-banner chat-banner-{kind}" role="status">{html.escape(text)}</div>'
-
-
 class ShareService:
     """Mints share links; holds the signing key (it never leaves the server)."""
 
@@ -200,24 +182,19 @@ class ShareService:
 class ShareHandlers:
     """The Share buttons of the Chat and Compare tabs."""
 
-    def __init__(
-        self, service: ShareService, client: BackendClient, directory: ModelDirectory
-    ) -> None:
-        self.service = service
-        self.directory = directory
-        # The chat's checks, for the same limits and messages (they make no backend call).
-        self.checks = ChatPage(service.settings, client, directory)
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.service = ShareService(ctx.settings, ctx.secret)
 
     def _parameters(
         self, system_prompt: object, temperature: object, top_p: object, max_tokens: object
     ) -> ShareParameters:
-        system = self.checks.check_system_prompt(system_prompt)
-        options, _ = self.checks.check_options(temperature, top_p, max_tokens)
+        params = check_parameters(self.ctx, system_prompt, temperature, top_p, max_tokens)
         return ShareParameters(
-            system_prompt=system or None,
-            temperature=options["temperature"],
-            top_p=options["top_p"],
-            max_tokens=options["num_predict"],
+            system_prompt=params.system_prompt or None,
+            temperature=params.options["temperature"],
+            top_p=params.options["top_p"],
+            max_tokens=params.max_tokens,
         )
 
     def _make(self, build: Any, request: Any) -> tuple[str, str]:
@@ -226,7 +203,7 @@ class ShareHandlers:
             if conv is None:
                 return "", notice(NOTHING_TO_SHARE, "warning")
             outcome = self.service.link(conv, request)
-        except (InputRejected, ModelRejected, HistoryRejected, ShareLinkError) as exc:
+        except InputRejected as exc:  # also a malformed history or a link too long
             return "", notice(exc.user_message, "error")
         except ValidationError as exc:
             first = exc.errors(include_input=False, include_url=False)[0]
@@ -246,8 +223,8 @@ class ShareHandlers:
         request: gr.Request,
     ) -> tuple[str, str]:
         try:
-            name = await self.directory.check(model)
-        except ModelRejected as exc:
+            [name] = await check_models(self.ctx, model, several=False)
+        except InputRejected as exc:
             return "", notice(exc.user_message, "error")
 
         def build() -> SharedConversation | None:
@@ -274,10 +251,8 @@ class ShareHandlers:
         request: gr.Request,
     ) -> tuple[str, str]:
         try:
-            names = parse_model_list(models)
-            check_model_count(names)
-            checked = [await self.directory.check(n) for n in names]
-        except (InputRejected, ModelRejected) as exc:
+            checked = await check_models(self.ctx, models, several=True)
+        except InputRejected as exc:
             return "", notice(exc.user_message, "error")
         histories = [history_1, history_2, history_3][: len(checked)]
 
@@ -317,31 +292,31 @@ def share_controls(prefix: str) -> tuple[gr.Button, gr.Textbox, gr.HTML]:
     return button, link, message
 
 
-def wire_chat_share(handlers: ShareHandlers, chat: ChatComponents) -> None:
+def wire_chat_share(handlers: ShareHandlers, inputs: list[Any]) -> None:
+    """The Chat tab's Share button; `inputs` as /share_chat takes them."""
     button, link, message = share_controls("chat")
     button.click(
         handlers.share_chat,
-        inputs=[chat.chatbot, chat.model, chat.system_prompt, chat.temperature, chat.top_p,
-                chat.max_tokens],
+        inputs=inputs,
         outputs=[link, message],
         api_name="share_chat",
         preprocess=False,
         show_progress="hidden",
-    )  # fmt: skip
+    )
 
 
-def wire_compare_share(handlers: ShareHandlers, compare: CompareComponents) -> None:
-    with compare.share_row:
+def wire_compare_share(handlers: ShareHandlers, inputs: list[Any], row: gr.Row) -> None:
+    """The Compare tab's Share button, put in `row`; `inputs` as /share_compare takes them."""
+    with row:
         button, link, message = share_controls("compare")
     button.click(
         handlers.share_compare,
-        inputs=[compare.models, compare.system_prompt, compare.temperature, compare.max_tokens,
-                *compare.chats],
+        inputs=inputs,
         outputs=[link, message],
         api_name="share_compare",
         preprocess=False,
         show_progress="hidden",
-    )  # fmt: skip
+    )
 
 
 # === the read-only view ==================================================================
@@ -517,11 +492,13 @@ def wire_shared_view(
     demo: gr.Blocks,
     view: SharedView,
     tabs: gr.Tabs,
-    chat: ChatComponents,
-    compare: CompareComponents,
+    chat_outputs: list[Any],
+    compare_outputs: list[Any],
     save_chat: dict[str, Any] | None = None,
 ) -> None:
     """Page load (?share= and tab choice) and "Continue from a copy".
+    `chat_outputs`: chatbot, model, system prompt, temperature, top-p, max tokens;
+    `compare_outputs`: models, system prompt, temperature, max tokens, chat 1..3;
     `save_chat`: the chat's `.then(**save_chat)` that stores its history in the browser."""
     c = view.components
     assert c is not None, "layout_shared_view first"
@@ -537,16 +514,10 @@ def wire_shared_view(
     event = c.continue_button.click(
         view.continue_copy,
         inputs=[c.token],
-        outputs=[
-            c.notice, tabs,
-            chat.chatbot, chat.model, chat.system_prompt, chat.temperature, chat.top_p,
-            chat.max_tokens,
-            compare.models, compare.system_prompt, compare.temperature, compare.max_tokens,
-            *compare.chats,
-        ],
+        outputs=[c.notice, tabs, *chat_outputs, *compare_outputs],
         api_name="continue_copy",
         preprocess=False,
         show_progress="hidden",
-    )  # fmt: skip
+    )
     if save_chat is not None:
         event.then(**save_chat)
