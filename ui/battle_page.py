@@ -44,11 +44,9 @@ from ui.render import banner_html, blind_head_html, column_status_html
 from ui.settings import Settings
 from ui.turns import (
     DEFAULT_COLUMNS_MAX_TOKENS,
-    DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
     EMPTY_MESSAGE_HINT,
     MODEL_LIST_DEADLINE_S,
-    TEMPERATURE_RANGE,
     Column,
     ColumnView,
     PreparedTurn,
@@ -67,6 +65,7 @@ from ui.votes import (
     record_vote,
     vote_logger,
 )
+from ui.widgets import max_tokens_slider, prompt_row, temperature_slider
 
 logger = logging.getLogger(__name__)
 
@@ -303,30 +302,14 @@ def _layout(settings: Settings) -> BattleComponents:
             "both_bad": gr.Button("Both are bad", elem_id="vote-both-bad", min_width=120),
             "b": gr.Button("B is better →", elem_id="vote-b", min_width=120),
         }
-    with gr.Row(equal_height=True, elem_id="battle-composer"):
-        message = gr.Textbox(
-            label="Prompt",
-            show_label=False,
-            placeholder="Ask both models something; press Enter to send",
-            lines=1,
-            max_lines=8,
-            scale=6,
-            elem_id="battle-message",
-            container=False,
-        )
-        send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="battle-send")
-        stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="battle-stop")
+    row, message, send, stop = prompt_row(
+        "battle", "Ask both models something; press Enter to send"
+    )
+    with row:
         new_battle = gr.Button("New battle", scale=1, min_width=110, elem_id="battle-new")
     with gr.Accordion("Parameters", open=False, elem_id="battle-params"), gr.Row():
-        temperature = gr.Slider(
-            *TEMPERATURE_RANGE, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature",
-            elem_id="battle-temperature",
-        )  # fmt: skip
-        max_tokens = gr.Slider(
-            1, settings.max_tokens_limit,
-            value=min(DEFAULT_COLUMNS_MAX_TOKENS, settings.max_tokens_limit), step=1,
-            label="Max tokens", elem_id="battle-max-tokens",
-        )  # fmt: skip
+        temperature = temperature_slider("battle-temperature")
+        max_tokens = max_tokens_slider(settings, DEFAULT_COLUMNS_MAX_TOKENS, "battle-max-tokens")
     # Held by the browser (not gr.State, which lives in server memory).
     token = gr.Textbox("", visible=False, elem_id="battle-token")
     choice = gr.Textbox("", visible=False, elem_id="battle-choice")

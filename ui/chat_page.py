@@ -24,7 +24,7 @@ streaming, timings) is the one-column case of ui/turns.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,14 +39,11 @@ from ui.render import RESTORE_HISTORY_JS, SAVE_HISTORY_JS, banner_html, model_in
 from ui.settings import Settings
 from ui.turns import (
     DEFAULT_MAX_TOKENS,
-    DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
     EMPTY_MESSAGE_HINT,
     MODEL_LIST_DEADLINE_S,
-    TEMPERATURE_RANGE,
     TOP_P_RANGE,
     Column,
-    PreparedTurn,
     check_message,
     check_models,
     check_parameters,
@@ -54,6 +51,7 @@ from ui.turns import (
     stop_turn,
     stream_turn,
 )
+from ui.widgets import max_tokens_slider, temperature_slider
 
 SCOPE = "chat"  # this page's rate-limit count and stop signals (ui/turns.py)
 BROWSER_STORAGE_KEY = "serverless-llm-chat/history"
@@ -73,24 +71,6 @@ class ChatPage:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
 
-    async def _prepare(
-        self,
-        earlier: list[Message],
-        text: str,
-        model: object,
-        system_prompt: object,
-        temperature: object,
-        top_p: object,
-        max_tokens: object,
-        request: gr.Request | None,
-    ) -> PreparedTurn:
-        params = check_parameters(self.ctx, system_prompt, temperature, top_p, max_tokens)
-        names = await check_models(self.ctx, model, several=False)
-        column = Column(names[0], earlier)
-        return prepare(
-            self.ctx, text, params, [column], request=request, scope=SCOPE, retry_hint=True
-        )
-
     async def chat(
         self,
         message: object,
@@ -102,19 +82,11 @@ class ChatPage:
         max_tokens: object,
         request: gr.Request,
     ) -> AsyncIterator[tuple[Any, Any, Any]]:
-        try:
-            earlier = parse_history(history)
-            text = check_message(self.ctx, message)
-            if text is None:
-                yield gr.skip(), gr.skip(), banner_html(EMPTY_MESSAGE_HINT)
-                return
-            turn = await self._prepare(
-                earlier, text, model, system_prompt, temperature, top_p, max_tokens, request
-            )
-        except InputRejected as exc:
-            yield _rejected(exc.user_message)
-            return
-        async for update in self._run(turn, clear_box=True):
+        def start() -> tuple[list[Message], str | None, str]:
+            return parse_history(history), check_message(self.ctx, message), EMPTY_MESSAGE_HINT
+
+        parameters = (model, system_prompt, temperature, top_p, max_tokens)
+        async for update in self._send(start, parameters, request, clear_box=True):
             yield update
 
     async def retry(
@@ -127,18 +99,12 @@ class ChatPage:
         max_tokens: object,
         request: gr.Request,
     ) -> AsyncIterator[tuple[Any, Any, Any]]:
-        try:
+        def start() -> tuple[list[Message], str | None, str]:
             earlier, text = split_last_user_turn(parse_history(history))
-            if text is None:
-                yield gr.skip(), gr.skip(), banner_html("There is no message to retry yet.")
-                return
-            turn = await self._prepare(
-                earlier, text, model, system_prompt, temperature, top_p, max_tokens, request
-            )
-        except InputRejected as exc:
-            yield _rejected(exc.user_message)
-            return
-        async for update in self._run(turn, clear_box=False):
+            return earlier, text, "There is no message to retry yet."
+
+        parameters = (model, system_prompt, temperature, top_p, max_tokens)
+        async for update in self._send(start, parameters, request):
             yield update
 
     async def edit(
@@ -165,19 +131,53 @@ class ChatPage:
             return
         restored = list(display)
         restored[int(index)] = {"role": "user", "content": _edited_text(edit_data.previous_value)}
-        try:
-            text = check_message(self.ctx, _edited_text(edit_data.value))
-            if text is None:
-                yield gr.skip(), restored, banner_html(EMPTY_MESSAGE_HINT)
-                return
-            turn = await self._prepare(
-                earlier, text, model, system_prompt, temperature, top_p, max_tokens, request
+
+        def start() -> tuple[list[Message], str | None, str]:
+            return (
+                earlier,
+                check_message(self.ctx, _edited_text(edit_data.value)),
+                EMPTY_MESSAGE_HINT,
             )
-        except InputRejected as exc:
-            yield gr.skip(), restored, banner_html(exc.user_message, "error")
-            return
-        async for update in self._run(turn, clear_box=False):
+
+        parameters = (model, system_prompt, temperature, top_p, max_tokens)
+        async for update in self._send(start, parameters, request, restore=restored):
             yield update
+
+    async def _send(
+        self,
+        start: Callable[[], tuple[list[Message], str | None, str]],
+        parameters: tuple[object, object, object, object, object],
+        request: gr.Request | None,
+        *,
+        clear_box: bool = False,
+        restore: Any = None,
+    ) -> AsyncIterator[tuple[Any, Any, Any]]:
+        """Check the turn, then stream it. `start` gives (history before the message, the
+        message or None when there is none to send, what to say then). A rejected turn
+        leaves the box alone and shows `restore` (None: leaves the chat alone)."""
+        history = gr.skip() if restore is None else restore
+        model, system_prompt, temperature, top_p, max_tokens = parameters
+        try:
+            earlier, text, hint = start()
+            if text is None:
+                yield gr.skip(), history, banner_html(hint)
+                return
+            params = check_parameters(self.ctx, system_prompt, temperature, top_p, max_tokens)
+            names = await check_models(self.ctx, model, several=False)
+            turn = prepare(
+                self.ctx, text, params, [Column(names[0], earlier)],
+                request=request, scope=SCOPE, retry_hint=True,
+            )  # fmt: skip
+        except InputRejected as exc:
+            yield gr.skip(), history, banner_html(exc.user_message, "error")
+            return
+        for notice in turn.columns[0].notices:
+            gr.Warning(notice)
+        # The first view shows the user's message at once, before the first token; the
+        # banner shows the warming state until the first token.
+        box = "" if clear_box else gr.skip()
+        async for views in stream_turn(self.ctx, turn):
+            yield box, views[0].history, views[0].warming
 
     async def undo(self, history: object) -> tuple[Any, Any]:
         """Remove the last message and its reply; give the message back for editing."""
@@ -193,17 +193,6 @@ class ChatPage:
         wiring can fall back to cancelling a request that is still waiting in the queue."""
         if not stop_turn(self.ctx, request, SCOPE):
             raise gr.Error("No reply is being generated.", visible=False, print_exception=False)
-
-    async def _run(
-        self, turn: PreparedTurn, *, clear_box: bool
-    ) -> AsyncIterator[tuple[Any, Any, Any]]:
-        for notice in turn.columns[0].notices:
-            gr.Warning(notice)
-        # The first view shows the user's message at once, before the first token; the
-        # banner shows the warming state until the first token.
-        box = "" if clear_box else gr.skip()
-        async for views in stream_turn(self.ctx, turn):
-            yield box, views[0].history, views[0].warming
 
     async def prewarm(self, model: object) -> None:
         """Wake the backend and load `model` in the background (page load, model change).
@@ -356,24 +345,11 @@ def _layout(settings: Settings) -> ChatComponents:
                 elem_id="system-prompt",
             )
             with gr.Accordion("Parameters", open=True):
-                temperature = gr.Slider(
-                    *TEMPERATURE_RANGE,
-                    value=DEFAULT_TEMPERATURE,
-                    step=0.05,
-                    label="Temperature",
-                    elem_id="temperature",
-                )
+                temperature = temperature_slider("temperature")
                 top_p = gr.Slider(
                     *TOP_P_RANGE, value=DEFAULT_TOP_P, step=0.01, label="Top-p", elem_id="top-p"
                 )
-                max_tokens = gr.Slider(
-                    1,
-                    settings.max_tokens_limit,
-                    value=min(DEFAULT_MAX_TOKENS, settings.max_tokens_limit),
-                    step=1,
-                    label="Max tokens",
-                    elem_id="max-tokens",
-                )
+                max_tokens = max_tokens_slider(settings, DEFAULT_MAX_TOKENS, "max-tokens")
     store = gr.BrowserState(
         [], storage_key=BROWSER_STORAGE_KEY, secret=BROWSER_STORAGE_KEY_MATERIAL
     )

@@ -43,11 +43,9 @@ from ui.render import banner_html, column_head_html, column_status_html
 from ui.settings import Settings
 from ui.turns import (
     DEFAULT_COLUMNS_MAX_TOKENS,
-    DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
     EMPTY_MESSAGE_HINT,
     MODEL_LIST_DEADLINE_S,
-    TEMPERATURE_RANGE,
     Column,
     ColumnView,
     check_message,
@@ -59,6 +57,7 @@ from ui.turns import (
     stop_turn,
     stream_turn,
 )
+from ui.widgets import max_tokens_slider, prompt_row, temperature_slider
 
 SCOPE = "compare"  # this page's stop signals (ui/turns.py)
 RATE_SCOPE = "columns"  # Compare and Battle count against one per-client limit
@@ -270,19 +269,10 @@ def _layout(settings: Settings) -> CompareComponents:
                 # Under the answer: first token, speed, tokens, load time (or warming).
                 statuses.append(gr.HTML("", elem_id=f"compare-status-{slot}", padding=False))
             columns.append(column)
-    with gr.Row(equal_height=True, elem_id="compare-composer"):
-        message = gr.Textbox(
-            label="Prompt",
-            show_label=False,
-            placeholder="One prompt for every model; press Enter to send",
-            lines=1,
-            max_lines=8,
-            scale=6,
-            elem_id="compare-message",
-            container=False,
-        )
-        send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="compare-send")
-        stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="compare-stop")
+    row, message, send, stop = prompt_row(
+        "compare", "One prompt for every model; press Enter to send"
+    )
+    with row:
         clear = gr.Button("Clear", scale=1, min_width=80, elem_id="compare-clear")
     with gr.Accordion("Parameters (apply to every model)", open=False, elem_id="compare-params"):
         system_prompt = gr.Textbox(
@@ -293,20 +283,9 @@ def _layout(settings: Settings) -> CompareComponents:
             elem_id="compare-system-prompt",
         )
         with gr.Row():
-            temperature = gr.Slider(
-                *TEMPERATURE_RANGE,
-                value=DEFAULT_TEMPERATURE,
-                step=0.05,
-                label="Temperature",
-                elem_id="compare-temperature",
-            )
-            max_tokens = gr.Slider(
-                1,
-                settings.max_tokens_limit,
-                value=min(DEFAULT_COLUMNS_MAX_TOKENS, settings.max_tokens_limit),
-                step=1,
-                label="Max tokens",
-                elem_id="compare-max-tokens",
+            temperature = temperature_slider("compare-temperature")
+            max_tokens = max_tokens_slider(
+                settings, DEFAULT_COLUMNS_MAX_TOKENS, "compare-max-tokens"
             )
     with gr.Row(equal_height=True, elem_id="compare-share-row") as share_row:
         pass
