@@ -125,7 +125,7 @@ class ComparePage:
             box = gr.skip()
 
     async def stop(self, request: gr.Request) -> None:
-        """Stop every column of this page's running comparison (see ChatPage.stop)."""
+        """Stop every column of this page's running comparison (as the chat's Stop does)."""
         if not stop_turn(self.ctx, request, SCOPE):
             raise gr.Error("No comparison is running.", visible=False, print_exception=False)
 

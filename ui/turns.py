@@ -444,8 +444,8 @@ class ReplyProgress:
     def log(self) -> None:
         model = self.request.model
         if self.error is not None:
-            logger.warning("Reply from %s failed after %d chars: %s", model, len(self.text),
-                           self.error)  # fmt: skip
+            chars = len(self.text)
+            logger.warning("Reply from %s failed after %d chars: %s", model, chars, self.error)
             return
         logger.info(
             "Reply from %s %s: %s tokens, first token %s s, total %.2f s",
@@ -548,15 +548,17 @@ async def stream_turn(
     reply is kept). The Stop button (`stop_turn`) ends every column; closing this iterator
     does too. Either closes the backend requests, so the models stop generating."""
     stop = ctx.stops.register(turn.stop_key) if turn.stop_key else None
-    started = clock()
     replies = [
-        ReplyProgress(column, started=started, retry_hint=turn.retry_hint, clock=clock)
+        ReplyProgress(column, started=clock(), retry_hint=turn.retry_hint, clock=clock)
         for column in turn.columns
     ]
     # Every update carries every column's history (ui/stream_pacing.py).
     interval = interval_for_history(sum(len(c.display) for c in turn.columns))
     try:
         yield [reply.view() for reply in replies]
+        started = clock()  # the requests go out now: first token and total count from here
+        for reply in replies:
+            reply.started = started
         async with aclosing(_merged(ctx, turn, stop, interval)) as merged:
             async for batch in merged:
                 changed = False
