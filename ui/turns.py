@@ -4,18 +4,23 @@ Every page that asks models something (Chat, Compare, Battle) and the share butt
 through this module; it imports no Gradio, so it is tested against the real engine
 without a browser (tests/test_turns.py). The steps:
 
-    text = check_message(ctx, message)                  # None: empty, nothing to send
+    text = check_message(ctx, message)              # None: empty, nothing to send
+    names = await check_models(ctx, models, several=True)   # Chat: several=False
     params = check_parameters(ctx, system, temperature, top_p, max_tokens)
-    names = await check_models(ctx, models)             # one or several, InputRejected
-    turn = prepare(ctx, text, params, columns, ...)     # rate limit, fit to the context
-    async for views in stream_turn(ctx, turn):          # every column at once
-        ...                                             # map each ColumnView to widgets
+    histories = parse_histories(raw_histories)      # one per column
+    columns = [Column(name, history) for name, history in zip(names, histories)]
+    turn = prepare(ctx, text, params, columns, request=request, scope="compare")
+    async for views in stream_turn(ctx, turn):      # every column at once
+        ...                                         # map each ColumnView to widgets
+    stop_turn(ctx, request, "compare")              # the Stop button (another request)
 
 A chat is the one-column case of a comparison: `stream_turn` runs N columns concurrently
 (one reply each, merged, paced), `ReplyProgress` accumulates one reply and its timings
 (time to first token, tokens/s, total, model load) and makes the note shown under it.
 Every check raises `ui.errors.InputRejected` (or a subclass) with a message for the user;
-nothing reaches a backend before all checks passed.
+nothing reaches a backend before all checks passed, and `prepare` counts the request
+against the rate limit only then. `scope` is the page: its Stop button stops only its own
+turn, and its requests count against its own limit (Compare and Battle share one).
 """
 
 from __future__ import annotations
