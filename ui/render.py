@@ -12,6 +12,7 @@ import html
 from catalog import find
 from ui.chat_history import LOAD_SHOWN_ABOVE_S, ReplyFigures
 from ui.model_labels import label_for
+from ui.share import SharedConversation
 from ui.turns import ColumnView
 
 # Run in the browser: copy the chat into the BrowserState and back (no server round trip).
@@ -139,3 +140,33 @@ def model_info_markdown(tag: str | None) -> str:
     if spec is None:
         return f"`{tag}`"
     return f"**{spec.display_name}** · {spec.quantization}  \n{spec.description}"
+
+
+def summary_html(conv: SharedConversation) -> str:
+    names = [column.label for column in conv.columns]
+    what = (
+        f"Shared chat with {names[0]}"
+        if conv.kind == "chat"
+        else f"Shared comparison of {', '.join(names)}"
+    )
+    created = conv.created_at.strftime("%Y-%m-%d %H:%M UTC")
+    p = conv.parameters
+    params = []
+    if p.temperature is not None:
+        params.append(f"temperature {p.temperature:g}")
+    if p.top_p is not None:
+        params.append(f"top-p {p.top_p:g}")
+    if p.max_tokens is not None:
+        params.append(f"max tokens {p.max_tokens}")
+    system = (
+        f"<div>System prompt:</div><pre>{html.escape(p.system_prompt)}</pre>"
+        if p.system_prompt
+        else "<div class='shared-params'>No system prompt.</div>"
+    )
+    return (
+        '<div class="shared-summary">'
+        f"<div><strong>{html.escape(what)}</strong> · created {html.escape(created)} · "
+        "read-only</div>"
+        f'<div class="shared-params">{html.escape(" · ".join(params) or "default parameters")}'
+        f"</div>{system}</div>"
+    )
