@@ -42,10 +42,11 @@ from ui.chat_history import (
     stats_note,
     stopped_note,
 )
-from ui.chat_page import InputRejected, check_number
+from ui.errors import InputRejected
 from ui.model_labels import label_for
 from ui.rate_limit import RateLimiter
 from ui.stop_signals import until_stopped
+from ui.turns import check_number
 
 MODEL = "smollm2:135m"
 MAX_CHARS = 300

@@ -100,6 +100,11 @@ def is_note(message: Message) -> bool:
     return isinstance(metadata, dict) and bool(metadata.get("title"))
 
 
+def has_reply(history: Sequence[Message]) -> bool:
+    """Whether a history holds a reply with text (notes do not count)."""
+    return any(m["role"] == "assistant" and not is_note(m) and m["content"] for m in history)
+
+
 # === what the model sees =================================================================
 def conversation(history: Sequence[Message]) -> list[Message]:
     """The model-facing turns of a display history (notes and empty replies left out)."""
@@ -226,11 +231,15 @@ def stopped_note(figures: ReplyFigures) -> Message:
     }
 
 
-def error_note(user_message: str, *, partial: bool, notices: Sequence[str] = ()) -> Message:
+def error_note(
+    user_message: str, *, partial: bool, notices: Sequence[str] = (), retry_hint: bool = True
+) -> Message:
+    """The note under a reply that failed. `retry_hint`: the page has a retry button."""
     lines = []
     if partial:
         lines.append("The reply above is incomplete.")
-    lines.append("Your message is kept: press ↻ (retry) to send it again.")
+    if retry_hint:
+        lines.append("Your message is kept: press ↻ (retry) to send it again.")
     lines += [f"{WARNING_SIGN} {notice}" for notice in notices]
     return {
         "role": "assistant",

@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 
 from catalog import CATALOG
+from ui.context import AppContext
 from ui.settings import Settings
 from ui.votes import format_leaderboard_markdown, leaderboard, read_vote_log
 
@@ -52,14 +53,14 @@ def leaderboard_markdown(settings: Settings) -> str:
     return "\n".join(lines)
 
 
-def build_leaderboard_page(demo: gr.Blocks, settings: Settings, tab: gr.Tab | None = None) -> Any:
+def build_leaderboard_page(demo: gr.Blocks, ctx: AppContext, tab: gr.Tab | None = None) -> Any:
     """The table and a Refresh button. The file is read when the tab is opened (`tab`),
     not on every page load; without a tab, on page load."""
     table = gr.Markdown("", elem_id="leaderboard")
     refresh = gr.Button("Refresh", elem_id="leaderboard-refresh", size="sm")
 
     def show() -> str:
-        return leaderboard_markdown(settings)
+        return leaderboard_markdown(ctx.settings)
 
     refresh.click(show, outputs=[table], api_name="leaderboard", show_progress="hidden")
     quiet: dict[str, Any] = {"api_visibility": "undocumented", "show_progress": "hidden"}

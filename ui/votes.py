@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -90,6 +91,33 @@ class JsonLogFormatter(logging.Formatter):
         if isinstance(fields, Mapping):
             payload.update(fields)
         return _json_line(payload)
+
+
+VOTE_LOGGER_NAME = "ui.battle.votes"
+
+
+class _StdoutJsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """JSON lines on the current sys.stdout (looked up per record, so a replaced stdout,
+    e.g. under a test runner, is followed)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+        self.setFormatter(JsonLogFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
+def vote_logger() -> logging.Logger:
+    """The logger votes go to: one JSON object per line on stdout (Cloud Logging reads
+    `severity`, `message` and `timestamp` from it). Set up once per process."""
+    log = logging.getLogger(VOTE_LOGGER_NAME)
+    if not any(isinstance(h, _StdoutJsonHandler) for h in log.handlers):
+        log.addHandler(_StdoutJsonHandler())
+        log.setLevel(logging.INFO)
+        log.propagate = False  # not a second, plain-text copy through the root logger
+    return log
 
 
 # === battles =============================================================================
