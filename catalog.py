@@ -30,7 +30,10 @@ FAMILY_LABELS: dict[str, str] = {
 class ModelSpec:
     tag: str  # Ollama model name, e.g. "gemma3:4b"
     display_name: str
-    family: Family
+    family: Family  # our grouping (routing, labels)
+    # The family Ollama's /api/tags reports: the GGUF's general.architecture, so "llama" for
+    # Mistral 7B and SmolLM2, "gemma3" for Gemma 3 (routes.go ListHandler, ModelFamily).
+    reported_family: str
     parameter_size: str  # as Ollama reports it, e.g. "270M"
     quantization: str  # e.g. "Q4_K_M"
     chat_tuned: bool  # False for base models: they continue text, they do not follow turns
@@ -50,6 +53,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         tag="gemma3:270m",
         display_name="Gemma 3 270M (base)",
         family="gemma",
+        reported_family="gemma3",
         parameter_size="270M",
         quantization="Q4_K_M",
         chat_tuned=False,
@@ -64,6 +68,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         tag="smollm2:135m",
         display_name="SmolLM2 135M Instruct",
         family="llama",
+        reported_family="llama",
         parameter_size="135M",
         quantization="Q4_1",
         chat_tuned=True,
@@ -72,10 +77,14 @@ CATALOG: tuple[ModelSpec, ...] = (
         description="SmolLM2-135M-Instruct, a tiny Llama-architecture chat model.",
     ),
     # --- production, baked into Dockerfile.llm (fit together on one 24 GB L4) -------------
+    # Sizes, quantizations and families as Ollama's library serves the tags (/api/tags of
+    # pulled copies): gemma3:4b (digest a2af6cc3eb7f) 4.3B Q4_K_M "gemma3", llama3.2:3b 3.2B
+    # Q4_K_M "llama", mistral:7b below.
     ModelSpec(
         tag="gemma3:4b",
         display_name="Gemma 3 4B",
         family="gemma",
+        reported_family="gemma3",
         parameter_size="4.3B",
         quantization="Q4_K_M",
         chat_tuned=True,
@@ -86,6 +95,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         tag="llama3.2:3b",
         display_name="Llama 3.2 3B",
         family="llama",
+        reported_family="llama",
         parameter_size="3.2B",
         quantization="Q4_K_M",
         chat_tuned=True,
@@ -96,6 +106,10 @@ CATALOG: tuple[ModelSpec, ...] = (
         tag="mistral:7b",
         display_name="Mistral 7B",
         family="mistral",
+        # Ollama reports Mistral's GGUF architecture, "llama". The library's mistral:7b is
+        # Q4_K_M since its re-publication as digest 6577803aa9a0 (4372824384 bytes; the older
+        # f974a74358d6, 4113301824 bytes, was Q4_0), as /api/tags listings of both show.
+        reported_family="llama",
         parameter_size="7.2B",
         quantization="Q4_K_M",
         chat_tuned=True,

@@ -11,7 +11,7 @@ import os
 
 import uvicorn
 
-from backend.engine import DEFAULT_KEEP_ALIVE, Engine, parse_keep_alive
+from backend.engine import DEFAULT_NUM_CTX, Engine, parse_env_keep_alive
 from backend.server import build_app
 
 
@@ -54,23 +54,39 @@ def main(argv: list[str] | None = None) -> None:
         "--max-queue",
         type=int,
         default=_env_int("OLLAMA_MAX_QUEUE", 512),
-        help="requests that may wait before 503 (env OLLAMA_MAX_QUEUE)",
+        help="requests that may wait for a model to load before 503 (env OLLAMA_MAX_QUEUE)",
     )
     parser.add_argument(
         "--keep-alive",
-        default=os.environ.get("OLLAMA_KEEP_ALIVE", str(int(DEFAULT_KEEP_ALIVE))),
-        help="how long an idle model stays loaded, e.g. 5m, 30s, -1 (env OLLAMA_KEEP_ALIVE)",
+        default=os.environ.get("OLLAMA_KEEP_ALIVE", "5m"),
+        help="how long an idle model stays loaded: a duration (5m, 30s) or seconds; "
+        "negative = forever (env OLLAMA_KEEP_ALIVE)",
+    )
+    parser.add_argument(
+        "--context-length",
+        type=int,
+        default=_env_int("OLLAMA_CONTEXT_LENGTH", DEFAULT_NUM_CTX),
+        help="context of each request unless it sets num_ctx (env OLLAMA_CONTEXT_LENGTH)",
+    )
+    parser.add_argument(
+        "--ps-while-loading",
+        choices=("list", "wait"),
+        default=os.environ.get("ENGINE_PS_WHILE_LOADING", "list"),
+        help="/api/ps while a model loads: list it, as the pinned Ollama 0.24 does, or wait "
+        "until it is loaded, as Ollama 0.32.4+ does (env ENGINE_PS_WHILE_LOADING)",
     )
     args = parser.parse_args(argv)
     try:
-        keep_alive = parse_keep_alive(args.keep_alive)
+        keep_alive = parse_env_keep_alive(args.keep_alive)
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     engine = Engine(
         num_parallel=args.num_parallel,
         max_queue=args.max_queue,
-        default_keep_alive=DEFAULT_KEEP_ALIVE if keep_alive is None else keep_alive,
+        default_keep_alive=keep_alive,
+        default_num_ctx=args.context_length,
+        ps_while_loading=args.ps_while_loading,
     )
     logging.getLogger("backend").info(
         "local engine on http://%s:%d (models: %s)",

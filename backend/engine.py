@@ -1,12 +1,18 @@
 """The local CPU engine: loads bundled models with llama-cpp-python and generates text.
 
-Concurrency model (like Ollama's OLLAMA_NUM_PARALLEL / OLLAMA_MAX_QUEUE):
+It follows the pinned Ollama release (0.24.0, see /Dockerfile.llm) where the UI can see the
+difference; each such behaviour has a test in tests/test_engine_ollama.py citing the Ollama source.
+
+Concurrency model (Ollama's OLLAMA_NUM_PARALLEL / OLLAMA_MAX_QUEUE):
 - each loaded model has up to `num_parallel` llama.cpp contexts ("slots"); one request
   uses one slot, so parallel requests never share state and never mix outputs;
-- requests beyond the free slots wait; beyond `max_queue` waiting requests, `QueueFull`;
+- requests beyond the free slots wait as long as it takes (Ollama's per-model semaphore);
+- `max_queue` bounds only the requests waiting for a model that is not loaded yet (Ollama's
+  pending-scheduler channel); beyond it, `QueueFull` (503);
 - generation runs in a worker thread (llama.cpp releases the GIL) and hands tokens to the
   event loop; setting the request's cancel event stops it at the next token.
-Models unload after their keep-alive (default 5 minutes) once no request uses them.
+Models unload after their keep-alive (default 5 minutes) once no request uses them; a request's
+keep_alive sticks to the loaded model, an omitted one leaves it as it is.
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ import codecs
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import llama_cpp
 from llama_cpp import Llama
@@ -32,8 +39,13 @@ from catalog import ModelSpec
 
 log = logging.getLogger("backend.engine")
 
-DEFAULT_NUM_CTX = 2048
+# Ollama's default context when OLLAMA_CONTEXT_LENGTH is unset and there is under 23 GiB of VRAM
+# (server/routes.go Serve, "vram-based default context", v0.24.0); the GPU image sets 4096 too.
+DEFAULT_NUM_CTX = 4096
 DEFAULT_KEEP_ALIVE = 300.0  # seconds, Ollama's default of 5 minutes
+# "Forever": Ollama turns a negative keep-alive into time.Duration(math.MaxInt64) (api/types.go
+# Duration.UnmarshalJSON, envconfig KeepAlive; v0.24.0), so it expires ~292 years from now.
+FOREVER = 9_223_372_036.854775807  # seconds
 PREFILL_CHUNK = 64  # prompt tokens per llama.cpp call; the thread count is re-picked between
 
 
@@ -54,6 +66,25 @@ class ModelNotFound(EngineError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"model '{name}' not found")
+
+
+class InputTooLong(EngineError):
+    status_code = 400
+
+    def __init__(self) -> None:
+        # runner/ollamarunner/runner.go errorInputTooLong (v0.24.0), sent with truncate=false.
+        super().__init__("the input length exceeds the context length")
+
+
+class RunnerStopped(EngineError):
+    """Generation failed inside llama.cpp (Ollama's runner process died or failed)."""
+
+    def __init__(self, detail: str) -> None:
+        # Ollama's words when its runner fails (llm/server.go Completion, v0.24.0).
+        super().__init__(
+            "model runner has unexpectedly stopped, this may be due to resource limitations "
+            f"or an internal error, check ollama server logs for details: {detail}"
+        )
 
 
 class QueueFull(EngineError):
@@ -77,6 +108,7 @@ class Options:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     num_ctx: int = DEFAULT_NUM_CTX
+    truncate: bool = True  # request field, not an option: False makes a too-long prompt a 400
 
 
 @dataclass
@@ -105,68 +137,112 @@ class _LoadedModel:
         self.free = asyncio.Semaphore(num_parallel)
         self.create_lock = asyncio.Lock()
         self.active = 0
-        self.keep_alive: float = DEFAULT_KEEP_ALIVE  # seconds; negative = forever
-        self.expires_at: float | None = None  # wall clock
+        self.keep_alive: float = DEFAULT_KEEP_ALIVE  # seconds; FOREVER, or 0 = unload when idle
+        # Wall clock; None until a request has finished on the model (Ollama sets expiresAt
+        # only when the runner goes idle, sched.go processCompleted).
+        self.expires_at: float | None = None
         self.size = model_files.gguf_path(spec.tag).stat().st_size
 
 
-def parse_keep_alive(value: Any) -> float | None:
-    """Ollama keep_alive: seconds as a number, or a Go duration ("5m", "1h30m", "-1").
+@dataclass
+class Loading:
+    """A model being loaded (what /api/ps may show of it)."""
 
-    Returns seconds (negative = forever) or None when absent. Raises ValueError.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError("keep_alive must be a duration like '5m' or a number of seconds")
-    if isinstance(value, int | float):
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError("keep_alive must be a duration like '5m' or a number of seconds")
-    text = value.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-    sign = -1.0 if text.startswith("-") else 1.0
-    rest = text.lstrip("+-")
-    total, number = 0.0, ""
-    i = 0
-    while i < len(rest):
-        ch = rest[i]
-        if ch.isdigit() or ch == ".":
-            number += ch
-            i += 1
-            continue
-        unit = next(
-            (u for u in ("ns", "us", "µs", "ms", "h", "m", "s") if rest.startswith(u, i)), None
-        )
-        if unit is None or not number:
-            raise ValueError(f"keep_alive {value!r} is not a duration like '5m' or '30s'")
-        total += float(number) * units[unit]
-        number = ""
-        i += len(unit)
-    if number or not rest:
-        raise ValueError(f"keep_alive {value!r} is not a duration like '5m' or '30s'")
+    spec: ModelSpec
+    keep_alive: float
+    num_ctx: int
+    size: int
+
+
+_GO_DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3}
+_GO_UNITS.update({"s": 1.0, "m": 60.0, "h": 3600.0})
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds of a Go duration string, as Go's time.ParseDuration reads it ("5m", "1h30m",
+    "-1m", "0"); a number without a unit other than 0 is an error, as in Go."""
+    rest = text
+    sign = 1.0
+    if rest[:1] in ("-", "+"):
+        sign = -1.0 if rest[0] == "-" else 1.0
+        rest = rest[1:]
+    if rest == "0":
+        return 0.0
+    if not rest:
+        raise ValueError(f'time: invalid duration "{text}"')
+    total, pos = 0.0, 0
+    while pos < len(rest):
+        match = _GO_DURATION.match(rest, pos)
+        if match is None or match.group(1) in ("", "."):
+            if re.fullmatch(r"[0-9.]+", rest[pos:]):
+                raise ValueError(f'time: missing unit in duration "{text}"')
+            raise ValueError(f'time: invalid duration "{text}"')
+        total += float(match.group(1)) * _GO_UNITS[match.group(2)]
+        pos = match.end()
     return sign * total
 
 
+def parse_keep_alive(value: Any) -> float | None:
+    """A request's keep_alive as Ollama reads it (api/types.go Duration.UnmarshalJSON,
+    v0.24.0): a JSON number is seconds, a string a Go duration ("5m"; "-1" without a unit is
+    an error); negative means forever. Returns seconds (FOREVER for forever), None when
+    absent. Raises ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"keep_alive: Unsupported type: '{type(value).__name__}'")
+    seconds = float(value) if not isinstance(value, str) else parse_go_duration(value)
+    return FOREVER if seconds < 0 else seconds
+
+
+def parse_env_keep_alive(text: str) -> float:
+    """OLLAMA_KEEP_ALIVE as Ollama reads it (envconfig KeepAlive, v0.24.0): a Go duration, or
+    else a whole number of seconds ("-1" = forever). Raises ValueError for anything else
+    (Ollama silently falls back to 5 minutes; a typo here should not go unnoticed)."""
+    text = text.strip()
+    try:
+        seconds = parse_go_duration(text)
+    except ValueError:
+        if not re.fullmatch(r"[-+]?[0-9]+", text):
+            raise ValueError(
+                f"keep-alive {text!r} is neither a duration like '5m' nor whole seconds"
+            ) from None
+        seconds = float(int(text))
+    return FOREVER if seconds < 0 else seconds
+
+
+PsWhileLoading = Literal["list", "wait"]
+
+
 class Engine:
+    """`ps_while_loading` is what /api/ps does while a model loads: "list" it, as the pinned
+    Ollama 0.24.0 does (server/sched.go load() puts the runner into s.loaded before
+    WaitUntilRunning; routes.go PsHandler lists s.sched.loaded), or "wait" until the load is
+    done, as Ollama 0.32.4+ does (sched.go loadedModels() takes each runner's refMu, which a
+    loading runner holds until it runs)."""
+
     def __init__(
         self,
         *,
         num_parallel: int = 4,
         max_queue: int = 512,
         default_keep_alive: float = DEFAULT_KEEP_ALIVE,
+        default_num_ctx: int = DEFAULT_NUM_CTX,
         n_threads: int | None = None,
+        ps_while_loading: PsWhileLoading = "list",
     ) -> None:
         self.num_parallel = max(1, num_parallel)
         self.max_queue = max_queue
         self.default_keep_alive = default_keep_alive
+        self.default_num_ctx = default_num_ctx
         self.n_threads = n_threads or usable_cores()
+        self.ps_while_loading = ps_while_loading
         self.loaded: dict[str, _LoadedModel] = {}
-        self._waiting = 0
+        self.loading: dict[str, Loading] = {}
+        self._loads_done = asyncio.Event()
+        self._loads_done.set()
+        self._pending = 0  # requests waiting for a model that is not loaded yet
         self._generating = 0
         self._load_locks: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -208,21 +284,60 @@ class Engine:
             for slot in model.slots:
                 slot.llama.close()
 
-    async def ensure_loaded(self, spec: ModelSpec) -> tuple[_LoadedModel, int]:
-        """Load the model if needed; returns it and the load time in nanoseconds."""
+    async def ensure_loaded(self, spec: ModelSpec, keep_alive: float | None = None) -> _LoadedModel:
+        """Load the model if needed and apply the request's keep_alive to it.
+
+        Ollama (sched.go, v0.24.0): a new runner gets the request's keep_alive or else
+        OLLAMA_KEEP_ALIVE (load()); a loaded one takes the request's keep_alive when it has
+        one and keeps its own otherwise (useLoadedRunner). Requests for a model that is not
+        loaded wait in a queue of at most `max_queue` (GetRunner's pendingReqCh), else 503.
+        """
+        model = self.loaded.get(spec.tag)
+        if model is None:
+            model = await self._load(spec, keep_alive)
+        if keep_alive is not None:
+            model.keep_alive = keep_alive
+        return model
+
+    async def _load(self, spec: ModelSpec, keep_alive: float | None) -> _LoadedModel:
         lock = self._load_locks.setdefault(spec.tag, asyncio.Lock())
-        async with lock:
-            model = self.loaded.get(spec.tag)
-            if model is not None:
-                return model, 0
-            t0 = time.perf_counter_ns()
+        queued = lock.locked()  # another request is loading it: this one waits in the queue
+        if queued:
+            if self._pending >= self.max_queue:
+                raise QueueFull()
+            self._pending += 1
+        try:
+            async with lock:
+                return await self._load_locked(spec, keep_alive)
+        finally:
+            if queued:
+                self._pending -= 1
+
+    async def _load_locked(self, spec: ModelSpec, keep_alive: float | None) -> _LoadedModel:
+        model = self.loaded.get(spec.tag)
+        if model is not None:
+            return model
+        t0 = time.perf_counter_ns()
+        ka = self.default_keep_alive if keep_alive is None else keep_alive
+        size = model_files.gguf_path(spec.tag).stat().st_size
+        self.loading[spec.tag] = Loading(spec, ka, self.default_num_ctx, size)
+        self._loads_done.clear()
+        try:
             model = await asyncio.to_thread(_LoadedModel, spec, self.num_parallel, self.n_threads)
-            slot = await asyncio.to_thread(self._new_slot, spec, DEFAULT_NUM_CTX)
-            model.slots.append(slot)
-            model.keep_alive = self.default_keep_alive
-            self.loaded[spec.tag] = model
-            log.info("loaded %s in %.2fs", spec.tag, (time.perf_counter_ns() - t0) / 1e9)
-            return model, time.perf_counter_ns() - t0
+            slot = await asyncio.to_thread(self._new_slot, spec, self.default_num_ctx)
+        finally:
+            del self.loading[spec.tag]
+            if not self.loading:
+                self._loads_done.set()
+        model.slots.append(slot)
+        model.keep_alive = ka
+        self.loaded[spec.tag] = model
+        log.info("loaded %s in %.2fs", spec.tag, (time.perf_counter_ns() - t0) / 1e9)
+        return model
+
+    async def loads_finished(self) -> None:
+        """Return once no model is loading (what /api/ps waits for in "wait" mode)."""
+        await self._loads_done.wait()
 
     def _new_slot(self, spec: ModelSpec, n_ctx: int) -> _Slot:
         # One thread while building: several contexts may be built at once, beside running
@@ -237,10 +352,15 @@ class Engine:
         )
         return _Slot(llama=llama, n_ctx=n_ctx)
 
-    def set_keep_alive(self, model: _LoadedModel, keep_alive: float | None) -> None:
-        ka = self.default_keep_alive if keep_alive is None else keep_alive
-        model.keep_alive = ka
-        model.expires_at = None if ka < 0 else time.time() + ka
+    def went_idle(self, model: _LoadedModel) -> None:
+        """A request on the model finished (sched.go processCompleted, v0.24.0): once none
+        is left, a zero keep_alive unloads it, any other sets its expiry from now."""
+        if model.active > 0:
+            return
+        if model.keep_alive == 0:
+            self._unload(model.spec.tag)
+        else:
+            model.expires_at = time.time() + model.keep_alive
 
     async def unload(self, name: str) -> None:
         spec = self.resolve(name)
@@ -252,32 +372,33 @@ class Engine:
                 self._unload(spec.tag)
 
     # --- slots ---------------------------------------------------------------------------
-    async def acquire(self, spec: ModelSpec, num_ctx: int) -> tuple[_LoadedModel, _Slot, int]:
-        """Wait for a free slot of the model (loading it if needed).
+    async def acquire(
+        self, spec: ModelSpec, num_ctx: int, keep_alive: float | None, started_ns: int
+    ) -> tuple[_LoadedModel, _Slot, int]:
+        """Wait for the model (loading it if needed) and then for a free slot of it.
 
-        Raises QueueFull when too many requests are already waiting.
+        Returns the model, the slot, and the load duration in nanoseconds: as Ollama's
+        load_duration (server/routes.go ChatHandler, checkpointLoaded - checkpointStart,
+        v0.24.0), from `started_ns` (perf_counter_ns at request start) to the model being
+        ready, plus building a context of a new size. Waiting for a slot is not part of it
+        (Ollama waits on the runner's semaphore later, in llm/server.go Completion).
+        Raises QueueFull when too many requests already wait for models to load.
         """
-        model, load_ns = await self.ensure_loaded(spec)
+        model = await self.ensure_loaded(spec, keep_alive)
+        load_ns = time.perf_counter_ns() - started_ns
         model.active += 1  # counts waiting users too, so it is not unloaded under them
         try:
-            if model.free.locked():  # every slot busy: this request queues
-                if self._waiting >= self.max_queue:
-                    raise QueueFull()
-                self._waiting += 1
-                try:
-                    await model.free.acquire()
-                finally:
-                    self._waiting -= 1
-            else:
-                await model.free.acquire()
+            await model.free.acquire()  # unbounded wait, like Ollama's semaphore
         except BaseException:
             model.active -= 1
+            self.went_idle(model)
             raise
         try:
             slot, extra_load = await self._take_slot(model, spec, num_ctx)
         except BaseException:
             model.free.release()
             model.active -= 1
+            self.went_idle(model)
             raise
         return model, slot, load_ns + extra_load
 
@@ -311,9 +432,7 @@ class Engine:
         slot.busy = False
         model.free.release()
         model.active -= 1
-        model.expires_at = None if model.keep_alive < 0 else time.time() + model.keep_alive
-        if model.active == 0 and model.keep_alive == 0:
-            self._unload(model.spec.tag)
+        self.went_idle(model)
 
     # --- generation ----------------------------------------------------------------------
     def start_generation(
@@ -392,7 +511,9 @@ class Generation:
                 if kind == "text":
                     yield value
                 elif kind == "error":
-                    raise EngineError(str(value))
+                    if isinstance(value, EngineError):
+                        raise value
+                    raise RunnerStopped(str(value))
                 else:  # done
                     return
         finally:
@@ -440,6 +561,24 @@ def _tokenize(llama: Llama, segments: list[prompts.Segment]) -> list[int]:
     return tokens
 
 
+def _chat_tokens(
+    llama: Llama,
+    fmt: catalog.PromptFormat,
+    messages: list[prompts.Message],
+    n_ctx: int,
+    truncate: bool,
+) -> list[int]:
+    """The prompt of a chat, fitted to the context as Ollama's server/prompt.go chatPrompt
+    (v0.24.0) does: drop whole messages from the front until the rendered prompt fits,
+    always keeping the system messages and the last message. truncate=false keeps all."""
+    for start in range(len(messages) if truncate else 0):
+        kept = [m for m in messages[:start] if m.role == "system"] + messages[start:]
+        tokens = _tokenize(llama, prompts.render(fmt, kept))
+        if len(tokens) <= n_ctx or start == len(messages) - 1:
+            return tokens
+    return _tokenize(llama, prompts.render(fmt, messages))
+
+
 def _generate_in_thread(
     spec: ModelSpec,
     llama: Llama,
@@ -456,7 +595,10 @@ def _generate_in_thread(
     try:
         _generate(spec, llama, messages, raw_prompt, options, stats, emit, cancel, stream_threads)
         outcome = ("done", None)
-    except Exception as exc:  # reported to the client as an error line
+    except EngineError as exc:  # the request's own fault (e.g. too long): a status for it
+        log.info("generation refused: %s", exc)
+        outcome = ("error", exc)
+    except Exception as exc:  # reported to the client (a status if nothing was sent yet)
         log.exception("generation failed")
         outcome = ("error", exc)
     finally:
@@ -480,13 +622,16 @@ def _generate(
     assert spec.prompt_format is not None
     threads = stream_threads.pick()
     llama_cpp.llama_set_n_threads(llama.ctx, threads, threads)
+    n_ctx = llama.n_ctx()
     if raw_prompt is not None:
         tokens = llama.tokenize(raw_prompt.encode(), add_bos=True, special=True)
     else:
-        tokens = _tokenize(llama, prompts.render(spec.prompt_format, messages or []))
-    n_ctx = llama.n_ctx()
-    # Like Ollama: a prompt longer than the context keeps its beginning-of-sequence token and
-    # its most recent part, leaving room to answer.
+        tokens = _chat_tokens(llama, spec.prompt_format, messages or [], n_ctx, options.truncate)
+    if len(tokens) > n_ctx and not options.truncate:
+        raise InputTooLong()
+    # This engine cannot shift its context while generating as Ollama's runner does, so a
+    # prompt that leaves too little room to answer keeps its beginning-of-sequence token and
+    # its most recent part.
     room = max(n_ctx // 4, 1) if options.num_predict < 0 else min(options.num_predict, n_ctx // 2)
     if len(tokens) > n_ctx - room:
         keep = n_ctx - room

@@ -35,43 +35,75 @@ STOP_STRINGS: dict[PromptFormat, list[str]] = {
 
 
 def render(fmt: PromptFormat, messages: Sequence[Message]) -> list[Segment]:
+    system, collated = collate(messages)
     if fmt == "gemma":
-        return _gemma(messages)
-    return _chatml(messages)
+        return _gemma(system, collated)
+    return _chatml(collated)
 
 
-def _gemma(messages: Sequence[Message]) -> list[Segment]:
-    # Gemma has no system role: its turn format folds the system text into the first user
-    # turn. Roles are `user` and `model`.
+def collate(messages: Sequence[Message]) -> tuple[str, list[Message]]:
+    """Ollama's template/template.go collate() (v0.24.0): consecutive messages of the same
+    role (except tool) become one, their contents joined by a blank line; it also returns
+    all system texts joined the same way (the template's `.System`)."""
     system = "\n\n".join(m.content for m in messages if m.role == "system")
-    segments: list[Segment] = []
-    first_user = True
+    collated: list[Message] = []
     for m in messages:
-        if m.role == "system":
-            continue
-        role = "model" if m.role == "assistant" else "user"
-        content = m.content
-        if role == "user" and first_user and system:
-            content = f"{system}\n\n{content}"
-        if role == "user":
-            first_user = False
-        segments += [
-            Segment(f"<start_of_turn>{role}\n", True),
-            Segment(content, False),
-            Segment("<end_of_turn>\n", True),
-        ]
-    if first_user and system:  # only a system message was given
-        segments += [
-            Segment("<start_of_turn>user\n", True),
-            Segment(system, False),
-            Segment("<end_of_turn>\n", True),
-        ]
-    segments.append(Segment("<start_of_turn>model\n", True))
+        if collated and collated[-1].role == m.role and m.role != "tool":
+            collated[-1] = Message(m.role, collated[-1].content + "\n\n" + m.content)
+        else:
+            collated.append(m)
+    return system, collated
+
+
+# The template of Ollama's library model gemma3:270m (the tag this engine serves), blob
+# 4b19ac7dd2fb: https://ollama.com/library/gemma3:270m/blobs/4b19ac7dd2fb . The system text goes
+# into the first user turn; system messages are no turn of their own. (gemma3:4b's template,
+# blob e0a42594d802, instead renders each system message as a user turn of its own.)
+GEMMA3_270M_TEMPLATE = (
+    "{{- $systemPromptAdded := false }}\n"
+    "{{- range $i, $_ := .Messages }}\n"
+    "{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
+    '{{- if eq .Role "user" }}<start_of_turn>user\n'
+    "{{- if (and (not $systemPromptAdded) $.System) }}\n"
+    "{{- $systemPromptAdded = true }}\n"
+    "{{ $.System }}\n"
+    "{{ end }}\n"
+    "{{ .Content }}<end_of_turn>\n"
+    "{{ if $last }}<start_of_turn>model\n"
+    "{{ end }}\n"
+    '{{- else if eq .Role "assistant" }}<start_of_turn>model\n'
+    "{{ .Content }}{{ if not $last }}<end_of_turn>\n"
+    "{{ end }}\n"
+    "{{- end }}\n"
+    "{{- end }}"
+)
+
+
+def _gemma(system: str, messages: Sequence[Message]) -> list[Segment]:
+    """GEMMA3_270M_TEMPLATE, executed: user and model turns only; a last model message is
+    left open (the model continues it), a last user message opens the model's turn."""
+    segments: list[Segment] = []
+    system_added = False
+    for i, m in enumerate(messages):
+        last = i == len(messages) - 1
+        if m.role == "user":
+            segments.append(Segment("<start_of_turn>user\n", True))
+            if not system_added and system:
+                system_added = True
+                segments.append(Segment(system + "\n\n", False))
+            segments += [Segment(m.content, False), Segment("<end_of_turn>\n", True)]
+            if last:
+                segments.append(Segment("<start_of_turn>model\n", True))
+        elif m.role == "assistant":
+            segments += [Segment("<start_of_turn>model\n", True), Segment(m.content, False)]
+            if not last:
+                segments.append(Segment("<end_of_turn>\n", True))
     return segments
 
 
 def _chatml(messages: Sequence[Message]) -> list[Segment]:
     # SmolLM2's GGUF template: ChatML with a default system prompt when none is given.
+    # (Ollama's library smollm2 template differs in its system turn; nothing here relies on it.)
     segments: list[Segment] = []
     if not messages or messages[0].role != "system":
         messages = [Message("system", SMOLLM2_DEFAULT_SYSTEM), *messages]
@@ -88,12 +120,11 @@ def _chatml(messages: Sequence[Message]) -> list[Segment]:
 def template_text(fmt: PromptFormat) -> str:
     """The template in Ollama's Go-template notation, for `/api/show`."""
     if fmt == "gemma":
-        return (
-            '{{- range .Messages }}<start_of_turn>{{ if eq .Role "assistant" }}model'
-            "{{ else }}user{{ end }}\n{{ .Content }}<end_of_turn>\n{{ end }}"
-            "<start_of_turn>model\n"
-        )
+        return GEMMA3_270M_TEMPLATE
     return (
+        '{{- if not (and .Messages (eq (index .Messages 0).Role "system")) }}<|im_start|>system\n'
+        + SMOLLM2_DEFAULT_SYSTEM
+        + "<|im_end|>\n{{ end }}"
         "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
         "<|im_start|>assistant\n"
     )

@@ -1,12 +1,17 @@
 """The Ollama REST API over the local engine (what a chat UI uses of docs/api.md).
 
 Streaming responses are NDJSON, one JSON object per line; `stream` absent means true.
-Errors are `{"error": "..."}` with Ollama's status codes; an error after streaming started
-is sent as a final `{"error": ...}` line.
+Errors are `{"error": "..."}` with Ollama's status codes. As in Ollama (server/routes.go
+streamResponse, v0.24.0) nothing is written before the first chunk, so a failure before the
+first token is an HTTP status; only a failure after it is a final `{"error": ...}` line.
+Responses are built from the `ollama` package's own pydantic types (ollama._types), so the
+engine and the UI's client share one wire schema.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -15,7 +20,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import ollama
+from ollama._types import ModelDetails, SubscriptableBaseModel
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -30,6 +37,9 @@ from backend.engine import (
     parse_keep_alive,
 )
 from catalog import ModelSpec
+
+FIRST_PIECE_POLL_S = 0.25  # how often a request waiting for its first token checks its client
+CLIENT_CLOSED = 499  # what Ollama answers a request whose client went away (routes.go)
 
 log = logging.getLogger("backend.server")
 
@@ -64,6 +74,7 @@ class ChatIn(_Strict):
     stream: bool = True
     options: OptionsIn | None = None
     keep_alive: float | str | None = None
+    truncate: bool | None = None
 
 
 class GenerateIn(_Strict):
@@ -74,6 +85,7 @@ class GenerateIn(_Strict):
     stream: bool = True
     options: OptionsIn | None = None
     keep_alive: float | str | None = None
+    truncate: bool | None = None
 
 
 class ShowIn(_Strict):
@@ -93,6 +105,11 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
+def _json(model: SubscriptableBaseModel) -> dict[str, Any]:
+    """An ollama type as Ollama's JSON (its Go structs omit empty optional fields)."""
+    return model.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
 async def _parse(request: Request, cls: type[_Strict]) -> Any:
     try:
         body = await request.json()
@@ -110,8 +127,8 @@ async def _parse(request: Request, cls: type[_Strict]) -> Any:
         raise BadRequest(f"invalid value for field '{where}': {err['msg']}") from exc
 
 
-def _options(opts: OptionsIn | None) -> Options:
-    result = Options()
+def _options(opts: OptionsIn | None, default_num_ctx: int, truncate: bool | None) -> Options:
+    result = Options(num_ctx=default_num_ctx, truncate=truncate is not False)
     if opts is None:
         return result
     for name, value in opts.model_dump(exclude_none=True).items():
@@ -121,40 +138,61 @@ def _options(opts: OptionsIn | None) -> Options:
     return result
 
 
-def _details(spec: ModelSpec) -> dict[str, Any]:
-    return {
-        "parent_model": "",
-        "format": "gguf",
-        "family": spec.family,
-        "families": [spec.family],
-        "parameter_size": spec.parameter_size,
-        "quantization_level": spec.quantization,
-    }
+def _details(spec: ModelSpec) -> ModelDetails:
+    return ModelDetails(
+        parent_model="",
+        format="gguf",
+        family=spec.reported_family,
+        families=[spec.reported_family],
+        parameter_size=spec.parameter_size,
+        quantization_level=spec.quantization,
+    )
 
 
-def _model_entry(spec: ModelSpec) -> dict[str, Any]:
+def _modified_at(spec: ModelSpec) -> dt.datetime:
+    return dt.datetime.fromtimestamp(model_files.gguf_path(spec.tag).stat().st_mtime, dt.UTC)
+
+
+class _TagsModel(ollama.ListResponse.Model):
+    name: str  # Ollama's /api/tags sends `name` beside `model` (the Python type omits it)
+
+
+class _TagsResponse(ollama.ListResponse):
+    models: list[_TagsModel]  # type: ignore[assignment]
+
+
+def _tags_entry(spec: ModelSpec) -> _TagsModel:
     path = model_files.gguf_path(spec.tag)
-    modified = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
-    return {
-        "name": spec.tag,
-        "model": spec.tag,
-        "modified_at": modified.isoformat().replace("+00:00", "Z"),
-        "size": path.stat().st_size,
-        "digest": model_files.digest(spec.tag),
-        "details": _details(spec),
-    }
+    return _TagsModel(
+        name=spec.tag,
+        model=spec.tag,
+        modified_at=_modified_at(spec),
+        size=ByteSize(path.stat().st_size),
+        digest=model_files.digest(spec.tag),
+        details=_details(spec),
+    )
 
 
-def _done_fields(stats: Stats, total_ns: int) -> dict[str, Any]:
-    return {
-        "done_reason": stats.done_reason,
-        "total_duration": total_ns,
-        "load_duration": stats.load_duration,
-        "prompt_eval_count": stats.prompt_eval_count,
-        "prompt_eval_duration": stats.prompt_eval_duration,
-        "eval_count": stats.eval_count,
-        "eval_duration": stats.eval_duration,
-    }
+def _expiry(expires_at: float | None, keep_alive: float) -> dt.datetime:
+    """/api/ps expires_at: the model's expiry, or, before it has one (loading, or no request
+    finished yet), now + keep_alive (routes.go PsHandler, v0.24.0: "if v.expiresAt == epoch")."""
+    when = expires_at if expires_at is not None else time.time() + keep_alive
+    return dt.datetime.fromtimestamp(when, dt.UTC)
+
+
+def _ps_entry(
+    spec: ModelSpec, size: int, expires: dt.datetime, context_length: int
+) -> ollama.ProcessResponse.Model:
+    return ollama.ProcessResponse.Model(
+        name=spec.tag,
+        model=spec.tag,
+        size=ByteSize(size),
+        size_vram=ByteSize(0),  # CPU only
+        digest=model_files.digest(spec.tag),
+        details=_details(spec),
+        expires_at=expires,
+        context_length=context_length,
+    )
 
 
 def build_app(engine: Engine) -> Starlette:
@@ -165,26 +203,29 @@ def build_app(engine: Engine) -> Starlette:
         return JSONResponse({"version": VERSION})
 
     async def tags(request: Request) -> Response:
-        return JSONResponse({"models": [_model_entry(s) for s in engine.available()]})
+        listing = _TagsResponse(models=[_tags_entry(s) for s in engine.available()])
+        return JSONResponse(_json(listing))
 
     async def ps(request: Request) -> Response:
-        models = []
-        for tag, loaded in engine.loaded.items():
-            entry = _model_entry(loaded.spec)
-            expires = (
-                dt.datetime.fromtimestamp(loaded.expires_at, dt.UTC)
-                if loaded.expires_at is not None
-                else dt.datetime(2318, 1, 1, tzinfo=dt.UTC)  # Ollama's "forever"
+        if engine.ps_while_loading == "wait":
+            await engine.loads_finished()
+        entries = [
+            _ps_entry(
+                m.spec,
+                m.size,
+                _expiry(m.expires_at, m.keep_alive),
+                max(s.n_ctx for s in m.slots),
             )
-            entry.pop("modified_at")
-            entry.update(
-                expires_at=expires.isoformat().replace("+00:00", "Z"),
-                size_vram=0,  # CPU only
-                context_length=max(s.n_ctx for s in loaded.slots),
-            )
-            models.append(entry)
-            del tag
-        return JSONResponse({"models": models})
+            for m in list(engine.loaded.values())
+        ]
+        if engine.ps_while_loading == "list":
+            entries += [
+                _ps_entry(m.spec, m.size, _expiry(None, m.keep_alive), m.num_ctx)
+                for m in list(engine.loading.values())
+            ]
+        # Longest time left first (routes.go PsHandler).
+        entries.sort(key=lambda e: e.expires_at or dt.datetime.min, reverse=True)
+        return JSONResponse(_json(ollama.ProcessResponse(models=entries)))
 
     async def show(request: Request) -> Response:
         try:
@@ -200,26 +241,26 @@ def build_app(engine: Engine) -> Starlette:
             return _error(exc.status_code, str(exc))
         assert spec.prompt_format is not None
         kind = "chat-tuned" if spec.chat_tuned else "base model, not chat-tuned"
-        return JSONResponse(
-            {
-                "license": "See the model's upstream license.",
-                "modelfile": f"# {spec.display_name}: {kind}\n# {spec.description}\n"
-                f"FROM {model_files.gguf_path(spec.tag)}\n",
-                "parameters": "stop " + " ".join(prompts.STOP_STRINGS[spec.prompt_format]),
-                "template": prompts.template_text(spec.prompt_format),
-                "details": _details(spec),
-                "model_info": {
-                    "general.architecture": "gemma3" if spec.family == "gemma" else "llama",
-                    "general.basename": spec.display_name,
-                    "general.description": spec.description,
-                    "general.chat_tuned": spec.chat_tuned,
-                },
-                "capabilities": ["completion"],
-                "modified_at": _model_entry(spec)["modified_at"],
-            }
+        shown = ollama.ShowResponse(
+            license="See the model's upstream license.",
+            modelfile=f"# {spec.display_name}: {kind}\n# {spec.description}\n"
+            f"FROM {model_files.gguf_path(spec.tag)}\n",
+            parameters="stop " + " ".join(prompts.STOP_STRINGS[spec.prompt_format]),
+            template=prompts.template_text(spec.prompt_format),
+            details=_details(spec),
+            model_info={
+                "general.architecture": spec.reported_family,
+                "general.basename": spec.display_name,
+                "general.description": spec.description,
+                "general.chat_tuned": spec.chat_tuned,
+            },
+            capabilities=["completion"],
+            modified_at=_modified_at(spec),
         )
+        return JSONResponse(_json(shown))
 
     async def chat(request: Request) -> Response:
+        t0 = time.perf_counter_ns()  # Ollama's checkpointStart: the handler's first act
         try:
             body: ChatIn = await _parse(request, ChatIn)
         except BadRequest as exc:
@@ -232,18 +273,11 @@ def build_app(engine: Engine) -> Starlette:
         if bad_role is not None:
             return _error(400, f"invalid role '{bad_role}' in messages")
         return await _run(
-            request,
-            body.model,
-            body.stream,
-            body.options,
-            body.keep_alive,
-            messages=messages,
-            raw=None,
-            empty=not messages,
-            chat=True,
+            request, t0, body, messages=messages, raw=None, empty=not messages, chat=True
         )
 
     async def generate(request: Request) -> Response:
+        t0 = time.perf_counter_ns()
         try:
             body: GenerateIn = await _parse(request, GenerateIn)
         except BadRequest as exc:
@@ -251,62 +285,53 @@ def build_app(engine: Engine) -> Starlette:
         prompt = body.prompt or ""
         if body.raw:
             return await _run(
-                request,
-                body.model,
-                body.stream,
-                body.options,
-                body.keep_alive,
-                messages=None,
-                raw=prompt,
-                empty=not prompt,
-                chat=False,
+                request, t0, body, messages=None, raw=prompt, empty=not prompt, chat=False
             )
         messages = ([prompts.Message("system", body.system)] if body.system else []) + [
             prompts.Message("user", prompt)
         ]
         return await _run(
-            request,
-            body.model,
-            body.stream,
-            body.options,
-            body.keep_alive,
-            messages=messages,
-            raw=None,
-            empty=not prompt,
-            chat=False,
+            request, t0, body, messages=messages, raw=None, empty=not prompt, chat=False
         )
 
     async def _run(
         request: Request,
-        name: str,
-        stream: bool,
-        options_in: OptionsIn | None,
-        keep_alive_in: float | str | None,
+        t0: int,
+        body: ChatIn | GenerateIn,
         *,
         messages: list[prompts.Message] | None,
         raw: str | None,
         empty: bool,
         chat: bool,
     ) -> Response:
-        t0 = time.perf_counter_ns()
+        name = body.model
         try:
-            keep_alive = parse_keep_alive(keep_alive_in)
+            keep_alive = parse_keep_alive(body.keep_alive)
         except ValueError as exc:
-            return _error(400, str(exc))
+            return _error(400, f"invalid value for field 'keep_alive': {exc}")
         try:
             spec = engine.resolve(name)
         except EngineError as exc:
             return _error(exc.status_code, str(exc))
-        options = _options(options_in)
+        options = _options(body.options, engine.default_num_ctx, body.truncate)
 
-        def frame(text: str, done: bool) -> dict[str, Any]:
-            base: dict[str, Any] = {"model": name, "created_at": _now()}
+        def frame(text: str, done: bool, stats: Stats | None = None) -> dict[str, Any]:
+            fields: dict[str, Any] = {"model": name, "created_at": _now(), "done": done}
+            if stats is not None:
+                fields.update(
+                    done_reason=stats.done_reason,
+                    total_duration=time.perf_counter_ns() - t0,
+                    load_duration=stats.load_duration,
+                    prompt_eval_count=stats.prompt_eval_count,
+                    prompt_eval_duration=stats.prompt_eval_duration,
+                    eval_count=stats.eval_count,
+                    eval_duration=stats.eval_duration,
+                )
             if chat:
-                base["message"] = {"role": "assistant", "content": text}
-            else:
-                base["response"] = text
-            base["done"] = done
-            return base
+                message = ollama.Message(role="assistant", content=text)
+                return _json(ollama.ChatResponse(message=message, **fields))
+            context = stats.context if stats is not None else None
+            return _json(ollama.GenerateResponse(response=text, context=context, **fields))
 
         if empty:  # load or unload only (Ollama: no messages / empty prompt)
             if keep_alive == 0:
@@ -314,50 +339,53 @@ def build_app(engine: Engine) -> Starlette:
                 reason = "unload"
             else:
                 try:
-                    model, _ = await engine.ensure_loaded(spec)
+                    model = await engine.ensure_loaded(spec, keep_alive)
                 except EngineError as exc:
                     return _error(exc.status_code, str(exc))
-                engine.set_keep_alive(model, keep_alive)
+                # The load request finished on the model: it counts as idle from now.
+                engine.went_idle(model)
                 reason = "load"
             return JSONResponse({**frame("", True), "done_reason": reason})
 
         try:
-            model, slot, load_ns = await engine.acquire(spec, options.num_ctx)
+            model, slot, load_ns = await engine.acquire(spec, options.num_ctx, keep_alive, t0)
         except EngineError as exc:
             return _error(exc.status_code, str(exc))
-        model.keep_alive = engine.default_keep_alive if keep_alive is None else keep_alive
         stats = Stats(load_duration=load_ns)
         generation = engine.start_generation(
             model, slot, messages=messages, raw_prompt=raw, options=options, stats=stats
         )
         pieces = generation.pieces()
 
-        def final() -> dict[str, Any]:
-            out = {**frame("", True), **_done_fields(stats, time.perf_counter_ns() - t0)}
-            if not chat:
-                out["context"] = stats.context
-            return out
-
-        if not stream:
+        if not body.stream:
             try:
                 text = "".join([p async for p in pieces])
             except EngineError as exc:
-                return _error(500, str(exc))
+                return _error(exc.status_code, str(exc))
             finally:
                 await pieces.aclose()
                 generation.close()
-            out = final()
-            if chat:
-                out["message"]["content"] = text
-            else:
-                out["response"] = text
-            return JSONResponse(out)
+            return JSONResponse(frame(text, True, stats))
+
+        # Nothing is sent before the first piece: a failure until then is an HTTP status.
+        try:
+            first = await _first_piece(request, pieces)
+        except EngineError as exc:
+            await pieces.aclose()
+            generation.close()
+            return _error(exc.status_code, str(exc))
+        except _ClientGone:
+            await pieces.aclose()
+            generation.close()
+            return _error(CLIENT_CLOSED, "request canceled")
 
         async def body_stream() -> AsyncIterator[bytes]:
             try:
-                async for piece in pieces:
-                    yield _line(frame(piece, False))
-                yield _line(final())
+                if first is not None:
+                    yield _line(frame(first, False))
+                    async for piece in pieces:
+                        yield _line(frame(piece, False))
+                yield _line(frame("", True, stats))
             except EngineError as exc:
                 yield _line({"error": str(exc)})
 
@@ -399,6 +427,32 @@ def build_app(engine: Engine) -> Starlette:
         )
     ]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _first_piece(request: Request, pieces: AsyncIterator[str]) -> str | None:
+    """The first piece of text (None if the reply is empty), watching meanwhile whether the
+    client went away (then the generation stops during its prefill)."""
+    task = asyncio.ensure_future(anext(pieces))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=FIRST_PIECE_POLL_S)
+            if done:
+                break
+            if await request.is_disconnected():
+                raise _ClientGone()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, EngineError):
+                await task
+    try:
+        return task.result()
+    except StopAsyncIteration:
+        return None
 
 
 class _StreamWithCleanup(StreamingResponse):

@@ -3,8 +3,12 @@
 It generates nothing: each /api/chat stream sends its first token `first_token_delay`
 seconds after the request arrived, then one token every 1/`rate` seconds on a fixed
 schedule (no drift), `num_predict` tokens in all (or `--tokens` when the request has
-none), then Ollama's final line with stats. Plain asyncio streams, no framework, so one
-process keeps up with hundreds of streams and the UI in front of it is what is measured.
+none), then Ollama's final line with stats. A Starlette app under uvicorn (as the local
+engine, backend/server.py); requests are read and answers written with the `ollama`
+package's own pydantic types (ChatRequest, ChatResponse, Message, ListResponse,
+ProcessResponse), so this server and the client that reads it share one wire schema. The
+token line is serialized once, so one process keeps up with hundreds of streams and the UI
+in front of it is what is measured.
 
     python -m bench.synthetic_ollama --port 11500 --rate 50 --first-token-delay 0.02
 
@@ -20,17 +24,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
-import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import uvicorn
+from ollama import ChatResponse, ListResponse, Message, ProcessResponse
+from ollama._types import ChatRequest, ModelDetails  # not re-exported by the package
+from pydantic import ByteSize, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 MODEL = "synthetic:1m"
 TOKEN_TEXT = "word "  # ~ one token of English text
 MAX_BODY = 64 * 1024 * 1024
+CREATED_AT = "2026-01-01T00:00:00Z"
+SIZE = ByteSize(1_000_000)
+DETAILS = ModelDetails(family="synthetic", parameter_size="1M", quantization_level="F16")
+NDJSON = "application/x-ndjson"
 
 
 @dataclass
@@ -43,7 +58,7 @@ class SyntheticConfig:
 @dataclass
 class Stats:
     streams: int = 0
-    connections: int = 0  # TCP connections accepted (clients that reuse them open few)
+    clients: set[tuple[str, int]] = field(default_factory=set)  # one per TCP connection
     active: int = 0
     peak_active: int = 0
     tokens: int = 0
@@ -57,7 +72,7 @@ class Stats:
 
         return {
             "streams": self.streams,
-            "connections": self.connections,
+            "connections": len(self.clients),  # clients that reuse connections open few
             "active": self.active,
             "peak_active": self.peak_active,
             "tokens": self.tokens,
@@ -67,92 +82,95 @@ class Stats:
         }
 
 
+def _json(model: Any, status: int = 200) -> Response:
+    """An answer in the `ollama` package's schema (None fields left out, as Ollama does)."""
+    return Response(model.model_dump_json(exclude_none=True), status, media_type="application/json")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)  # Ollama's error shape
+
+
 class SyntheticOllama:
     def __init__(self, config: SyntheticConfig) -> None:
         self.config = config
         self.stats = Stats()
+        # Every token line is the same: serialized once, not once per write.
+        token = ChatResponse(
+            model=MODEL,
+            created_at=CREATED_AT,
+            message=Message(role="assistant", content=TOKEN_TEXT),
+            done=False,
+        )
+        self._token_line = (token.model_dump_json(exclude_none=True) + "\n").encode()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.stats.connections += 1
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/", self.root, methods=["GET", "HEAD"]),
+                Route("/api/version", self.version, methods=["GET"]),
+                Route("/api/tags", self.tags, methods=["GET"]),
+                Route("/api/ps", self.ps, methods=["GET"]),
+                Route("/api/chat", self.chat, methods=["POST"]),
+                Route("/_synthetic/stats", self.stats_page, methods=["GET"]),
+            ]
+        )
+
+    # --- routes ---------------------------------------------------------------------------
+    async def root(self, request: Request) -> Response:
+        self._seen(request)
+        return PlainTextResponse("Ollama is running")
+
+    async def version(self, request: Request) -> Response:
+        self._seen(request)
+        return JSONResponse({"version": "0.0.0-synthetic"})  # the ollama package has no type
+
+    async def tags(self, request: Request) -> Response:
+        self._seen(request)
+        entry = ListResponse.Model(model=MODEL, size=SIZE, details=DETAILS)
+        return _json(ListResponse(models=[entry]))
+
+    async def ps(self, request: Request) -> Response:
+        self._seen(request)
+        entry = ProcessResponse.Model(
+            model=MODEL, name=MODEL, size=SIZE, size_vram=ByteSize(0), details=DETAILS
+        )
+        return _json(ProcessResponse(models=[entry]))
+
+    async def stats_page(self, request: Request) -> Response:
+        return JSONResponse(self.stats.snapshot())
+
+    async def chat(self, request: Request) -> Response:
+        self._seen(request)
+        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+            return _error(413, "request too large")
+        body = await request.body()
+        arrived = time.perf_counter()
         try:
-            while True:  # keep-alive: many requests per connection
-                request_line = await reader.readline()
-                if not request_line:
-                    return
-                method, path, _ = request_line.decode("latin-1").split(" ", 2)
-                headers: dict[str, str] = {}
-                while True:
-                    line = await reader.readline()
-                    if line in (b"\r\n", b"\n", b""):
-                        break
-                    name, _, value = line.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length") or 0)
-                if length > MAX_BODY:
-                    await self._json(writer, 413, {"error": "request too large"})
-                    return
-                body = await reader.readexactly(length) if length else b""
-                arrived = time.perf_counter()
-                keep = await self.route(method, path.split("?", 1)[0], body, arrived, writer)
-                if not keep or headers.get("connection", "").lower() == "close":
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            return
-        finally:
-            with contextlib.suppress(Exception):
-                writer.close()
+            chat = ChatRequest.model_validate_json(body or b"{}")
+        except ValidationError as exc:
+            return _error(400, f"invalid chat request: {exc.error_count()} problem(s)")
+        if chat.model != MODEL:
+            return _error(404, f"model '{chat.model}' not found")
+        options = chat.options or {}
+        tokens = int(options.get("num_predict") or 0)
+        tokens = tokens if tokens > 0 else self.config.default_tokens
+        if not chat.messages:  # a load request: answer at once
+            return _json(self._final(0, arrived, "load"))
+        if chat.stream is False:
+            await asyncio.sleep(self.config.first_token_delay + tokens / self.config.rate)
+            answer = self._final(tokens, arrived, "length")
+            answer.message.content = TOKEN_TEXT * tokens
+            return _json(answer)
+        return StreamingResponse(self._stream(tokens, arrived), media_type=NDJSON)
 
-    async def route(
-        self, method: str, path: str, body: bytes, arrived: float, writer: asyncio.StreamWriter
-    ) -> bool:
-        """Answer one request; False closes the connection."""
-        if method == "GET" and path == "/":
-            await self._send(writer, 200, b"Ollama is running", "text/plain; charset=utf-8")
-        elif method == "GET" and path == "/api/version":
-            await self._json(writer, 200, {"version": "0.0.0-synthetic"})
-        elif method == "GET" and path in ("/api/tags", "/api/ps"):
-            model = {"name": MODEL, "model": MODEL, "size": 1_000_000, "size_vram": 0,
-                     "details": {"family": "synthetic", "parameter_size": "1M",
-                                 "quantization_level": "F16"}}  # fmt: skip
-            await self._json(writer, 200, {"models": [model]})
-        elif method == "GET" and path == "/_synthetic/stats":
-            await self._json(writer, 200, self.stats.snapshot())
-        elif method == "POST" and path == "/api/chat":
-            request = json.loads(body or b"{}")
-            if request.get("model") != MODEL:
-                missing = {"error": f"model '{request.get('model')}' not found"}
-                await self._json(writer, 404, missing)
-                return True
-            tokens = int((request.get("options") or {}).get("num_predict") or 0)
-            tokens = tokens if tokens > 0 else self.config.default_tokens
-            if not request.get("messages"):  # a load request: answer at once
-                await self._json(writer, 200, self._final(0, arrived, "load"))
-                return True
-            if request.get("stream") is False:
-                await asyncio.sleep(self.config.first_token_delay + tokens / self.config.rate)
-                answer = self._final(tokens, arrived, "length")
-                answer["message"]["content"] = TOKEN_TEXT * tokens
-                await self._json(writer, 200, answer)
-                return True
-            return await self._stream(writer, tokens, arrived)
-        else:
-            await self._json(writer, 404, {"error": "not found"})
-        return True
-
-    async def _stream(self, writer: asyncio.StreamWriter, tokens: int, arrived: float) -> bool:
+    # --- the stream -----------------------------------------------------------------------
+    async def _stream(self, tokens: int, arrived: float) -> AsyncIterator[bytes]:
         stats = self.stats
         stats.streams += 1
         stats.active += 1
         stats.peak_active = max(stats.peak_active, stats.active)
         try:
-            writer.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n"
-                b"transfer-encoding: chunked\r\n\r\n"
-            )
-            line = _chunk(
-                {"model": MODEL, "created_at": "2026-01-01T00:00:00Z",
-                 "message": {"role": "assistant", "content": TOKEN_TEXT}, "done": False}
-            )  # fmt: skip
             first_at = arrived + self.config.first_token_delay
             interval = 1.0 / self.config.rate
             for i in range(tokens):
@@ -162,58 +180,48 @@ class SyntheticOllama:
                     await asyncio.sleep(wait)
                 if i % 8 == 0:  # sample: enough for percentiles, bounded memory
                     stats.lateness.append(max(0.0, time.perf_counter() - due))
-                writer.write(line)
-                await writer.drain()
+                yield self._token_line  # uvicorn waits here while the client is behind
                 stats.tokens += 1
-            writer.write(_chunk(self._final(tokens, arrived, "length")) + b"0\r\n\r\n")
-            await writer.drain()
-            return True
-        except ConnectionError:
-            return False
+            final = self._final(tokens, arrived, "length")
+            yield (final.model_dump_json(exclude_none=True) + "\n").encode()
         finally:
             stats.active -= 1
 
-    def _final(self, tokens: int, arrived: float, reason: str) -> dict[str, Any]:
-        total = int((time.perf_counter() - arrived) * 1e9)
-        eval_ns = max(1, int(tokens / self.config.rate * 1e9))
-        return {
-            "model": MODEL, "created_at": "2026-01-01T00:00:00Z",
-            "message": {"role": "assistant", "content": ""}, "done": True,
-            "done_reason": reason, "total_duration": total, "load_duration": 1000,
-            "prompt_eval_count": 10, "prompt_eval_duration": 1000,
-            "eval_count": tokens, "eval_duration": eval_ns,
-        }  # fmt: skip
-
-    async def _json(self, writer: asyncio.StreamWriter, status: int, obj: Any) -> None:
-        await self._send(writer, status, json.dumps(obj).encode(), "application/json")
-
-    async def _send(
-        self, writer: asyncio.StreamWriter, status: int, data: bytes, ctype: str
-    ) -> None:
-        reason = {200: "OK", 404: "Not Found", 413: "Payload Too Large"}.get(status, "Error")
-        writer.write(
-            f"HTTP/1.1 {status} {reason}\r\ncontent-type: {ctype}\r\n"
-            f"content-length: {len(data)}\r\n\r\n".encode()
-            + data
+    def _final(self, tokens: int, arrived: float, reason: str) -> ChatResponse:
+        return ChatResponse(
+            model=MODEL,
+            created_at=CREATED_AT,
+            message=Message(role="assistant", content=""),
+            done=True,
+            done_reason=reason,
+            total_duration=int((time.perf_counter() - arrived) * 1e9),
+            load_duration=1000,
+            prompt_eval_count=10,
+            prompt_eval_duration=1000,
+            eval_count=tokens,
+            eval_duration=max(1, int(tokens / self.config.rate * 1e9)),
         )
-        await writer.drain()
+
+    def _seen(self, request: Request) -> None:
+        if request.client is not None:
+            self.stats.clients.add((request.client.host, request.client.port))
 
 
-def _chunk(obj: Any) -> bytes:
-    data = (json.dumps(obj) + "\n").encode()
-    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
-
-
-async def serve(host: str, port: int, config: SyntheticConfig) -> None:
-    server = SyntheticOllama(config)
-    listener = await asyncio.start_server(server.handle, host, port, backlog=1024)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+def serve(host: str, port: int, config: SyntheticConfig) -> None:
+    server = uvicorn.Server(
+        uvicorn.Config(
+            SyntheticOllama(config).app(),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            backlog=1024,
+            timeout_graceful_shutdown=2,
+        )
+    )
     print(f"synthetic Ollama on http://{host}:{port} (pid {os.getpid()})", flush=True)
-    async with listener:
-        await stop.wait()
+    server.run()  # stops on SIGTERM / SIGINT
 
 
 def main() -> None:
@@ -226,8 +234,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rate <= 0 or args.first_token_delay < 0 or args.tokens < 1:
         parser.error("--rate must be > 0, --first-token-delay >= 0, --tokens >= 1")
-    config = SyntheticConfig(args.rate, args.first_token_delay, args.tokens)
-    asyncio.run(serve(args.host, args.port, config))
+    serve(args.host, args.port, SyntheticConfig(args.rate, args.first_token_delay, args.tokens))
 
 
 if __name__ == "__main__":

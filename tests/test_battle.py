@@ -20,6 +20,7 @@ from devtools.testkit.browser import chromium
 from devtools.testkit.chat_app import is_note, text_of
 from devtools.testkit.procs import Proc, free_port, wait_http
 from ui.battle_token import (
+    MAX_TOKEN_CHARS,
     TOKEN_TTL_S,
     BattleTokenError,
     new_pairing,
@@ -69,6 +70,67 @@ def test_foreign_expired_and_garbage_tokens_are_rejected() -> None:
         assert SECRET.decode() not in caught.value.user_message
     with pytest.raises(BattleTokenError, match="send a prompt"):
         open_pairing("", SECRET)
+
+
+def _flip_byte(token: str, index: int) -> str:
+    raw = bytearray(base64.urlsafe_b64decode(token))
+    raw[index] ^= 0x01
+    return base64.urlsafe_b64encode(bytes(raw)).decode()
+
+
+@pytest.mark.parametrize("index", [0, 1, 8, 9, 24, 25, 300, -33, -1])
+def test_any_changed_byte_is_rejected_including_the_time(index: int) -> None:
+    # Bytes 1-8 are the issue time: moving it would extend a battle's life.
+    token = seal_pairing(new_pairing("smollm2:135m", "gemma3:270m"), SECRET)
+    with pytest.raises(BattleTokenError, match="cannot be verified"):
+        open_pairing(_flip_byte(token, index), SECRET)
+
+
+def test_expiry_is_exact_and_a_foreign_old_token_is_not_called_old() -> None:
+    issued = 1_700_000_000
+    token = seal_pairing(new_pairing("smollm2:135m", "gemma3:270m", now=issued), SECRET)
+    assert open_pairing(token, SECRET, now=issued + TOKEN_TTL_S).issued_at == issued
+    with pytest.raises(BattleTokenError, match="too old") as caught:
+        open_pairing(token, SECRET, now=issued + TOKEN_TTL_S + 1)
+    assert "24 hours" in caught.value.user_message
+    with pytest.raises(BattleTokenError, match="too old"):
+        open_pairing(token, SECRET, now=issued + 3600, ttl=60)
+    with pytest.raises(BattleTokenError, match="cannot be verified"):
+        open_pairing(token, SECRET, now=issued - 3600)  # made "later" than now: not old
+    # Without the key nothing about the token is told, not even that it is old.
+    with pytest.raises(BattleTokenError, match="cannot be verified"):
+        open_pairing(token, b"another-secret-of-this-app-000000", now=issued + 10 * TOKEN_TTL_S)
+
+
+def test_the_battle_key_is_not_the_share_key() -> None:
+    """The share secret is not used as the cipher key as it is: HKDF derives one."""
+    from cryptography.fernet import Fernet, InvalidToken
+
+    token = seal_pairing(new_pairing("smollm2:135m", "gemma3:270m"), SECRET)
+    raw_key = base64.urlsafe_b64encode(SECRET[:32])
+    with pytest.raises(InvalidToken):
+        Fernet(raw_key).decrypt(token)
+
+
+def test_oversized_and_odd_tokens_are_refused() -> None:
+    token = seal_pairing(new_pairing("smollm2:135m", "gemma3:270m"), SECRET)
+    for odd in (
+        "A" * (MAX_TOKEN_CHARS + 1),
+        "A" * 10_000_000,
+        token + token,
+        token[:100] + "." + token[101:],  # base64 decoding would skip the stray "."
+        token[:-1] + "=",
+    ):
+        with pytest.raises(BattleTokenError, match="cannot be verified"):
+            open_pairing(odd, SECRET)
+    assert open_pairing(f"  {token}\n", SECRET).model_a == "smollm2:135m"
+
+
+def test_a_short_key_and_long_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        seal_pairing(new_pairing("a", "b"), b"short")
+    with pytest.raises(ValueError, match="too long"):
+        seal_pairing(new_pairing("x" * 300, "y" * 300), SECRET)
 
 
 # === the app ==============================================================================

@@ -42,10 +42,11 @@ from ui.chat_history import (
     stats_note,
     stopped_note,
 )
-from ui.chat_page import InputRejected, check_number
+from ui.errors import InputRejected
 from ui.model_labels import label_for
 from ui.rate_limit import RateLimiter
 from ui.stop_signals import until_stopped
+from ui.turns import check_number
 
 MODEL = "smollm2:135m"
 MAX_CHARS = 300
@@ -397,25 +398,28 @@ def test_labels_for_catalog_and_unknown_models() -> None:
 def test_until_stopped_ends_a_stream_and_closes_it() -> None:
     closed = asyncio.Event()
 
-    async def endless() -> AsyncIterator[int]:
+    async def two_then_silence() -> AsyncIterator[int]:
         try:
-            for i in itertools.count():
-                yield i
-                await asyncio.sleep(0.5 if i else 0)
+            yield 0
+            yield 1
+            await asyncio.Event().wait()  # no third item, ever: only a stop can end this
+            yield 2
         finally:
             closed.set()
 
-    async def run() -> tuple[list[int], float]:
+    async def run() -> list[int]:
         stop = asyncio.Event()
         seen: list[int] = []
-        started = time.monotonic()
-        async for item in until_stopped(endless(), stop):
-            seen.append(item)
-            if item == 1:
-                asyncio.get_running_loop().call_later(0.1, stop.set)
-        await asyncio.wait_for(closed.wait(), timeout=1)
-        return seen, time.monotonic() - started
 
-    seen, elapsed = asyncio.run(run())
-    assert seen == [0, 1]
-    assert elapsed < 0.5, "stop must not wait for the next item"
+        async def read() -> None:
+            async for item in until_stopped(two_then_silence(), stop):
+                seen.append(item)
+                if item == 1:  # the stop comes while the next item is awaited
+                    asyncio.get_running_loop().call_later(0.05, stop.set)
+
+        # A stop that waited for the next item would never end (the timeout says so).
+        await asyncio.wait_for(read(), timeout=30)
+        await asyncio.wait_for(closed.wait(), timeout=30)
+        return seen
+
+    assert asyncio.run(run()) == [0, 1]

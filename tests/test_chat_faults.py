@@ -116,17 +116,17 @@ def test_options_reach_the_backend(client: Client, fake: FakeOllama) -> None:
 
 
 def test_other_users_are_served_during_a_slow_stream(app_url: str) -> None:
+    other_user = Client(app_url, verbose=False)  # connected first: only the chat is timed
     slow = Client(app_url, verbose=False).submit(
         *chat_args("Hi", model="fake-slow", max_tokens=8), api_name="/chat"
     )
     time.sleep(0.5)  # the slow stream is running
-    started = time.monotonic()
-    _, history, _ = Client(app_url, verbose=False).predict(
+    _, history, _ = other_user.predict(
         *chat_args("Hi", model="fake-ok", max_tokens=4), api_name="/chat"
     )
     assert eval_count(last_note(history)) == 4
+    # The behaviour itself, with no wall-clock bound: the quick reply came first.
     assert not slow.done(), "the quick chat had to wait for the slow one"
-    assert time.monotonic() - started < 3.0
     assert eval_count(last_note(slow.result(timeout=30)[1])) == 8
 
 

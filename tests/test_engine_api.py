@@ -30,7 +30,7 @@ def test_root_and_version(engine: str) -> None:
 def test_list_shows_bundled_models(client: ollama.Client) -> None:
     listed = {m.model: m for m in client.list().models}
     assert set(listed) == {m.tag for m in local_models()}
-    assert listed[GEMMA].details.family == "gemma"
+    assert listed[GEMMA].details.family == "gemma3"  # as Ollama reports gemma3:270m
     assert listed[SMOL].details.family == "llama"
     assert all(m.size and m.size > 10_000_000 for m in listed.values())
 
@@ -60,7 +60,13 @@ def test_chat_streams_chunks_with_final_stats(client: ollama.Client) -> None:
     assert all(not c.done for c in chunks[:-1])
     last = chunks[-1]
     assert last.done and last.done_reason in ("stop", "length")
-    assert last.eval_count == len([c for c in chunks[:-1] if c.message.content]) or last.eval_count
+    assert last.eval_count is not None and 1 <= last.eval_count <= 12
+    if last.done_reason == "length":
+        assert last.eval_count == 12
+    # At most one text chunk per generated token (a token may show no text yet: part of a
+    # UTF-8 character or of a possible stop string), plus one last flush of held text.
+    pieces = [c for c in chunks[:-1] if c.message.content]
+    assert 1 <= len(pieces) <= last.eval_count + 1
     text = "".join(c.message.content for c in chunks)
     assert text.strip()
 
@@ -160,7 +166,8 @@ def test_load_duration_reported_when_loading(client: ollama.Client) -> None:
     cold = client.chat(model=GEMMA, messages=HELLO, options={"num_predict": 2})
     warm = client.chat(model=GEMMA, messages=HELLO, options={"num_predict": 2})
     assert cold.load_duration and cold.load_duration > 1_000_000  # > 1 ms: a real load
-    assert warm.load_duration == 0
+    # Never 0, as in Ollama (tests/test_engine_ollama.py): the scheduling time only.
+    assert warm.load_duration and 0 < warm.load_duration < cold.load_duration
 
 
 def test_unknown_model_is_404(client: ollama.Client) -> None:
@@ -282,25 +289,3 @@ async def test_disconnect_mid_stream_frees_the_slot(engine: str) -> None:
         )
     assert [r.status_code for r in results] == [200] * 10
     assert all(r.json()["eval_count"] == 4 for r in results)
-
-
-async def test_queue_beyond_limit_gets_503() -> None:
-    """One slot and a queue of one: a third concurrent request is refused with 503."""
-    from devtools.testkit.procs import start_engine
-
-    proc, url = start_engine(None, "--num-parallel", "1", "--max-queue", "1", name="engine-q1")
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(120, connect=5)) as c:
-            body = {
-                "model": SMOL,
-                "messages": HELLO,
-                "stream": False,
-                "options": {"num_predict": 200, "temperature": 1},
-            }
-            results = await asyncio.gather(*(c.post("/api/chat", json=body) for _ in range(3)))
-        codes = sorted(r.status_code for r in results)
-        assert codes == [200, 200, 503]
-        busy = next(r for r in results if r.status_code == 503)
-        assert "maximum pending requests exceeded" in busy.json()["error"]
-    finally:
-        proc.stop()

@@ -20,6 +20,7 @@ from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from itsdangerous import Signer
 
 from ui import share
 from ui.settings import Settings
@@ -42,7 +43,7 @@ from ui.share import (
     share_url,
 )
 
-ALPHABET = string.ascii_letters + string.digits + "-_"
+ALPHABET = string.ascii_letters + string.digits + "-_."  # URL-safe base64 and the separator
 TAMPER_TEXT = "This share link is invalid or was changed: it was not signed by this app"
 
 
@@ -98,11 +99,21 @@ def make_conversation(
     )
 
 
-def seal(payload: bytes, secret: bytes, *, fmt: bytes = b"\x01", compress: bool = True) -> str:
+def seal(payload: bytes, secret: bytes, *, fmt: bytes = b"\x02", compress: bool = True) -> str:
     """Build a token by hand from the layout documented in ui/share.py."""
-    body = zlib.compress(payload) if compress else payload
-    mac = hmac.new(secret, share.MAC_CONTEXT + fmt + body, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(fmt + mac + body).rstrip(b"=").decode()
+    body = fmt + (zlib.compress(payload) if compress else payload)
+    signer = Signer(
+        secret, salt=share.SIGNER_SALT, key_derivation="hmac", digest_method=hashlib.sha256
+    )
+    return signer.sign(base64.urlsafe_b64encode(body).rstrip(b"=")).decode()
+
+
+def format_1_token(payload: bytes, secret: bytes) -> str:
+    """A link as the app made them before share links were signed with itsdangerous."""
+    body = zlib.compress(payload)
+    context = b"serverless-llm-chat/share-link\x00"
+    mac = hmac.new(secret, context + b"\x01" + body, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(b"\x01" + mac + body).rstrip(b"=").decode()
 
 
 # --- round trip ----------------------------------------------------------------------------
@@ -187,9 +198,10 @@ def test_garbage_is_malformed(garbage: str, expected: str, secret: bytes) -> Non
     assert expected in caught.value.user_message or "impossible" in caught.value.user_message
 
 
-def test_valid_alphabet_garbage_fails_the_signature(secret: bytes) -> None:
+@pytest.mark.parametrize("garbage", ["A" * 200, "AQ" + "A" * 200])  # "AQ": byte 0x01
+def test_valid_alphabet_garbage_fails_the_signature(garbage: str, secret: bytes) -> None:
     with pytest.raises(ShareLinkTampered):
-        decode_share("A" * 200, secret)
+        decode_share(garbage, secret)
 
 
 def test_non_text_token_is_malformed(secret: bytes) -> None:
@@ -268,8 +280,29 @@ def test_newer_json_version_is_unsupported(secret: bytes) -> None:
 
 def test_unknown_token_format_byte_is_unsupported(secret: bytes) -> None:
     payload = share.canonical_json(make_conversation())
-    with pytest.raises(ShareLinkUnsupportedVersion, match="token format 2"):
-        decode_share(seal(payload, secret, fmt=b"\x02"), secret)
+    with pytest.raises(ShareLinkUnsupportedVersion, match="token format 3"):
+        decode_share(seal(payload, secret, fmt=b"\x03"), secret)
+
+
+def test_a_link_of_the_earlier_format_says_so(secret: bytes) -> None:
+    old = format_1_token(share.canonical_json(make_conversation()), secret)
+    with pytest.raises(ShareLinkUnsupportedVersion, match="earlier version") as caught:
+        decode_share(old, secret)
+    assert "new link" in caught.value.user_message
+
+
+def test_the_signature_is_checked_before_decompressing(secret: bytes) -> None:
+    """A bomb signed with another key is refused without being inflated at all."""
+    bomb = seal(b" " * (16 * 1024 * 1024), os.urandom(32))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ShareLinkTampered):
+            decode_share(bomb, secret)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Inflating would allocate up to the cap (MAX_JSON_BYTES) before refusing.
+    assert peak < share.MAX_JSON_BYTES // 4
 
 
 def test_missing_version_is_malformed(secret: bytes) -> None:

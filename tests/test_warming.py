@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from devtools.cloudrun import EmulatorConfig, RunningEmulator, start_emulator
+from devtools.testkit.fake_ollama import FakeOllama
 from devtools.testkit.procs import refusing_url
 from ui.backend_client import BackendClient, ReplyDone, TokenDelta
-from ui.errors import BackendTimeout, BackendUnreachable
+from ui.errors import BackendError, BackendTimeout, BackendUnreachable
 from ui.settings import Settings
 from ui.warming import ColdStartTracker, Prewarmer, WarmingStatus, stream_with_warmup
 
@@ -198,3 +200,43 @@ async def _running(client: BackendClient) -> list:
         return await client.running_models()
     except Exception:
         return []
+
+
+# --- the retry rule, against a protocol-level fake Ollama --------------------------------
+async def test_busy_answers_are_retried_on_the_backoff_schedule_then_named() -> None:
+    """503 every time: sent at 0, 1 and 3 s (waits of 1 and 2 s), then a wait of 4 s would
+    pass the 4 s deadline, so it stops there and says why; each wait counts down."""
+    with FakeOllama() as fake:
+        client = BackendClient(
+            settings_for(fake.url).model_copy(update={"cold_start_deadline": 4.0})
+        )
+        seen: list[object] = []
+        with pytest.raises(BackendTimeout, match="did not become ready within 4 s"):
+            async for event in stream_with_warmup(
+                client, "fake-503", MSGS, tracker=ColdStartTracker(5), tick=0.25
+            ):
+                seen.append(event)
+        await client.aclose()
+        assert len(fake.chat_requests()) == 3
+    waits = [e for e in seen if isinstance(e, WarmingStatus) and e.retry_in]
+    assert waits and all(e.phase == "busy" and "busy, retrying in" in e.text for e in waits)
+    assert not [e for e in seen if not isinstance(e, WarmingStatus)], "no reply events"
+    # Two countdowns: from 1 s and from 2 s, each going down tick by tick.
+    countdown = [e.retry_in for e in waits if e.retry_in is not None]
+    starts = [countdown[0]] + [b for a, b in itertools.pairwise(countdown) if b > a]
+    assert len(starts) == 2 and starts[0] <= 1.0 < starts[1] <= 2.0, countdown
+
+
+async def test_a_reply_broken_after_its_first_token_is_not_sent_again() -> None:
+    """Part of the reply arrived, so the backend processed the message: no second send."""
+    with FakeOllama() as fake:
+        client = BackendClient(settings_for(fake.url))
+        seen: list[object] = []
+        with pytest.raises(BackendError):
+            async for event in stream_with_warmup(
+                client, "fake-drop", MSGS, tracker=ColdStartTracker(5), tick=0.25
+            ):
+                seen.append(event)
+        await client.aclose()
+        assert len(fake.chat_requests()) == 1
+    assert [e for e in seen if isinstance(e, TokenDelta)], "the first words arrived"

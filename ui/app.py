@@ -15,114 +15,65 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 
 from ui.backend_client import BackendClient
-from ui.battle_page import build_battle_page, vote_logger
-from ui.chat_page import SAVE_HISTORY_JS, build_chat_page
-from ui.compare_page import CSS as COMPARE_CSS
+from ui.battle_page import build_battle_page
+from ui.chat_page import build_chat_page
 from ui.compare_page import build_compare_page
+from ui.context import AppContext
 from ui.deep_links import TAB_SHARED
 from ui.leaderboard_page import build_leaderboard_page
-from ui.model_directory import ModelDirectory
-from ui.rate_limit import RateLimiter
+from ui.render import CSS
 from ui.security_headers import security_headers_middleware
 from ui.settings import Settings
-from ui.share import resolve_share_secret
-from ui.share_page import CSS as SHARE_CSS
 from ui.share_page import (
     SharedView,
     ShareHandlers,
-    ShareService,
     layout_shared_view,
     wire_chat_share,
     wire_compare_share,
     wire_shared_view,
 )
-from ui.votes import VoteBook
-from ui.warming import ColdStartTracker, Prewarmer
 
 logger = logging.getLogger(__name__)
 
 TITLE = "Serverless LLM Chat"
 
-
-@dataclass
-class AppContext:
-    """What every page builder gets."""
-
-    demo: gr.Blocks
-    settings: Settings
-    client: BackendClient
-    models: ModelDirectory
-    tracker: ColdStartTracker  # typical cold start, learned by this process (all pages)
-    prewarmer: Prewarmer
-    share: ShareHandlers  # share links (holds the key that also seals battle pairings)
-    limiter: RateLimiter  # per-client request limit shared by Compare and Battle
-    votes: VoteBook  # the vote store (LLM_VOTES): Battle writes, Leaderboard reads
-    pages: dict[str, Any] = field(default_factory=dict)  # tab id -> what its builder returned
-    tab: gr.Tab | None = None  # the Tab being built
+# A tab builder lays out its tab's content inside the current Tab and wires its events; it
+# returns the page's components (others connect to them: share, continue from a copy).
+TabBuilder = Callable[[gr.Blocks, AppContext, gr.Tab, ShareHandlers], Any]
 
 
-PageBuilder = Callable[[AppContext], Any]
+def _chat_tab(demo: gr.Blocks, ctx: AppContext, tab: gr.Tab, share: ShareHandlers) -> Any:
+    chat = build_chat_page(demo, ctx)
+    wire_chat_share(share, chat.share_inputs())
+    return chat
 
 
-def _chat_tab(ctx: AppContext) -> Any:
-    page = build_chat_page(
-        ctx.demo, ctx.settings, ctx.client, ctx.models,
-        tracker=ctx.tracker, prewarmer=ctx.prewarmer,
-    )  # fmt: skip
-    assert page.components is not None
-    wire_chat_share(ctx.share, page.components)
-    return page
+def _compare_tab(demo: gr.Blocks, ctx: AppContext, tab: gr.Tab, share: ShareHandlers) -> Any:
+    compare = build_compare_page(demo, ctx)
+    wire_compare_share(share, compare.share_inputs(), compare.share_row)
+    return compare
 
 
-def _compare_tab(ctx: AppContext) -> Any:
-    page = build_compare_page(
-        ctx.demo, ctx.settings, ctx.client, ctx.models,
-        limiter=ctx.limiter, tracker=ctx.tracker, prewarmer=ctx.prewarmer,
-    )  # fmt: skip
-    assert page.components is not None
-    wire_compare_share(ctx.share, page.components)
-    return page
+def _battle_tab(demo: gr.Blocks, ctx: AppContext, tab: gr.Tab, share: ShareHandlers) -> Any:
+    return build_battle_page(demo, ctx)
 
 
-def _battle_tab(ctx: AppContext) -> Any:
-    return build_battle_page(
-        ctx.demo, ctx.settings, ctx.client, ctx.models, ctx.share.service.secret,
-        limiter=ctx.limiter, tracker=ctx.tracker, votes=ctx.votes,
-    )  # fmt: skip
-
-
-def _leaderboard_tab(ctx: AppContext) -> Any:
-    return build_leaderboard_page(ctx.demo, ctx.votes, ctx.tab)
+def _leaderboard_tab(demo: gr.Blocks, ctx: AppContext, tab: gr.Tab, share: ShareHandlers) -> Any:
+    return build_leaderboard_page(demo, ctx, tab)
 
 
 # (tab label, tab id, builder). The tab ids are what deep links select (ui/deep_links.py).
-TABS: list[tuple[str, str, PageBuilder]] = [
+TABS: list[tuple[str, str, TabBuilder]] = [
     ("Chat", "chat", _chat_tab),
     ("Compare", "compare", _compare_tab),
     ("Battle", "battle", _battle_tab),
     ("Leaderboard", "leaderboard", _leaderboard_tab),
 ]
-
-CSS = (
-    """
-/* The banner slot takes no space while it is empty. */
-#chat-banner:has(.prose:empty) { display: none; }
-.chat-banner { padding: 8px 12px; border-radius: 8px; margin-bottom: 4px; font-size: 0.95em; }
-.chat-banner-info { background: var(--color-accent-soft); }
-.chat-banner-warning { background: #fff4ce; color: #5c4400; }
-.chat-banner-error { background: #fde7e9; color: #7a1020; }
-#model-info { font-size: 0.9em; opacity: 0.85; }
-#composer { align-items: stretch; }
-"""
-    + COMPARE_CSS
-    + SHARE_CSS
-)
 
 
 def build_app(
@@ -132,31 +83,23 @@ def build_app(
 ) -> gr.Blocks:
     """The whole UI with its queue configured. `settings.backend_url` should be resolved
     (see `ui.embedded_engine.resolve_backend`); unset means the local default URL."""
-    client = client or BackendClient(settings)
-    directory = ModelDirectory(settings, client)
-    # One key signs share links and seals battle pairings; it never leaves the server.
-    share = ShareHandlers(ShareService(settings, resolve_share_secret(settings)), client, directory)
+    ctx = AppContext.create(settings, client)
+    share = ShareHandlers(ctx)
+    pages: dict[str, Any] = {}  # tab id -> the components its builder returned
     with gr.Blocks(title=TITLE, fill_width=False) as demo:
-        ctx = AppContext(
-            demo, settings, client, directory,
-            ColdStartTracker(settings.typical_cold_start), Prewarmer(client),
-            share, RateLimiter(settings.rate_limit_per_minute),
-            VoteBook(settings.votes, vote_logger()),
-        )  # fmt: skip
         gr.Markdown(f"## {TITLE}", elem_id="app-title")
         with gr.Tabs() as tabs:
             for label, tab_id, builder in TABS:
-                with gr.Tab(label, id=tab_id) as ctx.tab:
-                    ctx.pages[tab_id] = builder(ctx)
+                with gr.Tab(label, id=tab_id) as tab:
+                    pages[tab_id] = builder(demo, ctx, tab, share)
             # Shown only when the page was opened with ?share=TOKEN.
             with gr.Tab("Shared", id=TAB_SHARED, visible=False) as shared_tab:
                 shared = SharedView(share.service)
                 layout_shared_view(shared, shared_tab)
-        chat = ctx.pages["chat"].components
-        save_chat = {
-            "fn": None, "js": SAVE_HISTORY_JS, "inputs": [chat.chatbot], "outputs": [chat.store]
-        }  # fmt: skip
-        wire_shared_view(demo, shared, tabs, chat, ctx.pages["compare"].components, save_chat)
+        chat, compare = pages["chat"], pages["compare"]
+        wire_shared_view(
+            demo, shared, tabs, chat.copy_outputs(), compare.copy_outputs(), chat.save_history()
+        )
     # Gradio's default is one running event per listener, which would make every user wait
     # for every other user's stream. Allow many at once (the handlers are async, so they do
     # not use threads) and bound the waiting line; a full queue shows "busy" in the page.

@@ -50,6 +50,13 @@ from ui.settings import DEFAULT_LOCAL_BACKEND, Settings
 logger = logging.getLogger(__name__)
 
 NS_PER_S = 1_000_000_000
+# A load_duration above this means the request waited for a model to load. Ollama measures it
+# from request start to the model being ready (server/routes.go ChatHandler, v0.24.0): a few
+# milliseconds of scheduling when the model is loaded, the whole load (seconds on a GPU, at
+# least ~0.15 s for the local engine's smallest model) otherwise.
+MODEL_LOAD_MIN_S = 0.1
+# Ollama's 503 when OLLAMA_MAX_QUEUE requests already wait (server/sched.go ErrMaxQueue).
+OLLAMA_QUEUE_FULL = "maximum pending requests exceeded"
 BODY_END_GRACE_S = 1.0  # how long a finished reply's body may take to end
 
 
@@ -82,6 +89,12 @@ class ReplyStats:
     @property
     def load_seconds(self) -> float | None:
         return None if self.load_duration is None else self.load_duration / NS_PER_S
+
+    @property
+    def model_was_loaded(self) -> bool:
+        """Whether this reply waited for its model to load (see MODEL_LOAD_MIN_S)."""
+        load = self.load_seconds
+        return load is not None and load > MODEL_LOAD_MIN_S
 
     @property
     def total_seconds(self) -> float | None:
@@ -403,9 +416,18 @@ class BackendClient:
                 f"The model {name} is not available on the backend ({message}).", status_code=404
             )
         if status in (429, 503):
+            # A status comes before any reply text (Ollama writes nothing before the first
+            # chunk, server/routes.go streamResponse), so the message was not processed and
+            # may be sent again. 429 is Cloud Run with every instance busy; a 503 is Ollama's
+            # full queue (sched.go ErrMaxQueue), a runner not ready, or Cloud Run.
+            if OLLAMA_QUEUE_FULL in message:
+                cause = "The model backend is busy right now: its request queue is full"
+            elif status == 503:
+                cause = "The model backend is busy right now or not ready"
+            else:
+                cause = "All model backends are busy right now"
             return BackendBusy(
-                "All model backends are busy right now (HTTP "
-                f"{status}: {message}). Please try again in a moment.",
+                f"{cause} (HTTP {status}: {message}). Please try again in a moment.",
                 status_code=status,
             )
         if status in (401, 403):

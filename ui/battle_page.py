@@ -19,8 +19,9 @@ API endpoints (for `gradio_client`):
                   names and ends the battle (the token comes back empty).
     /battle_stop  ()
 
-Votes go through `record_vote` (ui/votes.py): one JSON line on stdout (logger
-"ui.battle.votes", JsonLogFormatter) once the vote store (LLM_VOTES) has saved them.
+The turn (checks, context fitting, streaming both columns) goes through ui/turns.py with
+blind columns. Votes go to the vote store (ctx.votes, ui/votes.py; LLM_VOTES), then one JSON
+line on stdout (logger "ui.battle.votes", JsonLogFormatter).
 """
 
 from __future__ import annotations
@@ -28,52 +29,44 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from ui.backend_client import BackendClient
-from ui.battle_token import (
-    BattleTokenError,
-    new_pairing,
-    open_pairing,
-    seal_pairing,
-)
-from ui.chat_history import HistoryRejected, Message, conversation, fit_to_context, is_note
-from ui.chat_history import parse_history as parse_chat_history
-from ui.chat_page import (
-    DEFAULT_TEMPERATURE,
+from ui.battle_token import new_pairing, open_pairing, seal_pairing
+from ui.chat_history import Message, has_reply, parse_history
+from ui.context import AppContext
+from ui.errors import InputRejected
+from ui.model_directory import ModelRejected
+from ui.model_labels import label_for
+from ui.render import banner_html, blind_head_html, column_status_html
+from ui.settings import Settings
+from ui.turns import (
+    DEFAULT_COLUMNS_MAX_TOKENS,
     DEFAULT_TOP_P,
     EMPTY_MESSAGE_HINT,
     MODEL_LIST_DEADLINE_S,
-    TEMPERATURE_RANGE,
-    ChatPage,
-    InputRejected,
-    banner_html,
-)
-from ui.compare_page import (
-    ColumnRequest,
-    ColumnStreamer,
+    Column,
     ColumnView,
-    blind_head_html,
+    PreparedTurn,
+    check_message,
+    check_parameters,
+    check_rate,
+    prepare,
+    stop_turn,
+    stream_turn,
+    turn_running,
 )
-from ui.model_directory import ModelDirectory, ModelRejected
-from ui.model_labels import label_for
-from ui.rate_limit import RateLimiter
-from ui.settings import Settings
-from ui.stop_signals import StopSignals
-from ui.vote_store import AlreadyVoted
-from ui.votes import VALID_CHOICES, JsonLogFormatter, VoteBook, VoteNotSaved, pick_battle_pair
-from ui.warming import ColdStartTracker
+from ui.votes import VALID_CHOICES, VoteNotSaved, pick_battle_pair
+from ui.widgets import max_tokens_slider, prompt_row, temperature_slider
 
 logger = logging.getLogger(__name__)
 
+SCOPE = "battle"  # this page's stop signals (ui/turns.py)
+RATE_SCOPE = "columns"  # Compare and Battle count against one per-client limit
 SIDES = ("Model A", "Model B")
-DEFAULT_BATTLE_MAX_TOKENS = 256
-VOTE_LOGGER_NAME = "ui.battle.votes"
 CHOICE_TEXT = {
     "a": "Model A is better",
     "b": "Model B is better",
@@ -85,70 +78,14 @@ MISSING_MODEL_MESSAGE = (
 )
 
 
-class _StdoutJsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """JSON lines on the current sys.stdout (looked up per record, so a replaced stdout,
-    e.g. under a test runner, is followed)."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stdout)
-        self.setFormatter(JsonLogFormatter())
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stdout
-        super().emit(record)
-
-
-def vote_logger() -> logging.Logger:
-    """The logger votes go to: one JSON object per line on stdout (Cloud Logging reads
-    `severity`, `message` and `timestamp` from it). Set up once per process."""
-    log = logging.getLogger(VOTE_LOGGER_NAME)
-    if not any(isinstance(h, _StdoutJsonHandler) for h in log.handlers):
-        log.addHandler(_StdoutJsonHandler())
-        log.setLevel(logging.INFO)
-        log.propagate = False  # not a second, plain-text copy through the root logger
-    return log
-
-
-def has_reply(history: Sequence[Message]) -> bool:
-    return any(m["role"] == "assistant" and not is_note(m) and m["content"] for m in history)
-
-
-@dataclass
-class PreparedBattle:
-    token: str
-    columns: list[ColumnRequest]
-    options: dict[str, Any]
-    notices: list[str]
-    session: str | None
-
-
 class BattlePage:
-    def __init__(
-        self,
-        settings: Settings,
-        client: BackendClient,
-        directory: ModelDirectory,
-        secret: bytes,
-        *,
-        limiter: RateLimiter | None = None,
-        tracker: ColdStartTracker | None = None,
-        votes: VoteBook | None = None,
-    ) -> None:
-        self.settings = settings
-        self.directory = directory
-        self.secret = secret
-        self.limiter = limiter or RateLimiter(settings.rate_limit_per_minute)
-        self.checks = ChatPage(settings, client, directory, limiter=self.limiter)
-        self.streamer = ColumnStreamer(
-            client, tracker or ColdStartTracker(settings.typical_cold_start)
-        )
-        self.stops = StopSignals()
-        # The store refuses a second vote per battle, whichever UI instance it reaches.
-        self.votes = votes or VoteBook(settings.votes, vote_logger())
-        self.components: BattleComponents | None = None
+    """The Battle tab's event handlers: raw values in, ui/turns.py, component values out."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
 
     async def _pick_pair(self) -> tuple[str, str]:
-        choices = await self.directory.choices(deadline=MODEL_LIST_DEADLINE_S)
+        choices = await self.ctx.models.choices(deadline=MODEL_LIST_DEADLINE_S)
         tags = [label.tag for label in choices.labels]
         try:
             return pick_battle_pair(tags)
@@ -159,54 +96,44 @@ class BattlePage:
                 f"{'is' if len(tags) == 1 else 'are'} available{why}."
             ) from None
 
-    async def prepare(
+    async def _prepare(
         self,
-        message: object,
+        text: str,
         token: object,
         history_a: object,
         history_b: object,
         temperature: object,
         max_tokens: object,
         request: gr.Request | None,
-    ) -> PreparedBattle | None:
-        text = self.checks.check_message(message)
-        if text is None:
-            return None
-        options, notices = self.checks.check_options(temperature, DEFAULT_TOP_P, max_tokens)
-        new = not (isinstance(token, str) and token.strip())
-        if new:
+    ) -> tuple[str, PreparedTurn]:
+        """(the battle token, the turn): a new battle when `token` is empty."""
+        ctx = self.ctx
+        # No system prompt; the chat's default top-p (there is no control for either).
+        params = check_parameters(ctx, "", temperature, DEFAULT_TOP_P, max_tokens)
+        if not (isinstance(token, str) and token.strip()):
             model_a, model_b = await self._pick_pair()
-            token = seal_pairing(new_pairing(model_a, model_b), self.secret)
+            token = seal_pairing(new_pairing(model_a, model_b), ctx.secret)
             histories: list[list[Message]] = [[], []]
         else:
-            try:
-                pairing = open_pairing(token, self.secret)
-            except BattleTokenError as exc:
-                raise InputRejected(exc.user_message) from None
+            pairing = open_pairing(token, ctx.secret)  # BattleTokenError: InputRejected
             model_a, model_b = pairing.model_a, pairing.model_b
             try:
                 # The model may have been removed since; its name must not show.
                 for model in (model_a, model_b):
-                    await self.directory.check(model)
+                    await ctx.models.check(model)
             except ModelRejected:
                 raise InputRejected(MISSING_MODEL_MESSAGE) from None
-            histories = [parse_chat_history(history_a), parse_chat_history(history_b)]
-        self.checks.check_rate(request)
-        columns = []
-        for model, side, history in zip((model_a, model_b), SIDES, histories, strict=True):
-            display = [*history, {"role": "user", "content": text}]
-            fitted = fit_to_context(
-                "",
-                conversation(display),
-                context_tokens=self.settings.context_tokens,
-                reply_tokens=options["num_predict"],
-            )
-            columns.append(ColumnRequest(model, display, fitted.messages, label=side, blind=True))
+            histories = [parse_history(history_a), parse_history(history_b)]
+        columns = [
+            Column(model, history, label=side, blind=True)
+            for model, side, history in zip((model_a, model_b), SIDES, histories, strict=True)
+        ]
+        turn = prepare(
+            ctx, text, params, columns, request=request, scope=SCOPE, rate_scope=RATE_SCOPE
+        )
         assert isinstance(token, str)
-        session = getattr(request, "session_hash", None) if request is not None else None
-        return PreparedBattle(token, columns, options, notices, session)
+        return token, turn
 
-    # --- Gradio handlers ------------------------------------------------------------------
     async def battle(
         self,
         message: object,
@@ -218,30 +145,26 @@ class BattlePage:
         request: gr.Request,
     ) -> AsyncIterator[tuple[Any, ...]]:
         try:
-            prepared = await self.prepare(
-                message, token, history_a, history_b, temperature, max_tokens, request
+            text = check_message(self.ctx, message)
+            if text is None:
+                yield (gr.skip(), banner_html(EMPTY_MESSAGE_HINT), *[gr.skip()] * 7)
+                return
+            token, turn = await self._prepare(
+                text, token, history_a, history_b, temperature, max_tokens, request
             )
-        except (InputRejected, HistoryRejected) as exc:
+        except InputRejected as exc:
             yield (gr.skip(), banner_html(exc.user_message, "error"), *[gr.skip()] * 7)
             return
-        if prepared is None:
-            yield (gr.skip(), banner_html(EMPTY_MESSAGE_HINT), *[gr.skip()] * 7)
-            return
-        banner = banner_html(" ".join(prepared.notices), "warning") if prepared.notices else ""
+        banner: Any = banner_html(" ".join(turn.notices), "warning") if turn.notices else ""
         # Every update carries the token and the (anonymous) headers, so an API caller can
         # take them from the final result (Gradio streams only what changed). The prompt
         # box and the banner are set once: later updates leave a new prompt being typed,
         # and a message from a vote pressed too early, alone.
         heads = (blind_head_html(SIDES[0]), blind_head_html(SIDES[1]))
         box: Any = ""
-        stop = self.stops.register(prepared.session) if prepared.session else None
-        try:
-            async for views in self.streamer.stream(prepared.columns, prepared.options, stop):
-                yield (box, banner, prepared.token, *_battle_columns(views, heads))
-                box = banner = gr.skip()
-        finally:
-            if stop is not None and prepared.session:
-                self.stops.release(prepared.session, stop)
+        async for views in stream_turn(self.ctx, turn):
+            yield (box, banner, token, *_battle_columns(views, heads))
+            box = banner = gr.skip()
 
     async def vote(
         self,
@@ -257,34 +180,29 @@ class BattlePage:
             valid = ", ".join(VALID_CHOICES)
             return (banner_html(f"Unknown vote {choice!r}: use one of {valid}.", "error"),
                     *unchanged)  # fmt: skip
-        session = getattr(request, "session_hash", None)
-        if session and self.stops.running(session):
+        if turn_running(self.ctx, request, SCOPE):
             # The running stream would overwrite the revealed names with "Model A/B".
             text = "Wait until both answers are complete (or press Stop) before voting."
             return (banner_html(text, "error"), *unchanged)
         try:
-            pairing = open_pairing(token, self.secret)
-            if not (
-                has_reply(parse_chat_history(history_a))
-                and has_reply(parse_chat_history(history_b))
-            ):
+            pairing = open_pairing(token, self.ctx.secret)
+            if not (has_reply(parse_history(history_a)) and has_reply(parse_history(history_b))):
                 raise InputRejected("Wait until both models have answered before voting.")
-            self.checks.check_rate(request)
-        except BattleTokenError as exc:
-            return (banner_html(exc.user_message, "error"), *unchanged)
-        except (InputRejected, HistoryRejected) as exc:
+            check_rate(self.ctx, request, RATE_SCOPE)
+        except InputRejected as exc:
             return (banner_html(exc.user_message, "error"), *unchanged)
         choice = str(choice)
         try:
-            # The store is blocking I/O (SQLite or Firestore): off the event loop.
+            # The store is blocking I/O (SQLite or Firestore): off the event loop. It
+            # refuses a second vote for this battle, whichever UI instance it reaches.
             await asyncio.to_thread(
-                self.votes.record,
+                self.ctx.votes.record,
                 pairing.model_a,
                 pairing.model_b,
                 choice,
                 battle_id=pairing.battle_id,
             )
-        except (AlreadyVoted, VoteNotSaved) as exc:
+        except (InputRejected, VoteNotSaved) as exc:  # AlreadyVoted is an InputRejected
             # Not saved: the token stays, so the same vote can be sent again.
             return (banner_html(exc.user_message, "error"), *unchanged)
         name_a = label_for(pairing.model_a).display_name
@@ -301,15 +219,14 @@ class BattlePage:
         )
 
     async def stop(self, request: gr.Request) -> None:
-        session = getattr(request, "session_hash", None)
-        if not (session and self.stops.stop(session)):
+        if not stop_turn(self.ctx, request, SCOPE):
             raise gr.Error("No battle is running.", visible=False, print_exception=False)
 
 
 def _battle_columns(views: Sequence[ColumnView], heads: tuple[str, str]) -> list[Any]:
     outputs: list[Any] = []
     for view, head in zip(views, heads, strict=True):
-        outputs += [head, view.history, view.status]
+        outputs += [head, view.history, column_status_html(view)]
     return outputs
 
 
@@ -331,23 +248,11 @@ class BattleComponents:
     choice: gr.Textbox
 
 
-def build_battle_page(
-    demo: gr.Blocks,
-    settings: Settings,
-    client: BackendClient,
-    directory: ModelDirectory,
-    secret: bytes,
-    *,
-    limiter: RateLimiter | None = None,
-    tracker: ColdStartTracker | None = None,
-    votes: VoteBook | None = None,
-) -> BattlePage:
-    page = BattlePage(
-        settings, client, directory, secret, limiter=limiter, tracker=tracker, votes=votes
-    )
-    page.components = _layout(settings)
-    _wire(page, page.components)
-    return page
+def build_battle_page(demo: gr.Blocks, ctx: AppContext) -> BattleComponents:
+    """Lay out the Battle tab inside the current Blocks context and wire its events."""
+    components = _layout(ctx.settings)
+    _wire(BattlePage(ctx), components)
+    return components
 
 
 def _layout(settings: Settings) -> BattleComponents:
@@ -384,30 +289,14 @@ def _layout(settings: Settings) -> BattleComponents:
             "both_bad": gr.Button("Both are bad", elem_id="vote-both-bad", min_width=120),
             "b": gr.Button("B is better →", elem_id="vote-b", min_width=120),
         }
-    with gr.Row(equal_height=True, elem_id="battle-composer"):
-        message = gr.Textbox(
-            label="Prompt",
-            show_label=False,
-            placeholder="Ask both models something; press Enter to send",
-            lines=1,
-            max_lines=8,
-            scale=6,
-            elem_id="battle-message",
-            container=False,
-        )
-        send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="battle-send")
-        stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="battle-stop")
+    row, message, send, stop = prompt_row(
+        "battle", "Ask both models something; press Enter to send"
+    )
+    with row:
         new_battle = gr.Button("New battle", scale=1, min_width=110, elem_id="battle-new")
     with gr.Accordion("Parameters", open=False, elem_id="battle-params"), gr.Row():
-        temperature = gr.Slider(
-            *TEMPERATURE_RANGE, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature",
-            elem_id="battle-temperature",
-        )  # fmt: skip
-        max_tokens = gr.Slider(
-            1, settings.max_tokens_limit,
-            value=min(DEFAULT_BATTLE_MAX_TOKENS, settings.max_tokens_limit), step=1,
-            label="Max tokens", elem_id="battle-max-tokens",
-        )  # fmt: skip
+        temperature = temperature_slider("battle-temperature")
+        max_tokens = max_tokens_slider(settings, DEFAULT_COLUMNS_MAX_TOKENS, "battle-max-tokens")
     # Held by the browser (not gr.State, which lives in server memory).
     token = gr.Textbox("", visible=False, elem_id="battle-token")
     choice = gr.Textbox("", visible=False, elem_id="battle-choice")

@@ -2,46 +2,50 @@
 
 The UI keeps no server state, so the browser carries the pairing between requests. Signing
 alone would not do: the names would be readable in the token before the vote. So the
-pairing is encrypted, then authenticated (encrypt-then-MAC), with keys derived from the
-share-link secret (LLM_SHARE_SECRET), using only HMAC-SHA256 from the standard library:
-
-    enc_key = HMAC(secret, ENC_CONTEXT)        mac_key = HMAC(secret, MAC_CONTEXT)
-    stream  = HMAC(enc_key, nonce || 0) || HMAC(enc_key, nonce || 1) || ...   (PRF in CTR mode)
-    token   = b64url(VERSION || nonce || (padded JSON XOR stream) || HMAC(mac_key, everything))
+pairing is sealed with Fernet (`cryptography.fernet`): AES-128-CBC encryption authenticated
+by HMAC-SHA256 over the version, timestamp, IV and ciphertext (encrypt-then-MAC), with a
+published token format (https://github.com/fernet/spec). Fernet was chosen over AES-GCM
+because it also carries the issue time under the MAC and checks the TTL itself
+(`decrypt_at_time(ttl=...)`), and defines the encoding (URL-safe base64): with AES-GCM the
+nonce handling, timestamp and token layout would be ours to write. Its key is derived from
+the share-link secret (LLM_SHARE_SECRET) with HKDF-SHA256 and a label of its own, so the
+battle key is never the key that signs share links.
 
 The plaintext is padded to a fixed size, so the token's length says nothing about which
 models were paired. Any instance holding the same secret opens any token; a token expires
 after `TOKEN_TTL_S`.
 
-Replays: the token itself does not stop a second vote. The battle page refuses a second
-vote on a battle id in its process (ui/votes.OncePerBattle), every vote line carries the
-battle id, and the leaderboard counts one vote per battle id (another instance may have
-accepted a replay).
+Replays: the token itself does not stop a second vote. The vote store does: the battle id
+is the vote's key, and a second vote on it is refused by the store, whichever UI instance
+it reaches (ui/vote_store.py).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
-import hmac
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Final
 
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from ui.errors import InputRejected
 
-TOKEN_VERSION: Final = b"\x01"
-ENC_CONTEXT: Final = b"serverless-llm-chat/battle-pairing/enc\x00"
-MAC_CONTEXT: Final = b"serverless-llm-chat/battle-pairing/mac\x00"
-NONCE_BYTES: Final = 16
-MAC_BYTES: Final = 32
+KEY_LABEL: Final = b"serverless-llm-chat/battle-pairing/fernet"
 PLAINTEXT_BYTES: Final = 512  # two 200-character names fit; every token has one length
+# Fernet: version (1) + timestamp (8) + IV (16) + AES-CBC of the padded plaintext (PKCS7
+# adds a whole block to 512 bytes) + HMAC-SHA256 (32) = 585 bytes = 780 base64 characters.
+TOKEN_CHARS: Final = 4 * ((1 + 8 + 16 + PLAINTEXT_BYTES + 16 + 32 + 2) // 3)
 TOKEN_TTL_S: Final = 24 * 3600
-MAX_TOKEN_CHARS: Final = 2048
+MAX_TOKEN_CHARS: Final = 2048  # longer input is refused before any decoding
 MIN_SECRET_BYTES: Final = 16
+
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+=*")
 
 
 class BattleTokenError(InputRejected):
@@ -53,7 +57,7 @@ class BattlePairing:
     model_a: str
     model_b: str
     battle_id: str  # random, for logs
-    issued_at: int  # unix seconds
+    issued_at: int  # unix seconds (the Fernet timestamp, under the MAC)
 
 
 def new_pairing(model_a: str, model_b: str, *, now: float | None = None) -> BattlePairing:
@@ -62,46 +66,25 @@ def new_pairing(model_a: str, model_b: str, *, now: float | None = None) -> Batt
     )
 
 
-def _keys(secret: bytes) -> tuple[bytes, bytes]:
+def _fernet(secret: bytes) -> Fernet:
     if not isinstance(secret, bytes) or len(secret) < MIN_SECRET_BYTES:
         raise ValueError(f"the battle key must be at least {MIN_SECRET_BYTES} bytes")
-    enc_key = hmac.new(secret, ENC_CONTEXT, hashlib.sha256).digest()
-    mac_key = hmac.new(secret, MAC_CONTEXT, hashlib.sha256).digest()
-    return enc_key, mac_key
-
-
-def _keystream(enc_key: bytes, nonce: bytes, length: int) -> bytes:
-    blocks = [
-        hmac.new(enc_key, nonce + counter.to_bytes(4, "big"), hashlib.sha256).digest()
-        for counter in range((length + 31) // 32)
-    ]
-    return b"".join(blocks)[:length]
-
-
-def _xor(data: bytes, stream: bytes) -> bytes:
-    return bytes(a ^ b for a, b in zip(data, stream, strict=True))
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=KEY_LABEL).derive(secret)
+    return Fernet(base64.urlsafe_b64encode(key))
 
 
 def seal_pairing(pairing: BattlePairing, secret: bytes) -> str:
-    """The token for `pairing` (URL-safe base64, always the same length)."""
-    enc_key, mac_key = _keys(secret)
+    """The token for `pairing` (URL-safe base64, always `TOKEN_CHARS` long)."""
+    fernet = _fernet(secret)
     payload = json.dumps(
-        {
-            "a": pairing.model_a,
-            "b": pairing.model_b,
-            "id": pairing.battle_id,
-            "t": pairing.issued_at,
-        },
+        {"a": pairing.model_a, "b": pairing.model_b, "id": pairing.battle_id},
         separators=(",", ":"),
         ensure_ascii=True,
     ).encode("ascii")
     if len(payload) > PLAINTEXT_BYTES:
         raise ValueError("the model names are too long for a battle token")
     padded = payload + b" " * (PLAINTEXT_BYTES - len(payload))
-    nonce = secrets.token_bytes(NONCE_BYTES)
-    body = TOKEN_VERSION + nonce + _xor(padded, _keystream(enc_key, nonce, len(padded)))
-    tag = hmac.new(mac_key, body, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(body + tag).rstrip(b"=").decode("ascii")
+    return fernet.encrypt_at_time(padded, pairing.issued_at).decode("ascii")
 
 
 INVALID_MESSAGE = (
@@ -114,43 +97,41 @@ def open_pairing(
     token: object, secret: bytes, *, now: float | None = None, ttl: float = TOKEN_TTL_S
 ) -> BattlePairing:
     """The pairing inside a token made by `seal_pairing`, or BattleTokenError."""
-    enc_key, mac_key = _keys(secret)
+    fernet = _fernet(secret)
     if not isinstance(token, str) or not token.strip():
         raise BattleTokenError("There is no battle yet: send a prompt to start one.")
     token = token.strip()
-    if len(token) > MAX_TOKEN_CHARS:
+    # Only the exact shape a sealed token has: Fernet's base64 decoding would skip stray
+    # characters, and a fixed length refuses oversized input before any work.
+    if len(token) != TOKEN_CHARS or not _TOKEN_SHAPE.fullmatch(token):
         raise BattleTokenError(INVALID_MESSAGE)
+    current = int(time.time() if now is None else now)
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
-        raise BattleTokenError(INVALID_MESSAGE) from None
-    # Only the canonical spelling: base64 ignores spare bits of the last character.
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
-        raise BattleTokenError(INVALID_MESSAGE)
-    if len(raw) != 1 + NONCE_BYTES + PLAINTEXT_BYTES + MAC_BYTES:
-        raise BattleTokenError(INVALID_MESSAGE)
-    body, tag = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
-    if not hmac.compare_digest(tag, hmac.new(mac_key, body, hashlib.sha256).digest()):
-        raise BattleTokenError(INVALID_MESSAGE)
-    if body[:1] != TOKEN_VERSION:
-        raise BattleTokenError("This battle was started by another version of the app.")
-    nonce, ciphertext = body[1 : 1 + NONCE_BYTES], body[1 + NONCE_BYTES :]
-    plain = _xor(ciphertext, _keystream(enc_key, nonce, len(ciphertext)))
+        plain = fernet.decrypt_at_time(token, ttl=int(ttl), current_time=current)
+    except InvalidToken:
+        raise _why_refused(fernet, token, ttl, current) from None
     try:
         data = json.loads(plain.decode("ascii"))
-        pairing = BattlePairing(
+        return BattlePairing(
             model_a=str(data["a"]),
             model_b=str(data["b"]),
             battle_id=str(data["id"]),
-            issued_at=int(data["t"]),
+            issued_at=fernet.extract_timestamp(token),
         )
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise BattleTokenError(INVALID_MESSAGE) from None
-    age = (time.time() if now is None else now) - pairing.issued_at
-    if age > ttl:
-        hours = ttl / 3600
-        raise BattleTokenError(
-            f"This battle is too old to continue or vote on (battles last {hours:g} hours). "
-            "Press “New battle” to start another one."
-        )
-    return pairing
+
+
+def _why_refused(fernet: Fernet, token: str, ttl: float, current: int) -> BattleTokenError:
+    """Fernet says only "invalid": an authentic token that failed is out of its time."""
+    try:
+        issued = fernet.extract_timestamp(token)  # verifies the MAC
+    except InvalidToken:
+        return BattleTokenError(INVALID_MESSAGE)
+    if issued > current:  # dated ahead of this server's clock (Fernet allows 60 s)
+        return BattleTokenError(INVALID_MESSAGE)
+    hours = ttl / 3600
+    return BattleTokenError(
+        f"This battle is too old to continue or vote on (battles last {hours:g} hours). "
+        "Press “New battle” to start another one."
+    )

@@ -17,12 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ui.backend_client import MODEL_LOAD_MIN_S
 from ui.errors import InputRejected
 
 CHARS_PER_TOKEN = 4  # rough average for English text with these tokenizers
 TOKENS_PER_MESSAGE = 4  # role markers and separators of chat templates
 MAX_HISTORY_MESSAGES = 500  # far more than any context holds; bounds the work per request
-LOAD_SHOWN_ABOVE_S = 0.05  # a load_duration below this means "model was already loaded"
+# A load_duration at or below this means "model was already loaded" (see MODEL_LOAD_MIN_S).
+LOAD_SHOWN_ABOVE_S = MODEL_LOAD_MIN_S
 WARNING_SIGN = "⚠"  # U+26A0 without the emoji selector: common text fonts have it
 
 Message = dict[str, Any]
@@ -96,6 +98,11 @@ def _content_text(content: object, position: int) -> str:
 def is_note(message: Message) -> bool:
     metadata = message.get("metadata")
     return isinstance(metadata, dict) and bool(metadata.get("title"))
+
+
+def has_reply(history: Sequence[Message]) -> bool:
+    """Whether a history holds a reply with text (notes do not count)."""
+    return any(m["role"] == "assistant" and not is_note(m) and m["content"] for m in history)
 
 
 # === what the model sees =================================================================
@@ -224,11 +231,15 @@ def stopped_note(figures: ReplyFigures) -> Message:
     }
 
 
-def error_note(user_message: str, *, partial: bool, notices: Sequence[str] = ()) -> Message:
+def error_note(
+    user_message: str, *, partial: bool, notices: Sequence[str] = (), retry_hint: bool = True
+) -> Message:
+    """The note under a reply that failed. `retry_hint`: the page has a retry button."""
     lines = []
     if partial:
         lines.append("The reply above is incomplete.")
-    lines.append("Your message is kept: press ↻ (retry) to send it again.")
+    if retry_hint:
+        lines.append("Your message is kept: press ↻ (retry) to send it again.")
     lines += [f"{WARNING_SIGN} {notice}" for notice in notices]
     return {
         "role": "assistant",

@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 
 from catalog import CATALOG
+from ui.context import AppContext
 from ui.ratings import BOOTSTRAP_ROUNDS
 from ui.vote_store import VoteStoreError
 from ui.votes import VoteBook, format_leaderboard_markdown
@@ -49,14 +50,14 @@ def leaderboard_markdown(votes: VoteBook) -> str:
     return "\n".join([table, "", f"{total} vote{'' if total == 1 else 's'}. {METHOD_NOTE}"])
 
 
-def build_leaderboard_page(demo: gr.Blocks, votes: VoteBook, tab: gr.Tab | None = None) -> Any:
+def build_leaderboard_page(demo: gr.Blocks, ctx: AppContext, tab: gr.Tab | None = None) -> Any:
     """The table and a Refresh button. The store is read when the tab is opened (`tab`),
     not on every page load; without a tab, on page load."""
     table = gr.Markdown("", elem_id="leaderboard")
     refresh = gr.Button("Refresh", elem_id="leaderboard-refresh", size="sm")
 
     async def show() -> str:
-        return await asyncio.to_thread(leaderboard_markdown, votes)
+        return await asyncio.to_thread(leaderboard_markdown, ctx.votes)
 
     refresh.click(show, outputs=[table], api_name="leaderboard", show_progress="hidden")
     quiet: dict[str, Any] = {"api_visibility": "undocumented", "show_progress": "hidden"}

@@ -11,8 +11,10 @@ import os
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
-from gradio import Request
+if TYPE_CHECKING:
+    from gradio import Request
 
 
 class RateLimiter:

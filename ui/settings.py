@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         description="Largest max-tokens a user may ask for (env LLM_MAX_TOKENS_LIMIT).",
     )
     context_tokens: int = Field(
-        default=2048,
+        default=4096,  # the context the GPU image loads models with (OLLAMA_CONTEXT_LENGTH)
         ge=256,
         validation_alias=AliasChoices("LLM_CONTEXT_TOKENS", "context_tokens"),
         description="Context window the UI fits history into (env LLM_CONTEXT_TOKENS).",

@@ -4,14 +4,15 @@ A shared chat or comparison has to open after the UI restarts and on any Cloud R
 so nothing is stored server-side: the link itself holds the conversation, compressed and
 signed with a server secret. Only this app (holding the secret) can mint a link that opens.
 
-Token layout (URL-safe base64 without padding)::
+Token layout (itsdangerous `Signer`: HMAC-SHA256, key derived from the secret with
+SIGNER_SALT; URL-safe base64 without padding)::
 
-    raw   = FORMAT (1 byte, 0x01) || MAC (32 bytes) || zlib(canonical JSON)
-    MAC   = HMAC-SHA256(secret, MAC_CONTEXT || FORMAT || zlib(canonical JSON))
+    token = b64(FORMAT (1 byte, 0x02) || zlib(canonical JSON)) "." b64(HMAC)
 
-The MAC is checked (in constant time) before anything is decompressed or parsed, the
-decompression is bounded, and the JSON is validated against a strict schema even though a
-valid signature means this server wrote it.
+The signature is checked (in constant time, by itsdangerous) before anything is
+decompressed or parsed, the decompression is bounded (MAX_JSON_BYTES), and the JSON is
+validated against a strict schema even though a valid signature means this server wrote it.
+Links of format 1 (a hand-written HMAC layout) are refused with a message saying so.
 
 Public API::
 
@@ -45,6 +46,8 @@ from pathlib import Path
 from typing import Annotated, Final, Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from itsdangerous import BadData, BadSignature, Signer
+from itsdangerous.encoding import base64_decode, base64_encode
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -61,9 +64,8 @@ logger = logging.getLogger(__name__)
 
 # --- format constants --------------------------------------------------------------------
 SHARE_FORMAT_VERSION: Final = 1  # the JSON "v" field
-TOKEN_FORMAT = b"\x01"  # first byte of the binary token; covered by the MAC
-MAC_CONTEXT = b"serverless-llm-chat/share-link\x00"  # keeps these MACs apart from other uses
-MAC_BYTES = 32
+TOKEN_FORMAT = b"\x02"  # first byte of the signed body (format 1 had no itsdangerous)
+SIGNER_SALT = b"serverless-llm-chat/share-link"  # keeps these signatures apart from other uses
 SHARE_QUERY_PARAM = "share"
 
 # --- size limits -------------------------------------------------------------------------
@@ -80,6 +82,8 @@ MAX_DECODE_TOKEN_CHARS = 32_768
 # data, which real chat text never inflates past a few hundred KB. Anything beyond is a bomb.
 MAX_JSON_BYTES = 512 * 1024
 MIN_SECRET_BYTES = 16
+# The signature alone is 43 characters (32 bytes); anything shorter cannot be a share link.
+MIN_TOKEN_CHARS = 48
 
 # --- schema bounds -----------------------------------------------------------------------
 MAX_NAME_CHARS = 200
@@ -88,7 +92,7 @@ MAX_SYSTEM_PROMPT_CHARS = 20_000
 MAX_MESSAGES_PER_COLUMN = 1000
 MAX_COLUMNS = 4
 
-_TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
+_TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_.-]+")  # URL-safe base64 and the "." separator
 
 
 # === errors ==============================================================================
@@ -255,8 +259,13 @@ def _check_secret(secret: bytes) -> None:
         raise ValueError(f"the share signing key must be at least {MIN_SECRET_BYTES} bytes")
 
 
-def _mac(secret: bytes, signed: bytes) -> bytes:
-    return hmac.new(secret, MAC_CONTEXT + signed, hashlib.sha256).digest()
+def _signer(secret: bytes) -> Signer:
+    _check_secret(secret)
+    # HMAC-SHA256 with a key derived from the secret and this use's salt, so the same
+    # secret gives battle tokens (ui/battle_token.py) a different key.
+    return Signer(
+        secret, salt=SIGNER_SALT, sep=".", key_derivation="hmac", digest_method=hashlib.sha256
+    )
 
 
 def canonical_json(conv: SharedConversation) -> bytes:
@@ -266,10 +275,8 @@ def canonical_json(conv: SharedConversation) -> bytes:
 
 
 def _seal(payload_json: bytes, secret: bytes) -> str:
-    compressed = zlib.compress(payload_json, level=9)
-    signed = TOKEN_FORMAT + compressed
-    raw = TOKEN_FORMAT + _mac(secret, signed) + compressed
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    body = TOKEN_FORMAT + zlib.compress(payload_json, level=9)
+    return _signer(secret).sign(base64_encode(body)).decode("ascii")
 
 
 def encode_share(
@@ -362,14 +369,38 @@ def _short_validation_summary(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _unsigned_token_error(token: str) -> ShareLinkError:
+    """A token without a signature part: cut short, changed, or a link of format 1."""
+    if len(token) < MIN_TOKEN_CHARS:
+        return ShareLinkMalformed("This share link is too short to be a share link of this app.")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        return ShareLinkTampered()
+    if _looks_like_format_1(raw):
+        # Format 1 (hand-written HMAC || zlib, no separator) was replaced by this one. Its
+        # signature is not checked: the message only names the shape it has.
+        return ShareLinkUnsupportedVersion(
+            "This share link was made by an earlier version of the app, whose links this "
+            "version cannot read. Ask for a new link."
+        )
+    return ShareLinkTampered()
+
+
+def _looks_like_format_1(raw: bytes) -> bool:
+    """0x01, a 32-byte MAC, then a zlib stream (whose 2-byte header is a multiple of 31)."""
+    header = raw[33:35]
+    return len(raw) > 35 and raw[0] == 1 and header[0] == 0x78 and int.from_bytes(header) % 31 == 0
+
+
 def decode_share(
     token: str, secret: bytes, *, max_chars: int = MAX_DECODE_TOKEN_CHARS
 ) -> SharedConversation:
     """Verify and unpack a token made by `encode_share`; raises ShareLinkError subclasses."""
-    _check_secret(secret)
+    signer = _signer(secret)
     if not isinstance(token, str):
         raise ShareLinkMalformed("This share link is garbled: the token is not text.")
-    token = token.strip().rstrip("=")
+    token = token.strip()
     if len(token) > max_chars:
         raise ShareTooLarge(
             f"This share link is too long to open: {len(token)} characters, the limit is "
@@ -383,25 +414,28 @@ def decode_share(
         raise ShareLinkMalformed(
             "This share link is garbled: it contains characters a share link never has."
         )
+    if "." not in token:
+        raise _unsigned_token_error(token)
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
-        raise ShareLinkMalformed(
-            "This share link is garbled: its length is impossible for a share link "
-            "(was it cut off?)."
-        ) from None
-    if len(raw) <= 1 + MAC_BYTES:
-        raise ShareLinkMalformed("This share link is too short to be a share link of this app.")
+        signed_body = signer.unsign(token)
+    except BadSignature:
+        raise ShareLinkTampered() from None
     # base64 ignores the spare low bits of the last character, so a changed last character
-    # can decode to the same bytes. Only the canonical spelling of a token is accepted.
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
+    # can decode to the same signature. Only the canonical spelling of a token is accepted.
+    if not hmac.compare_digest(signer.sign(signed_body), token.encode("ascii")):
         raise ShareLinkTampered()
-    header, mac, compressed = raw[:1], raw[1 : 1 + MAC_BYTES], raw[1 + MAC_BYTES :]
-    if not hmac.compare_digest(mac, _mac(secret, header + compressed)):
-        raise ShareLinkTampered()
+    # Signed by this app, so the body is what _seal wrote; still checked with care below.
+    try:
+        body = base64_decode(signed_body)
+    except BadData:
+        raise ShareLinkMalformed(
+            "This share link is garbled: its content is not readable."
+        ) from None
+    header, compressed = body[:1], body[1:]
     if header != TOKEN_FORMAT:
+        number = header[0] if header else 0
         raise ShareLinkUnsupportedVersion(
-            f"This share link uses token format {header[0]}, which this version of the app "
+            f"This share link uses token format {number}, which this version of the app "
             f"cannot read (it reads format {TOKEN_FORMAT[0]})."
         )
     payload = _bounded_decompress(compressed, MAX_JSON_BYTES)

@@ -1,9 +1,7 @@
-"""Share links for chats and comparisons, and the read-only view they open.
+"""The Share buttons of the Chat and Compare tabs, and the read-only view a link opens.
 
-A link carries its conversation (compressed, signed: ui/share.py), so it opens after a
-restart and on any instance that has the same LLM_SHARE_SECRET; nothing is stored. The base
-of the link is LLM_PUBLIC_URL when set, else the address the browser used (Gradio's own
-reading of the request, which honours X-Forwarded-Host/-Proto behind a proxy).
+Links are made by ui/share_links.py (what a link holds, its base URL) and signed by
+ui/share.py; this page lays out the buttons and the Shared tab and wires their events.
 
 API endpoints:
 
@@ -21,203 +19,52 @@ shows a message there, never an error page.
 
 from __future__ import annotations
 
-import html
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import gradio as gr
-from gradio import route_utils
 from pydantic import ValidationError
 
-from catalog import find
-from ui.backend_client import BackendClient
-from ui.chat_history import (
-    HistoryRejected,
-    Message,
-    ReplyFigures,
-    is_note,
-    parse_history,
-    read_stats_note,
-    stats_note,
+from ui.chat_history import parse_history
+from ui.context import AppContext
+from ui.deep_links import (
+    MAX_COMPARE_MODELS,
+    PARAM_SHARE,
+    TAB_CHAT,
+    TAB_COMPARE,
+    initial_tab,
+    query_params,
 )
-from ui.chat_page import (
-    DEFAULT_TOP_P,
-    TEMPERATURE_RANGE,
-    TOP_P_RANGE,
-    ChatComponents,
-    ChatPage,
-    InputRejected,
-)
-from ui.compare_page import (
-    COLUMN_SLOTS,
-    CompareComponents,
-    check_model_count,
-    column_head_html,
-    parse_model_list,
-)
-from ui.deep_links import PARAM_SHARE, TAB_CHAT, TAB_COMPARE, initial_tab, query_params
-from ui.model_directory import ModelDirectory, ModelRejected
-from ui.settings import Settings
-from ui.share import (
-    ReplyStats,
-    SharedColumn,
-    SharedConversation,
-    SharedMessage,
-    ShareLinkError,
-    ShareParameters,
-    count_turns,
-    decode_share,
-    fit_to_share_limit,
-    share_url,
-)
+from ui.errors import InputRejected
+from ui.render import banner_html as notice
+from ui.render import column_head_html, summary_html
+from ui.share import SharedConversation, ShareLinkError, ShareParameters, decode_share
+from ui.share_links import ShareService, shared_column, to_display_messages
+from ui.turns import DEFAULT_TOP_P, TEMPERATURE_RANGE, TOP_P_RANGE, check_models, check_parameters
 
 logger = logging.getLogger(__name__)
 
 NOTHING_TO_SHARE = "There is nothing to share yet: send a message first."
-
-CSS = """
-#share-notice:has(.prose:empty), #compare-share-notice:has(.prose:empty),
-#chat-share-notice:has(.prose:empty) { display: none; }
-.shared-summary { padding: 8px 12px; border-radius: 8px; background: var(--color-accent-soft);
-  margin-bottom: 6px; }
-.shared-summary .shared-params { font-size: 0.9em; opacity: 0.85; }
-.shared-summary pre { white-space: pre-wrap; margin: 4px 0; font-size: 0.9em; }
-"""
-
-
-# === conversions between the Chatbot's messages and the share format ====================
-def to_shared_messages(history: Sequence[Message]) -> list[SharedMessage]:
-    """Display messages (with stats notes) as shared messages (stats on their replies).
-    Error and "stopped" notes are left out: they are about this browser's session."""
-    shared: list[SharedMessage] = []
-    for message in history:
-        if is_note(message):
-            figures = read_stats_note(message)
-            last = shared[-1] if shared else None
-            if figures and last is not None and last.role == "assistant" and last.stats is None:
-                stats = ReplyStats(**figures)  # type: ignore[arg-type]
-                shared[-1] = last.model_copy(update={"stats": stats})
-            continue
-        if message["role"] == "system":
-            continue
-        shared.append(SharedMessage(role=message["role"], content=message["content"]))
-    return shared
-
-
-def to_display_messages(column: SharedColumn) -> list[Message]:
-    """The Chatbot messages for a shared column: replies get their stats line back."""
-    shown: list[Message] = []
-    for message in column.messages:
-        shown.append({"role": message.role, "content": message.content})
-        if message.stats is not None:
-            s = message.stats
-            figures = ReplyFigures(
-                ttft_s=s.ttft_s,
-                total_s=s.total_s,
-                tokens_per_s=s.tokens_per_s,
-                eval_count=s.eval_count,
-                load_s=s.load_s,
-                model=column.model,
-            )
-            shown.append(stats_note(figures))
-    return shown
-
-
-def shared_column(model: str, history: Sequence[Message]) -> SharedColumn:
-    spec = find(model)
-    return SharedColumn(
-        model=model,
-        display_name=spec.display_name if spec else None,
-        messages=to_shared_messages(history),
-    )
-
-
-# === making links ========================================================================
-def request_base_url(request: Any) -> str | None:
-    """The app's root URL as the browser reached it (None if it cannot be told)."""
-    raw = getattr(request, "request", None) if request is not None else None
-    if raw is None:
-        return None
-    try:
-        path = urlsplit(str(raw.url)).path
-        cut = path.find("/gradio_api/")
-        route = path[cut:] if cut >= 0 else path
-        return str(route_utils.get_request_origin(raw, route)).rstrip("/") + "/"
-    except (AttributeError, ValueError, TypeError):
-        return None
-
-
-@dataclass(frozen=True)
-class ShareOutcome:
-    url: str
-    notice_html: str
-
-
-def notice(text: str, kind: str = "info") -> str:
-    return f'<div class="chat-banner chat-banner-{kind}" role="status">{html.escape(text)}</div>'
-
-
-class ShareService:
-    """Mints share links; holds the signing key (it never leaves the server)."""
-
-    def __init__(self, settings: Settings, secret: bytes) -> None:
-        self.settings = settings
-        self.secret = secret
-
-    def base_url(self, request: Any) -> str:
-        if self.settings.public_url:
-            return self.settings.public_url
-        found = request_base_url(request)
-        if found is None:
-            raise ShareLinkError(
-                "The app's public address is unknown, so no link can be made: set "
-                "LLM_PUBLIC_URL (e.g. https://chat.example.com)."
-            )
-        return found
-
-    def link(self, conv: SharedConversation, request: Any) -> ShareOutcome:
-        """A link for `conv`, or for its last turns when all of it does not fit."""
-        total = count_turns(conv)
-        token, kept, dropped = fit_to_share_limit(conv, self.secret)
-        url = share_url(self.base_url(request), token)
-        what = "comparison" if conv.kind == "compare" else "conversation"
-        if dropped:
-            text = (
-                f"This {what} is too long to fit in one link ({total} turns), so this link "
-                f"shares only the last {kept} turn{'s' if kept != 1 else ''}."
-            )
-            return ShareOutcome(url, notice(text, "warning"))
-        text = (
-            f"Link ready: whoever opens it sees this {what} read-only and can continue "
-            "from a copy. The link itself holds the text, so anyone with it can read it."
-        )
-        return ShareOutcome(url, notice(text))
+COLUMN_SLOTS = MAX_COMPARE_MODELS  # columns the shared view lays out
 
 
 class ShareHandlers:
     """The Share buttons of the Chat and Compare tabs."""
 
-    def __init__(
-        self, service: ShareService, client: BackendClient, directory: ModelDirectory
-    ) -> None:
-        self.service = service
-        self.directory = directory
-        # The chat's checks, for the same limits and messages (they make no backend call).
-        self.checks = ChatPage(service.settings, client, directory)
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.service = ShareService(ctx.settings, ctx.secret)
 
     def _parameters(
         self, system_prompt: object, temperature: object, top_p: object, max_tokens: object
     ) -> ShareParameters:
-        system = self.checks.check_system_prompt(system_prompt)
-        options, _ = self.checks.check_options(temperature, top_p, max_tokens)
+        params = check_parameters(self.ctx, system_prompt, temperature, top_p, max_tokens)
         return ShareParameters(
-            system_prompt=system or None,
-            temperature=options["temperature"],
-            top_p=options["top_p"],
-            max_tokens=options["num_predict"],
+            system_prompt=params.system_prompt or None,
+            temperature=params.options["temperature"],
+            top_p=params.options["top_p"],
+            max_tokens=params.max_tokens,
         )
 
     def _make(self, build: Any, request: Any) -> tuple[str, str]:
@@ -226,7 +73,7 @@ class ShareHandlers:
             if conv is None:
                 return "", notice(NOTHING_TO_SHARE, "warning")
             outcome = self.service.link(conv, request)
-        except (InputRejected, ModelRejected, HistoryRejected, ShareLinkError) as exc:
+        except InputRejected as exc:  # also a malformed history or a link too long
             return "", notice(exc.user_message, "error")
         except ValidationError as exc:
             first = exc.errors(include_input=False, include_url=False)[0]
@@ -246,8 +93,8 @@ class ShareHandlers:
         request: gr.Request,
     ) -> tuple[str, str]:
         try:
-            name = await self.directory.check(model)
-        except ModelRejected as exc:
+            [name] = await check_models(self.ctx, model, several=False)
+        except InputRejected as exc:
             return "", notice(exc.user_message, "error")
 
         def build() -> SharedConversation | None:
@@ -274,10 +121,8 @@ class ShareHandlers:
         request: gr.Request,
     ) -> tuple[str, str]:
         try:
-            names = parse_model_list(models)
-            check_model_count(names)
-            checked = [await self.directory.check(n) for n in names]
-        except (InputRejected, ModelRejected) as exc:
+            checked = await check_models(self.ctx, models, several=True)
+        except InputRejected as exc:
             return "", notice(exc.user_message, "error")
         histories = [history_1, history_2, history_3][: len(checked)]
 
@@ -317,31 +162,31 @@ def share_controls(prefix: str) -> tuple[gr.Button, gr.Textbox, gr.HTML]:
     return button, link, message
 
 
-def wire_chat_share(handlers: ShareHandlers, chat: ChatComponents) -> None:
+def wire_chat_share(handlers: ShareHandlers, inputs: list[Any]) -> None:
+    """The Chat tab's Share button; `inputs` as /share_chat takes them."""
     button, link, message = share_controls("chat")
     button.click(
         handlers.share_chat,
-        inputs=[chat.chatbot, chat.model, chat.system_prompt, chat.temperature, chat.top_p,
-                chat.max_tokens],
+        inputs=inputs,
         outputs=[link, message],
         api_name="share_chat",
         preprocess=False,
         show_progress="hidden",
-    )  # fmt: skip
+    )
 
 
-def wire_compare_share(handlers: ShareHandlers, compare: CompareComponents) -> None:
-    with compare.share_row:
+def wire_compare_share(handlers: ShareHandlers, inputs: list[Any], row: gr.Row) -> None:
+    """The Compare tab's Share button, put in `row`; `inputs` as /share_compare takes them."""
+    with row:
         button, link, message = share_controls("compare")
     button.click(
         handlers.share_compare,
-        inputs=[compare.models, compare.system_prompt, compare.temperature, compare.max_tokens,
-                *compare.chats],
+        inputs=inputs,
         outputs=[link, message],
         api_name="share_compare",
         preprocess=False,
         show_progress="hidden",
-    )  # fmt: skip
+    )
 
 
 # === the read-only view ==================================================================
@@ -351,36 +196,6 @@ def _clamp(value: float | None, low: float, high: float) -> float | None:
 
 def _or_skip(value: object) -> Any:
     return gr.skip() if value is None else value
-
-
-def summary_html(conv: SharedConversation) -> str:
-    names = [column.label for column in conv.columns]
-    what = (
-        f"Shared chat with {names[0]}"
-        if conv.kind == "chat"
-        else f"Shared comparison of {', '.join(names)}"
-    )
-    created = conv.created_at.strftime("%Y-%m-%d %H:%M UTC")
-    p = conv.parameters
-    params = []
-    if p.temperature is not None:
-        params.append(f"temperature {p.temperature:g}")
-    if p.top_p is not None:
-        params.append(f"top-p {p.top_p:g}")
-    if p.max_tokens is not None:
-        params.append(f"max tokens {p.max_tokens}")
-    system = (
-        f"<div>System prompt:</div><pre>{html.escape(p.system_prompt)}</pre>"
-        if p.system_prompt
-        else "<div class='shared-params'>No system prompt.</div>"
-    )
-    return (
-        '<div class="shared-summary">'
-        f"<div><strong>{html.escape(what)}</strong> · created {html.escape(created)} · "
-        "read-only</div>"
-        f'<div class="shared-params">{html.escape(" · ".join(params) or "default parameters")}'
-        f"</div>{system}</div>"
-    )
 
 
 @dataclass
@@ -517,11 +332,13 @@ def wire_shared_view(
     demo: gr.Blocks,
     view: SharedView,
     tabs: gr.Tabs,
-    chat: ChatComponents,
-    compare: CompareComponents,
+    chat_outputs: list[Any],
+    compare_outputs: list[Any],
     save_chat: dict[str, Any] | None = None,
 ) -> None:
     """Page load (?share= and tab choice) and "Continue from a copy".
+    `chat_outputs`: chatbot, model, system prompt, temperature, top-p, max tokens;
+    `compare_outputs`: models, system prompt, temperature, max tokens, chat 1..3;
     `save_chat`: the chat's `.then(**save_chat)` that stores its history in the browser."""
     c = view.components
     assert c is not None, "layout_shared_view first"
@@ -537,16 +354,10 @@ def wire_shared_view(
     event = c.continue_button.click(
         view.continue_copy,
         inputs=[c.token],
-        outputs=[
-            c.notice, tabs,
-            chat.chatbot, chat.model, chat.system_prompt, chat.temperature, chat.top_p,
-            chat.max_tokens,
-            compare.models, compare.system_prompt, compare.temperature, compare.max_tokens,
-            *compare.chats,
-        ],
+        outputs=[c.notice, tabs, *chat_outputs, *compare_outputs],
         api_name="continue_copy",
         preprocess=False,
         show_progress="hidden",
-    )  # fmt: skip
+    )
     if save_chat is not None:
         event.then(**save_chat)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -73,6 +74,33 @@ class JsonLogFormatter(logging.Formatter):
         if isinstance(fields, Mapping):
             payload.update(fields)
         return _json_line(payload)
+
+
+VOTE_LOGGER_NAME = "ui.battle.votes"
+
+
+class _StdoutJsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """JSON lines on the current sys.stdout (looked up per record, so a replaced stdout,
+    e.g. under a test runner, is followed)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+        self.setFormatter(JsonLogFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
+def vote_logger() -> logging.Logger:
+    """The logger votes go to: one JSON object per line on stdout (Cloud Logging reads
+    `severity`, `message` and `timestamp` from it). Set up once per process."""
+    log = logging.getLogger(VOTE_LOGGER_NAME)
+    if not any(isinstance(h, _StdoutJsonHandler) for h in log.handlers):
+        log.addHandler(_StdoutJsonHandler())
+        log.setLevel(logging.INFO)
+        log.propagate = False  # not a second, plain-text copy through the root logger
+    return log
 
 
 # === battles =============================================================================

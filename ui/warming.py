@@ -6,7 +6,7 @@ GPU memory. `stream_with_warmup` wraps one chat request and, until its first tok
 `WarmingStatus` updates every `tick` seconds:
 
     phase "starting"  the backend does not answer its quick probe: an instance is starting
-    phase "loading"   the backend answers but the model is not in /api/ps: it is loading
+    phase "loading"   the backend answers but the model is not ready in memory: it is loading
     phase "busy"      429/503: every instance is busy; retrying with backoff
     phase "unreachable" the connection was refused; retried briefly (connect_retry_window)
     phase "ready"     the first token arrived (the banner goes away)
@@ -25,17 +25,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import html
 import logging
 import statistics
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_before_delay,
+    wait_exponential,
+)
+
 from catalog import find
-from ui.backend_client import BackendClient, ChatEvent
+from ui.backend_client import BackendClient, ChatEvent, ReplyDone
 from ui.errors import BackendBusy, BackendError, BackendTimeout, BackendUnreachable
 
 log = logging.getLogger(__name__)
@@ -116,23 +125,76 @@ class ColdStartTracker:
 
 # Errors after which the request certainly was not processed, so sending again is safe.
 _RETRYABLE = (BackendBusy, BackendUnreachable)
+# Seconds between attempts: 1, 2, 4, 8, 8, ... (the message retries and the pre-warm).
+BACKOFF = wait_exponential(multiplier=1, max=8)
 
 
-async def detect_phase(client: BackendClient, model: str) -> Phase | None:
-    """None when warm (backend answers and the model is loaded), else the cold phase."""
+@dataclass(frozen=True)
+class _PsLook:
+    at: float  # monotonic time of the look
+    expires_at: dt.datetime | None  # the model's /api/ps expires_at, None if not listed
+
+
+class PhaseDetector:
+    """The cold phase of one request that is held without a first token, from evidence that
+    holds for both Ollama lines the backend may run (0.24, the GPU image's pin, and 0.32+):
+
+    - /api/version does not answer within `probe_timeout`: "starting" (Cloud Run holds
+      requests while an instance starts);
+    - it answers, /api/ps does not: "loading" (0.32.4+ holds /api/ps while a model loads);
+    - /api/ps does not list the model: "loading" (it is not in memory);
+    - /api/ps lists it with an expires_at that moves with the clock between two looks:
+      "loading" (0.24 lists a loading model, and both list a just-loaded one, with
+      expires_at = now + keep_alive until a request on it finished; a model that has served
+      a request keeps a fixed expires_at);
+    - /api/ps lists it with a fixed expires_at: warm (None).
+    A listed model seen once is taken as warm until a second look says otherwise.
+    """
+
+    # How far expires_at must follow the clock between two looks to count as "moving".
+    FOLLOWS_CLOCK = 0.5
+
+    def __init__(self, client: BackendClient, model: str) -> None:
+        self.client = client
+        self.model = model
+        self._last: _PsLook | None = None
+
+    async def detect(self) -> Phase | None:
+        client = self.client
+        try:
+            await client.probe(self.model)
+        except BackendBusy:
+            return "busy"
+        except (BackendTimeout, BackendUnreachable):
+            return "starting"
+        try:
+            running = await asyncio.wait_for(
+                client.running_models(), timeout=client.settings.probe_timeout
+            )
+        except TimeoutError:
+            return "loading"  # the instance answered; its /api/ps waits for a load
+        except BackendError:
+            return "starting"
+        entry = next((m for m in running if m.name == self.model), None)
+        if entry is None:
+            self._last = None
+            return "loading"
+        look = _PsLook(time.monotonic(), _parse_time(entry.expires_at))
+        last, self._last = self._last, look
+        if last is None or look.expires_at is None or last.expires_at is None:
+            return None
+        waited = look.at - last.at
+        moved = (look.expires_at - last.expires_at).total_seconds()
+        return "loading" if waited > 0 and moved >= self.FOLLOWS_CLOCK * waited else None
+
+
+def _parse_time(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
     try:
-        await client.probe(model)
-    except BackendBusy:
-        return "busy"
-    except (BackendTimeout, BackendUnreachable):
-        return "starting"
-    try:
-        running = await asyncio.wait_for(
-            client.running_models(), timeout=client.settings.probe_timeout
-        )
-    except (BackendError, TimeoutError):
-        return "starting"
-    return None if any(m.name == model for m in running) else "loading"
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 async def stream_with_warmup(
@@ -151,104 +213,141 @@ async def stream_with_warmup(
     costs no extra round trip before the first token. Yields WarmingStatus updates while a
     cold backend gets ready, then the backend client's TokenDelta / ReplyDone events.
     Raises `ui.errors.BackendError`.
+
+    Retries: tenacity sends the message again, with BACKOFF, only while no reply has begun
+    and only after an error in _RETRYABLE; the wait runs in tenacity's task, and this
+    generator shows it as a countdown ("retrying in N s") meanwhile.
     """
     settings = client.settings
     t0 = time.monotonic()
-    deadline = t0 + settings.cold_start_deadline
     phase: list[Phase | None] = [None]  # what the detector found; None = warm or unknown
-    backoff = 1.0
-    retried = False
+    updates: asyncio.Queue[tuple[Phase, float] | None] = asyncio.Queue()  # waits, then None
+    attempts = 0
 
     def status(p: Phase, retry_in: float | None = None) -> WarmingStatus:
         return WarmingStatus(p, model, time.monotonic() - t0, tracker.typical, retry_in)
 
-    while True:
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    def out_of_time(state: RetryCallState) -> bool:
+        """Stop rather than wait past the deadline (for refused connections, the shorter
+        connect_retry_window: Cloud Run holds cold requests instead of refusing them)."""
+        window = settings.cold_start_deadline
+        if not isinstance(_failure(state), BackendBusy):
+            window = min(window, settings.connect_retry_window)
+        return time.monotonic() - t0 + state.upcoming_sleep > window
+
+    def announce_wait(state: RetryCallState) -> None:
+        waiting: Phase = "busy" if isinstance(_failure(state), BackendBusy) else "unreachable"
+        phase[0] = waiting
+        updates.put_nowait((waiting, time.monotonic() + state.upcoming_sleep))
+
+    async def first_event() -> tuple[AsyncGenerator[ChatEvent, None], ChatEvent | None]:
+        """One attempt: send the message and wait for the reply's first event."""
+        nonlocal attempts
+        attempts += 1
         chat = client.chat_stream(model, messages, options=options, keep_alive=keep_alive)
-        task = asyncio.create_task(_pump(chat, queue))
         detector = asyncio.create_task(_detect(client, model, phase))
-        first = True
         try:
-            while first:
-                try:
-                    kind, value = await asyncio.wait_for(queue.get(), timeout=tick)
-                except TimeoutError:
-                    if phase[0] is not None:
-                        yield status(phase[0])
-                    continue
-                if kind == "error":
-                    raise value
-                if kind == "end":
-                    return
-                first = False
-                detector.cancel()
-                if phase[0] is not None or retried:  # it was a cold start
-                    took = time.monotonic() - t0
-                    tracker.record(took)
-                    log.info("cold start of %s took %.1f s", model, took)
-                    yield status("ready")
-                yield value
-            # Streaming: the pump stopped after the first event; the rest is read right
-            # here, with no task hand-over or timer per token.
-            async for value in chat:
-                yield value
-            return
-        except _RETRYABLE as exc:
-            if not first:
-                raise  # part of the reply arrived: resending would answer twice
-            wait = min(backoff, 8.0)
-            busy = isinstance(exc, BackendBusy)
-            give_up_at = deadline if busy else min(deadline, t0 + settings.connect_retry_window)
-            if time.monotonic() + wait > give_up_at:
-                if not busy:
-                    raise  # refused: say so plainly ("cannot be reached")
-                raise BackendTimeout(
-                    f"The model backend did not become ready within "
-                    f"{settings.cold_start_deadline:.0f} s ({exc.user_message})"
-                ) from exc
-            retried = True
-            waiting: Phase = "busy" if busy else "unreachable"
-            phase[0] = waiting
-            end = time.monotonic() + wait
-            while (left := end - time.monotonic()) > 0:
-                yield status(waiting, retry_in=left)
-                await asyncio.sleep(min(tick, left))
-            backoff *= 2
+            return chat, await anext(chat, None)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await chat.aclose()
+            raise
         finally:
             detector.cancel()
-            task.cancel()
-            await asyncio.gather(task, detector, return_exceptions=True)
+            await asyncio.gather(detector, return_exceptions=True)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(_RETRYABLE),
+        wait=BACKOFF,
+        stop=out_of_time,
+        before_sleep=announce_wait,
+        reraise=True,
+    )
+    opening: asyncio.Task[tuple[AsyncGenerator[ChatEvent, None], ChatEvent | None]]
+    opening = asyncio.create_task(retrying(first_event))
+    opening.add_done_callback(lambda _: updates.put_nowait(None))
+    chat: AsyncGenerator[ChatEvent, None] | None = None
+    try:
+        retry_at: tuple[Phase, float] | None = None  # the countdown under way
+        while True:
+            left = retry_at[1] - time.monotonic() if retry_at else tick
+            try:
+                update = await asyncio.wait_for(updates.get(), timeout=max(min(tick, left), 0))
+            except TimeoutError:
+                pass
+            else:
+                if update is None:
+                    break
+                retry_at = update
+            if retry_at is not None and (left := retry_at[1] - time.monotonic()) > 0:
+                yield status(retry_at[0], retry_in=left)
+                continue
+            retry_at = None
+            if phase[0] is not None:
+                yield status(phase[0])
+        try:
+            chat, first = opening.result()
+        except BackendBusy as exc:
+            raise BackendTimeout(
+                f"The model backend did not become ready within "
+                f"{settings.cold_start_deadline:.0f} s ({exc.user_message})"
+            ) from exc
+        if first is None:
+            return
+        first_token_after = time.monotonic() - t0
+        cold = phase[0] is not None or attempts > 1
+        if cold:
+            _record_cold_start(tracker, model, first_token_after)
+            yield status("ready")
+        elif _waited_for_a_load(first):  # an empty reply: its end came first
+            _record_cold_start(tracker, model, first_token_after)
+        yield first
+        # Streaming: the rest is read right here, with no task hand-over or timer per
+        # token. An error from here on is not retried: resending would answer twice.
+        async for value in chat:
+            if not cold and _waited_for_a_load(value):
+                # A load the detector did not see (e.g. over before its second look):
+                # the answer's load_duration says so.
+                _record_cold_start(tracker, model, first_token_after)
+            yield value
+    finally:
+        opening.cancel()
+        await asyncio.gather(opening, return_exceptions=True)
+        if chat is not None:
             with contextlib.suppress(Exception):
                 await chat.aclose()  # closes the HTTP stream if the reply was cut short
 
 
-async def _pump(events: AsyncIterator[ChatEvent], queue: asyncio.Queue[tuple[str, Any]]) -> None:
-    """Hand over the first event (or the end, or the error), then stop reading: the caller
-    reads the rest of `events` itself."""
-    try:
-        async for event in events:
-            await queue.put(("event", event))
-            return
-        await queue.put(("end", None))
-    except BackendError as exc:
-        await queue.put(("error", exc))
+def _failure(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome is not None else None
+
+
+def _waited_for_a_load(event: object) -> bool:
+    return isinstance(event, ReplyDone) and event.stats.model_was_loaded
+
+
+def _record_cold_start(tracker: ColdStartTracker, model: str, took: float) -> None:
+    tracker.record(took)
+    log.info("cold start of %s took %.1f s", model, took)
 
 
 async def _detect(client: BackendClient, model: str, phase: list[Phase | None]) -> None:
-    """Find the cold phase; while an instance starts, re-probe until it moves on to
-    "loading" (the instance answers, the model is not in memory yet)."""
+    """Find the cold phase, and look again every second until the first token (which
+    cancels this): "starting" moves on to "loading", and a model listed in /api/ps needs
+    two looks to tell loading from warm (PhaseDetector). Once a cold phase was seen, a
+    later "warm" shows as "loading": the model came up and the reply is on its way."""
     # A warm backend usually sends its first token before this; the check is then
     # cancelled before it sends anything (no extra requests, and no connection dropped
     # mid-request). The first banner shows at the first tick anyway.
     await asyncio.sleep(DETECT_AFTER_S)
-    found = await detect_phase(client, model)
-    if phase[0] is None or found is not None:
-        phase[0] = found if found is not None else phase[0]
-    while phase[0] in ("starting", "busy"):
-        await asyncio.sleep(1.0)
-        found = await detect_phase(client, model)
-        if found in ("loading", None):
+    detector = PhaseDetector(client, model)
+    while True:
+        found = await detector.detect()
+        if found is not None:
+            phase[0] = found
+        elif phase[0] in ("starting", "busy"):
             phase[0] = "loading"
+        await asyncio.sleep(1.0)
 
 
 class Prewarmer:
@@ -272,27 +371,27 @@ class Prewarmer:
         settings = self.client.settings
         t0 = time.monotonic()
         deadline = t0 + settings.cold_start_deadline
-        backoff = 1.0
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                # A cheap request first: on Cloud Run it starts an instance (and is held
-                # until the instance is up); then load the model with no prompt.
-                await asyncio.wait_for(self.client.list_models(), timeout=left)
-                await asyncio.wait_for(
-                    self.client.load_model(model, keep_alive=self.keep_alive),
-                    timeout=max(deadline - time.monotonic(), 0.1),
-                )
-                log.info("pre-warmed %s in %.1f s", model, time.monotonic() - t0)
-                return
-            except _RETRYABLE as exc:
-                if time.monotonic() + backoff > deadline:
-                    log.info("pre-warm of %s gave up: %s", model, exc.user_message)
-                    return
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 8.0)
-            except (BackendError, TimeoutError) as exc:
-                log.info(
-                    "pre-warm of %s did not finish: %s", model, getattr(exc, "user_message", exc)
-                )
-                return
+
+        async def attempt() -> None:
+            # A cheap request first: on Cloud Run it starts an instance (and is held
+            # until the instance is up); then load the model with no prompt.
+            await asyncio.wait_for(self.client.list_models(), timeout=deadline - time.monotonic())
+            await asyncio.wait_for(
+                self.client.load_model(model, keep_alive=self.keep_alive),
+                timeout=max(deadline - time.monotonic(), 0.1),
+            )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_RETRYABLE),
+            wait=BACKOFF,
+            stop=stop_before_delay(settings.cold_start_deadline),
+            reraise=True,
+        )
+        try:
+            await retrying(attempt)
+        except _RETRYABLE as exc:
+            log.info("pre-warm of %s gave up: %s", model, exc.user_message)
+        except (BackendError, TimeoutError) as exc:
+            log.info("pre-warm of %s did not finish: %s", model, getattr(exc, "user_message", exc))
+        else:
+            log.info("pre-warmed %s in %.1f s", model, time.monotonic() - t0)

@@ -1,0 +1,202 @@
+"""What the UI reads from Ollama's answers holds for the pinned Ollama and the newer line
+(issue 16): cold-start phases, load_duration, pre-token 503s, and keep_alive left alone.
+
+Driven against the real engine in both /api/ps modes: "list" (the session engine, as the
+pinned Ollama 0.24.0 lists a loading model) and "wait" (as Ollama 0.32.4+ holds /api/ps
+until a load is done). See tests/test_engine_ollama.py for the Ollama source of each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import ollama
+import pytest
+from gradio_client import Client
+
+from devtools.testkit.chat_app import chat_args, running_app
+from devtools.testkit.procs import Proc, refusing_url, start_engine
+from ui.backend_client import BackendClient, ReplyDone, TokenDelta
+from ui.chat_history import ReplyFigures, stats_note
+from ui.errors import BackendBusy
+from ui.settings import Settings
+from ui.warming import ColdStartTracker, PhaseDetector, Prewarmer, WarmingStatus, stream_with_warmup
+
+GEMMA = "gemma3:270m"
+SMOL = "smollm2:135m"
+HELLO = [{"role": "user", "content": "Say hello"}]
+TWO = {"num_predict": 2, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def forever_engine() -> Iterator[str]:
+    """The GPU image's settings (OLLAMA_KEEP_ALIVE=-1), one slot and a queue of one, and
+    /api/ps held during loads as in Ollama 0.32.4+."""
+    proc: Proc
+    proc, url = start_engine(
+        None,
+        "--keep-alive",
+        "-1",
+        "--num-parallel",
+        "1",
+        "--max-queue",
+        "1",
+        "--ps-while-loading",
+        "wait",
+        name="engine-forever",
+    )
+    try:
+        yield url
+    finally:
+        proc.stop()
+
+
+def client_for(url: str, **extra: object) -> BackendClient:
+    return BackendClient(
+        Settings(backend_url=url, auth="none", probe_timeout=0.5, cold_start_deadline=60, **extra)
+    )
+
+
+async def _unload(url: str, model: str) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+        await c.post("/api/chat", json={"model": model, "messages": [], "keep_alive": 0})
+
+
+async def _phases_during_a_load(url: str) -> list[str | None]:
+    """PhaseDetector's findings, looked up every 0.1 s while a request loads Gemma, then
+    twice after the model has served it."""
+    await _unload(url, GEMMA)
+    client = client_for(url)
+    detector = PhaseDetector(client, GEMMA)
+    chat = asyncio.ensure_future(_plain_reply(client, GEMMA))
+    seen: list[str | None] = []
+    while not chat.done():
+        seen.append(await detector.detect())
+        await asyncio.sleep(0.1)
+    await chat
+    seen += ["|", await detector.detect()]
+    await asyncio.sleep(0.2)
+    seen.append(await detector.detect())
+    await client.aclose()
+    return seen
+
+
+async def _plain_reply(client: BackendClient, model: str) -> list:
+    return [e async for e in client.chat_stream(model, HELLO, options=TWO)]
+
+
+async def test_loading_then_warm_when_ps_lists_loading_models(engine: str) -> None:
+    seen = await _phases_during_a_load(engine)
+    during, after = seen[: seen.index("|")], seen[seen.index("|") + 1 :]
+    assert "loading" in during, seen
+    # Served a request: expires_at is set (the look across that change may still see it
+    # move), then stays put: warm.
+    assert after[-1] is None, seen
+
+
+async def test_loading_then_warm_when_ps_waits_for_loads(forever_engine: str) -> None:
+    seen = await _phases_during_a_load(forever_engine)
+    during, after = seen[: seen.index("|")], seen[seen.index("|") + 1 :]
+    assert "loading" in during, seen
+    assert after[-1] is None, seen
+
+
+async def test_no_answer_is_starting() -> None:
+    with refusing_url() as url:
+        client = client_for(url)
+        assert await PhaseDetector(client, GEMMA).detect() == "starting"
+        await client.aclose()
+
+
+async def test_an_on_demand_load_counts_as_a_cold_start(engine: str) -> None:
+    """Whatever /api/ps showed, the answer's load_duration tells the UI a load happened."""
+    await _unload(engine, GEMMA)
+    client = client_for(engine)
+    tracker = ColdStartTracker(default=30.0)
+    events = [
+        e async for e in stream_with_warmup(client, GEMMA, HELLO, tracker=tracker, options=TWO)
+    ]
+    assert isinstance(events[-1], ReplyDone) and events[-1].stats.model_was_loaded
+    assert tracker.observed == 1
+    warm = [e async for e in stream_with_warmup(client, GEMMA, HELLO, tracker=tracker, options=TWO)]
+    assert isinstance(warm[-1], ReplyDone) and not warm[-1].stats.model_was_loaded
+    assert not any(isinstance(e, WarmingStatus) for e in warm)
+    assert tracker.observed == 1
+    await client.aclose()
+
+
+async def test_stats_line_tells_a_load_from_a_loaded_model(engine: str) -> None:
+    """Real load_duration values: never 0, a fraction of a millisecond when loaded; the
+    stats line says "model load" only after a real load."""
+    await _unload(engine, SMOL)
+    client = client_for(engine)
+    cold = (await _plain_reply(client, SMOL))[-1].stats
+    warm = (await _plain_reply(client, SMOL))[-1].stats
+    assert cold.model_was_loaded and not warm.model_was_loaded
+    assert warm.load_seconds is not None and warm.load_seconds > 0
+    assert "model load" in stats_note(ReplyFigures(load_s=cold.load_seconds))["metadata"]["title"]
+    assert (
+        "model load" not in stats_note(ReplyFigures(load_s=warm.load_seconds))["metadata"]["title"]
+    )
+    await client.aclose()
+
+
+async def test_pre_token_503_is_busy_and_resent_until_served(forever_engine: str) -> None:
+    """The engine's queue-full 503 comes as a status before any text: the UI calls it busy,
+    names the full queue, and sends the message again after a backoff."""
+    await _unload(forever_engine, GEMMA)
+    client = client_for(forever_engine)
+    body = {"model": GEMMA, "messages": HELLO, "stream": False, "options": TWO}
+    async with httpx.AsyncClient(base_url=forever_engine, timeout=120) as raw:
+        fill = [asyncio.ensure_future(raw.post("/api/chat", json=body)) for _ in range(2)]
+        await asyncio.sleep(0.2)  # one loads the model, one waits in the queue of one
+        with pytest.raises(BackendBusy) as err:
+            await _plain_reply(client, GEMMA)
+        assert err.value.status_code == 503 and "request queue is full" in err.value.user_message
+        await asyncio.gather(*fill)
+    # Through the warm-up path the same 503 is retried until the load is done.
+    await _unload(forever_engine, GEMMA)
+    async with httpx.AsyncClient(base_url=forever_engine, timeout=120) as raw:
+        fill = [asyncio.ensure_future(raw.post("/api/chat", json=body)) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        events = [
+            e
+            async for e in stream_with_warmup(
+                client, GEMMA, HELLO, tracker=ColdStartTracker(5), options=TWO, tick=0.25
+            )
+        ]
+        await asyncio.gather(*fill)
+    assert any(isinstance(e, WarmingStatus) and e.phase == "busy" for e in events)
+    assert any(isinstance(e, TokenDelta) for e in events) and isinstance(events[-1], ReplyDone)
+    await client.aclose()
+
+
+def test_the_ui_never_overrides_the_images_keep_alive(forever_engine: str) -> None:
+    """The GPU image keeps models forever (OLLAMA_KEEP_ALIVE=-1); a keep_alive in any request
+    would stick to the model (Ollama sched.go useLoadedRunner) and unload it when idle. After
+    the real app pre-warms and chats, the engine still keeps every model forever."""
+    raw = ollama.Client(host=forever_engine, timeout=60)
+    for model in (GEMMA, SMOL):
+        raw.chat(model=model, messages=[], keep_alive=0)  # unloaded
+    with running_app(backend_url=forever_engine, rate_limit_per_minute=1000) as url:
+        app = Client(url, verbose=False)
+        app.predict(GEMMA, api_name="/prewarm")
+        app.predict(*chat_args("Hi", model=SMOL, max_tokens=2), api_name="/chat")
+        app.predict(*chat_args("Hi", model=GEMMA, max_tokens=2), api_name="/chat")
+    asyncio.run(_prewarm(forever_engine, SMOL))
+    running = {m.model: m.expires_at for m in raw.ps().models}
+    assert set(running) == {GEMMA, SMOL}
+    assert all(when is not None and when.year >= 2318 for when in running.values()), running
+
+
+async def _prewarm(url: str, model: str) -> None:
+    client = client_for(url)
+    assert Prewarmer(client).warm(model)
+    for _ in range(300):
+        if model in {m.name for m in await client.running_models()}:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)  # the load request's end (when Ollama sets expiresAt)
+    await client.aclose()

@@ -1,0 +1,50 @@
+"""What every page gets: the app's collaborators, built once per app.
+
+    ctx = AppContext.create(settings)      # in ui/app.py
+    build_chat_page(demo, ctx)             # every page builder takes the same object
+
+Nothing here holds a conversation: the UI stays stateless. What is kept is per process
+(the model list cache, the rate-limit counts, the running streams' stop signals, the
+typical cold start, the pre-warms in flight) and shared by all pages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ui.backend_client import BackendClient
+from ui.model_directory import ModelDirectory
+from ui.rate_limit import RateLimiter
+from ui.settings import Settings
+from ui.share import resolve_share_secret
+from ui.stop_signals import StopSignals
+from ui.votes import VoteBook, vote_logger
+from ui.warming import ColdStartTracker, Prewarmer
+
+
+@dataclass(frozen=True)
+class AppContext:
+    settings: Settings
+    client: BackendClient  # the one client of the model backends
+    models: ModelDirectory  # which models are offered; checks model names
+    limiter: RateLimiter  # requests per client per minute (counted per scope, ui/turns.py)
+    stops: StopSignals  # running turns, found by the Stop buttons
+    tracker: ColdStartTracker  # typical cold start, learned by this process (all pages)
+    prewarmer: Prewarmer  # wakes a backend and loads a model in the background
+    secret: bytes  # signs share links and seals battle pairings; never leaves the server
+    votes: VoteBook  # the vote store (LLM_VOTES): Battle writes, Leaderboard reads
+
+    @classmethod
+    def create(cls, settings: Settings, client: BackendClient | None = None) -> AppContext:
+        client = client or BackendClient(settings)
+        return cls(
+            settings=settings,
+            client=client,
+            models=ModelDirectory(settings, client),
+            limiter=RateLimiter(settings.rate_limit_per_minute),
+            stops=StopSignals(),
+            tracker=ColdStartTracker(settings.typical_cold_start),
+            prewarmer=Prewarmer(client),
+            secret=resolve_share_secret(settings),
+            votes=VoteBook(settings.votes, vote_logger()),
+        )

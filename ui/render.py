@@ -1,0 +1,172 @@
+"""How the pages draw things: banners, column headers and status lines, CSS, browser JS.
+
+Pure functions from data to HTML (no Gradio import), shared by every page so that no page
+imports another. The pipeline (ui/turns.py) says what happened; this module says how it
+looks; the pages (ui/*_page.py) put it into their components.
+"""
+
+from __future__ import annotations
+
+import html
+
+from catalog import find
+from ui.chat_history import LOAD_SHOWN_ABOVE_S, ReplyFigures
+from ui.model_labels import label_for
+from ui.share import SharedConversation
+from ui.turns import ColumnView
+
+# Run in the browser: copy the chat into the BrowserState and back (no server round trip).
+# A js function's returned array is read as one value per output, hence the extra [...].
+SAVE_HISTORY_JS = "(history) => [history]"
+RESTORE_HISTORY_JS = "(saved) => [Array.isArray(saved) ? saved : []]"
+
+
+def banner_html(text: str, kind: str = "info") -> str:
+    """A one-line banner above a page's content (kind: info, warning, error)."""
+    return f'<div class="chat-banner chat-banner-{kind}" role="status">{html.escape(text)}</div>'
+
+
+# === the columns of Compare, Battle and shared views =====================================
+def status_html(text: str, kind: str) -> str:
+    return f'<div class="compare-status compare-status-{kind}">{html.escape(text)}</div>'
+
+
+WAITING_HTML = status_html("Waiting for the first token…", "wait")
+ANSWERING_HTML = status_html("Answering…", "wait")
+DONE_HTML = status_html("Done", "wait")
+
+
+def figures_html(figures: ReplyFigures) -> str:
+    """The status line under a finished reply: first token, speed, tokens, load time."""
+    parts = []
+    if figures.ttft_s is not None:
+        parts.append(f"{figures.ttft_s:.2f} s to first token")
+    if figures.tokens_per_s is not None:
+        parts.append(f"{figures.tokens_per_s:.1f} tokens/s")
+    if figures.eval_count is not None:
+        parts.append(f"{figures.eval_count} token{'' if figures.eval_count == 1 else 's'}")
+    if figures.load_s is not None and figures.load_s > LOAD_SHOWN_ABOVE_S:
+        parts.append(f"model load {figures.load_s:.2f} s")
+    else:
+        parts.append("model already loaded")
+    parts.append(f"{figures.total_s or 0.0:.2f} s total")
+    if figures.done_reason == "length":
+        parts.append("max tokens reached")
+    return status_html(" · ".join(parts), "stats")
+
+
+def column_status_html(view: ColumnView) -> str:
+    """A column's status slot: the warming banner, progress, then figures or what ended
+    the reply (a blind reply shows "Done": its figures would hint at the model)."""
+    if view.warming:
+        return view.warming
+    if view.phase == "failed":
+        return status_html(view.error or "", "error")
+    if view.phase == "stopped":
+        return status_html("Stopped", "stopped")
+    if view.phase == "done":
+        return figures_html(view.figures) if view.figures is not None else DONE_HTML
+    return ANSWERING_HTML if view.phase == "answering" else WAITING_HTML
+
+
+def column_head_html(tag: str | None) -> str:
+    """A column's header: the model's name, family and size."""
+    if not tag:
+        return '<div class="compare-head"><span class="compare-name">—</span></div>'
+    label = label_for(tag)
+    meta = [label.family_label]
+    if label.parameter_size:
+        meta.append(label.parameter_size)
+    if not label.chat_tuned:
+        meta.append("base model")
+    return (
+        f'<div class="compare-head"><span class="compare-name">'
+        f"{html.escape(label.display_name)}</span>"
+        f'<span class="compare-meta">{html.escape(" · ".join(meta))}</span></div>'
+    )
+
+
+def blind_head_html(label: str, revealed: str | None = None) -> str:
+    """A battle column's header: "Model A", and the model's name after the vote."""
+    name = f'<span class="compare-name">{html.escape(label)}</span>'
+    extra = (
+        f'<span class="compare-meta">{html.escape(revealed)}</span>' if revealed is not None else ""
+    )
+    return f'<div class="compare-head">{name}{extra}</div>'
+
+
+CSS = """
+/* Banner slots take no space while they are empty. */
+#chat-banner:has(.prose:empty) { display: none; }
+.chat-banner { padding: 8px 12px; border-radius: 8px; margin-bottom: 4px; font-size: 0.95em; }
+.chat-banner-info { background: var(--color-accent-soft); }
+.chat-banner-warning { background: #fff4ce; color: #5c4400; }
+.chat-banner-error { background: #fde7e9; color: #7a1020; }
+#model-info { font-size: 0.9em; opacity: 0.85; }
+#composer { align-items: stretch; }
+
+#compare-banner:has(.prose:empty), #battle-banner:has(.prose:empty) { display: none; }
+.compare-columns { flex-wrap: wrap; }
+/* A column's own "clear" icon would reset one model's side only; "Clear" resets all. */
+.compare-columns button[aria-label="Clear"] { display: none; }
+.compare-head { display: flex; gap: 8px; align-items: baseline; flex-wrap: wrap;
+  padding: 2px 4px; }
+.compare-name { font-weight: 600; font-size: 1.05em; }
+.compare-meta { opacity: 0.75; font-size: 0.9em; }
+.compare-status { font-size: 0.9em; padding: 4px 8px; border-radius: 6px; min-height: 1.6em; }
+.compare-status-wait { opacity: 0.7; }
+.compare-status-stats { background: var(--color-accent-soft); }
+.compare-status-stopped { background: #fff4ce; color: #5c4400; }
+.compare-status-error { background: #fde7e9; color: #7a1020; }
+.warming-banner { padding: 6px 10px; border-radius: 8px; background: #fff4ce;
+  color: #5c4400; font-size: 0.9em; }
+.warming-bar { height: 4px; background: rgba(0,0,0,0.1); border-radius: 2px; margin: 4px 0; }
+.warming-bar > div { height: 100%; background: #c08a00; border-radius: 2px; }
+
+#share-notice:has(.prose:empty), #compare-share-notice:has(.prose:empty),
+#chat-share-notice:has(.prose:empty) { display: none; }
+.shared-summary { padding: 8px 12px; border-radius: 8px; background: var(--color-accent-soft);
+  margin-bottom: 6px; }
+.shared-summary .shared-params { font-size: 0.9em; opacity: 0.85; }
+.shared-summary pre { white-space: pre-wrap; margin: 4px 0; font-size: 0.9em; }
+"""
+
+
+def model_info_markdown(tag: str | None) -> str:
+    """What the chat shows under its model picker."""
+    if not tag:
+        return ""
+    spec = find(tag)
+    if spec is None:
+        return f"`{tag}`"
+    return f"**{spec.display_name}** · {spec.quantization}  \n{spec.description}"
+
+
+def summary_html(conv: SharedConversation) -> str:
+    names = [column.label for column in conv.columns]
+    what = (
+        f"Shared chat with {names[0]}"
+        if conv.kind == "chat"
+        else f"Shared comparison of {', '.join(names)}"
+    )
+    created = conv.created_at.strftime("%Y-%m-%d %H:%M UTC")
+    p = conv.parameters
+    params = []
+    if p.temperature is not None:
+        params.append(f"temperature {p.temperature:g}")
+    if p.top_p is not None:
+        params.append(f"top-p {p.top_p:g}")
+    if p.max_tokens is not None:
+        params.append(f"max tokens {p.max_tokens}")
+    system = (
+        f"<div>System prompt:</div><pre>{html.escape(p.system_prompt)}</pre>"
+        if p.system_prompt
+        else "<div class='shared-params'>No system prompt.</div>"
+    )
+    return (
+        '<div class="shared-summary">'
+        f"<div><strong>{html.escape(what)}</strong> · created {html.escape(created)} · "
+        "read-only</div>"
+        f'<div class="shared-params">{html.escape(" · ".join(params) or "default parameters")}'
+        f"</div>{system}</div>"
+    )

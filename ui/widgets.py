@@ -1,0 +1,53 @@
+"""Widgets several pages lay out the same way: the prompt row and the sampling sliders.
+
+Layout only (no handlers); each call creates its components in the current Blocks context.
+The bounds and defaults are those the checks use (ui/turns.py).
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ui.settings import Settings
+from ui.turns import DEFAULT_TEMPERATURE, TEMPERATURE_RANGE
+
+
+def prompt_row(prefix: str, placeholder: str) -> tuple[gr.Row, gr.Textbox, gr.Button, gr.Button]:
+    """A row with the prompt box, Send and Stop (ids `{prefix}-message`, ...); more buttons
+    can be added with `with row:`."""
+    with gr.Row(equal_height=True, elem_id=f"{prefix}-composer") as row:
+        message = gr.Textbox(
+            label="Prompt",
+            show_label=False,
+            placeholder=placeholder,
+            lines=1,
+            max_lines=8,
+            scale=6,
+            elem_id=f"{prefix}-message",
+            container=False,
+        )
+        send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id=f"{prefix}-send")
+        stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id=f"{prefix}-stop")
+    return row, message, send, stop
+
+
+def temperature_slider(elem_id: str) -> gr.Slider:
+    return gr.Slider(
+        *TEMPERATURE_RANGE,
+        value=DEFAULT_TEMPERATURE,
+        step=0.05,
+        label="Temperature",
+        elem_id=elem_id,
+    )
+
+
+def max_tokens_slider(settings: Settings, default: int, elem_id: str) -> gr.Slider:
+    """Up to the configured limit (LLM_MAX_TOKENS_LIMIT), starting at `default`."""
+    return gr.Slider(
+        1,
+        settings.max_tokens_limit,
+        value=min(default, settings.max_tokens_limit),
+        step=1,
+        label="Max tokens",
+        elem_id=elem_id,
+    )
