@@ -221,9 +221,9 @@ class VoteBook:
 
 # === leaderboard =========================================================================
 # Model names come from the store: nothing in them may format the table (pipes, newlines,
-# links, images, HTML).
+# HTML, emphasis; with brackets escaped no link or image can form, so "(base)" stays plain).
 _MARKDOWN_SPECIAL = str.maketrans(
-    {**{c: "\\" + c for c in "\\|*_`[]()<>#!~"}, "\n": " ", "\r": " ", "\t": " "}
+    {**{c: "\\" + c for c in "\\|*_`[]<>#!~"}, "\n": " ", "\r": " ", "\t": " "}
 )
 
 
