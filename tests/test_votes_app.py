@@ -5,7 +5,6 @@ vote store that stops answering."""
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +15,8 @@ import pytest
 from gradio_client import Client
 from playwright.sync_api import Browser, expect
 
+from devtools.testkit import procs
+from devtools.testkit.browser import fight_battle
 from devtools.testkit.chat_app import is_note, text_of
 from devtools.testkit.procs import Proc, free_port, wait_http
 
@@ -24,25 +25,9 @@ SECRET = "votes-app-test-secret-0123456789abcdef"
 
 @contextmanager
 def ui_process(engine: str, name: str, **env: str) -> Iterator[str]:
-    port = free_port()
-    proc = Proc(
-        name,
-        [sys.executable, "-m", "ui"],
-        env={
-            "PORT": str(port),
-            "LLM_UI_HOST": "127.0.0.1",
-            "LLM_BACKEND_URL": engine,
-            "LLM_SHARE_SECRET": SECRET,  # every instance opens every battle token
-            "LLM_RATE_LIMIT": "1000",
-            "LLM_AUTH": "none",
-            **env,
-        },
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/", timeout=90, proc=proc.popen)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.stop()
+    # One share secret for all: every instance opens every battle token.
+    with procs.ui_process(engine, name, LLM_SHARE_SECRET=SECRET, **env) as url:
+        yield url
 
 
 def battle(client: Client, message: str = "Say hello.") -> tuple[str, Any, Any]:
@@ -67,15 +52,7 @@ def vote_in_the_browser(browser: Browser, url: str) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     try:
         page.goto(url)
-        page.get_by_role("tab", name="Battle").click()
-        page.locator("#battle-params").get_by_text("Parameters").click()
-        tokens = page.locator("#battle-max-tokens input[type=number]")
-        tokens.fill("8")
-        tokens.blur()
-        page.locator("#battle-message textarea").press_sequentially("Name a colour.", delay=30)
-        page.locator("#battle-send").click()
-        for side in ("a", "b"):
-            expect(page.locator(f"#battle-status-{side}")).to_have_text("Done", timeout=90_000)
+        fight_battle(page, "Name a colour.", max_tokens=8)
         page.locator("#vote-a").click()
         expect(page.locator("#battle-banner")).to_contain_text("Thanks for voting")
     finally:

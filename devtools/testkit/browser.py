@@ -55,3 +55,15 @@ def send(page: Page, text: str) -> None:
     """Send `text` from the chat page."""
     page.locator("#message textarea").fill(text)
     page.locator("#send").click()
+
+
+def fight_battle(page: Page, message: str, max_tokens: int) -> None:
+    """On an open page: the Battle tab, a reply cap, a prompt typed at human speed, and both
+    answers finished ("Done")."""
+    page.get_by_role("tab", name="Battle").click()
+    page.locator("#battle-params").get_by_text("Parameters").click()
+    set_number(page, "#battle-max-tokens", max_tokens)
+    page.locator("#battle-message textarea").press_sequentially(message, delay=30)
+    page.locator("#battle-send").click()
+    for side in ("a", "b"):  # "Done": no figures, they would hint at the model
+        expect(page.locator(f"#battle-status-{side}")).to_have_text("Done", timeout=90_000)

@@ -101,3 +101,27 @@ def refusing_url() -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@contextmanager
+def ui_process(backend_url: str, name: str, **env: str) -> Iterator[str]:
+    """`python -m ui` on a free port against `backend_url` (no auth, a high rate limit,
+    `env` on top); yields its base URL and stops it afterwards."""
+    port = free_port()
+    proc = Proc(
+        name,
+        [sys.executable, "-m", "ui"],
+        env={
+            "PORT": str(port),
+            "LLM_UI_HOST": "127.0.0.1",
+            "LLM_BACKEND_URL": backend_url,
+            "LLM_RATE_LIMIT": "1000",
+            "LLM_AUTH": "none",
+            **env,
+        },
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", timeout=90, proc=proc.popen)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
