@@ -38,6 +38,7 @@ from backend.threads import ThreadChooser
 from catalog import ModelSpec
 
 log = logging.getLogger("backend.engine")
+SLOT_WAIT_LOGGED_S = 5.0
 
 # Ollama's default context when OLLAMA_CONTEXT_LENGTH is unset and there is under 23 GiB of VRAM
 # (server/routes.go Serve, "vram-based default context", v0.24.0); the GPU image sets 4096 too.
@@ -387,8 +388,12 @@ class Engine:
         model = await self.ensure_loaded(spec, keep_alive)
         load_ns = time.perf_counter_ns() - started_ns
         model.active += 1  # counts waiting users too, so it is not unloaded under them
+        waiting_since = time.monotonic()
         try:
             await model.free.acquire()  # unbounded wait, like Ollama's semaphore
+            waited = time.monotonic() - waiting_since
+            if waited > SLOT_WAIT_LOGGED_S:  # all slots busy that long: worth a trace
+                log.info("waited %.1f s for a free slot of %s", waited, spec.tag)
         except BaseException:
             model.active -= 1
             self.went_idle(model)

@@ -9,6 +9,7 @@ until a load is done). See tests/test_engine_ollama.py for the Ollama source of 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Iterator
 
 import httpx
@@ -101,6 +102,33 @@ async def test_loading_then_warm_when_ps_waits_for_loads(forever_engine: str) ->
     during, after = seen[: seen.index("|")], seen[seen.index("|") + 1 :]
     assert "loading" in during, seen
     assert after[-1] is None, seen
+
+
+async def test_replies_finishing_between_looks_are_not_a_load(engine: str) -> None:
+    """On a warm, busy backend other users' replies end between the looks and move the
+    model's expires_at (sched.go sets it to finish time + keep_alive, v0.24.0), but not at
+    a constant distance to the clock, as a loading model's is: still warm, no banner."""
+    client = client_for(engine)
+    await _plain_reply(client, SMOL)  # loaded and served: expires_at is set
+
+    async def traffic() -> None:
+        lengths = random.Random(7)  # other users' replies: of any length, one after another
+        while True:
+            options = {"num_predict": lengths.randint(4, 48)}
+            [e async for e in client.chat_stream(SMOL, HELLO, options=options)]
+
+    others = asyncio.create_task(traffic())
+    detector = PhaseDetector(client, SMOL)
+    seen = []
+    try:
+        for _ in range(8):
+            seen.append(await detector.detect())
+            await asyncio.sleep(0.3)
+    finally:
+        others.cancel()
+        await asyncio.gather(others, return_exceptions=True)
+        await client.aclose()
+    assert seen == [None] * 8, seen
 
 
 async def test_no_answer_is_starting() -> None:

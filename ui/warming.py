@@ -28,6 +28,7 @@ import contextlib
 import datetime as dt
 import html
 import logging
+import random
 import statistics
 import time
 from collections import deque
@@ -131,7 +132,8 @@ BACKOFF = wait_exponential(multiplier=1, max=8)
 
 @dataclass(frozen=True)
 class _PsLook:
-    at: float  # monotonic time of the look
+    at: float  # monotonic time of the look (the middle of its /api/ps request)
+    latency: float  # how long that request took
     expires_at: dt.datetime | None  # the model's /api/ps expires_at, None if not listed
 
 
@@ -143,21 +145,27 @@ class PhaseDetector:
       requests while an instance starts);
     - it answers, /api/ps does not: "loading" (0.32.4+ holds /api/ps while a model loads);
     - /api/ps does not list the model: "loading" (it is not in memory);
-    - /api/ps lists it with an expires_at that moves with the clock between two looks:
-      "loading" (0.24 lists a loading model, and both list a just-loaded one, with
-      expires_at = now + keep_alive until a request on it finished; a model that has served
-      a request keeps a fixed expires_at);
-    - /api/ps lists it with a fixed expires_at: warm (None).
-    A listed model seen once is taken as warm until a second look says otherwise.
+    - /api/ps lists it with an expires_at that keeps the same distance to the clock (the
+      server's now + keep_alive) over FOLLOWING_LOOKS intervals: "loading" (0.24 lists a
+      loading model, and both list a just-loaded one, with expires_at = now + keep_alive
+      until a request on it finished; a model that has served a request keeps the
+      expires_at of its last finish);
+    - otherwise: warm (None).
+    On a warm, busy backend other requests finish between looks and move expires_at too,
+    to their finish time + keep_alive: its distance to the clock then changes by the time
+    between the last finish and each look, which varies from look to look. The distance is
+    measured from the middle of each /api/ps request, so it is exact to within half of each
+    answer's latency; several intervals in a row make a coincidence negligible.
     """
 
-    # How far expires_at must follow the clock between two looks to count as "moving".
-    FOLLOWS_CLOCK = 0.5
+    FOLLOWING_LOOKS = 3  # intervals in a row with a constant distance: "loading"
+    SLACK_S = 0.02  # clock resolution and scheduling on top of the latency bound
 
     def __init__(self, client: BackendClient, model: str) -> None:
         self.client = client
         self.model = model
         self._last: _PsLook | None = None
+        self._following = 0  # consecutive intervals in which expires_at followed the clock
 
     async def detect(self) -> Phase | None:
         client = self.client
@@ -167,6 +175,7 @@ class PhaseDetector:
             return "busy"
         except (BackendTimeout, BackendUnreachable):
             return "starting"
+        sent = time.monotonic()
         try:
             running = await asyncio.wait_for(
                 client.running_models(), timeout=client.settings.probe_timeout
@@ -177,15 +186,19 @@ class PhaseDetector:
             return "starting"
         entry = next((m for m in running if m.name == self.model), None)
         if entry is None:
-            self._last = None
+            self._last, self._following = None, 0
             return "loading"
-        look = _PsLook(time.monotonic(), _parse_time(entry.expires_at))
+        received = time.monotonic()
+        look = _PsLook((sent + received) / 2, received - sent, _parse_time(entry.expires_at))
         last, self._last = self._last, look
         if last is None or look.expires_at is None or last.expires_at is None:
+            self._following = 0
             return None
-        waited = look.at - last.at
         moved = (look.expires_at - last.expires_at).total_seconds()
-        return "loading" if waited > 0 and moved >= self.FOLLOWS_CLOCK * waited else None
+        drift = abs(moved - (look.at - last.at))  # change of the distance to the clock
+        follows = drift <= (look.latency + last.latency) / 2 + self.SLACK_S
+        self._following = self._following + 1 if follows else 0
+        return "loading" if self._following >= self.FOLLOWING_LOOKS else None
 
 
 def _parse_time(text: str | None) -> dt.datetime | None:
@@ -334,7 +347,7 @@ def _record_cold_start(tracker: ColdStartTracker, model: str, took: float) -> No
 async def _detect(client: BackendClient, model: str, phase: list[Phase | None]) -> None:
     """Find the cold phase, and look again every second until the first token (which
     cancels this): "starting" moves on to "loading", and a model listed in /api/ps needs
-    two looks to tell loading from warm (PhaseDetector). Once a cold phase was seen, a
+    three looks to tell loading from warm (PhaseDetector). Once a cold phase was seen, a
     later "warm" shows as "loading": the model came up and the reply is on its way."""
     # A warm backend usually sends its first token before this; the check is then
     # cancelled before it sends anything (no extra requests, and no connection dropped
@@ -347,7 +360,9 @@ async def _detect(client: BackendClient, model: str, phase: list[Phase | None]) 
             phase[0] = found
         elif phase[0] in ("starting", "busy"):
             phase[0] = "loading"
-        await asyncio.sleep(1.0)
+        # About a second apart, not exactly: looks in step with periodic traffic could
+        # see expires_at keep its distance to the clock (PhaseDetector).
+        await asyncio.sleep(random.uniform(0.75, 1.25))
 
 
 class Prewarmer:
