@@ -23,12 +23,15 @@ reply's share divided by the requests one instance serves at once
 from __future__ import annotations
 
 import html
+import logging
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+log = logging.getLogger(__name__)
+RECENT_S = 30.0  # a backend that answered this recently is not starting an instance
 _URL = re.compile(r"https?://\S+")
 
 State = Literal["unknown", "asleep", "starting", "loading", "ready", "unreachable"]
@@ -118,8 +121,13 @@ class BackendWatch:
         self.last_reply: tuple[float, float] | None = None  # (seconds, when)
 
     def _enter(self, state: State, model: str | None = None) -> None:
-        if state != self.state or (model is not None and model != self.model):
+        cold = ("starting", "loading")
+        if self.state in cold and state in cold:
+            pass  # one cold start: elapsed counts from the instance start
+        elif state != self.state or (model is not None and model != self.model):
             self.since = self.clock()
+        if state != self.state:
+            log.debug("backend status: %s -> %s (%s)", self.state, state, model or self.model)
         self.state = state
         if model is not None:
             self.model = model
@@ -129,6 +137,9 @@ class BackendWatch:
         """A request is held without an answer: an instance is starting."""
         if self.state in ("starting", "loading"):
             return
+        recent = self.last_answer is not None and self.clock() - self.last_answer < RECENT_S
+        if self.state == "ready" and recent:
+            return  # a slow probe of a backend that just answered: not a new instance
         self._enter("starting")
 
     def answered(self) -> None:
@@ -140,12 +151,9 @@ class BackendWatch:
     def loading(self, model: str | None) -> None:
         """The backend answers; `model` (None: not to be named) is loading."""
         self.last_answer = self.clock()
-        if self.state == "loading" and model in (None, self.model):
-            return
-        cold_since = self.since if self.state in ("starting", "loading") else None
+        if self.state == "ready" and model in (None, self.model):
+            return  # it answered with this model already (a pre-warm that came second)
         self._enter("loading", model)
-        if cold_since is not None:
-            self.since = cold_since  # the cold start counts from the instance start
 
     def ready(self, model: str | None, *, cold_start_s: float | None = None) -> None:
         self.last_answer = self.clock()
