@@ -91,6 +91,18 @@ def first_token_after_send(page: Page, timeout: float = 60) -> tuple[float, bool
         page.wait_for_timeout(20)
 
 
+def first_token_after_send_nth(page: Page, nth: int, timeout: float = 60) -> tuple[float, bool]:
+    """As first_token_after_send, for the `nth` reply of the page."""
+    t0 = time.monotonic()
+    page.locator("#send").click()
+    while True:
+        assert time.monotonic() - t0 < timeout, "no reply"
+        replies = page.locator(REPLIES)
+        if replies.count() >= nth and replies.nth(nth - 1).inner_text().strip():
+            return time.monotonic() - t0, False
+        page.wait_for_timeout(20)
+
+
 def test_cold_page_without_allow_list_fills_the_picker_and_answers_once(
     app_url: str, browser: Browser, cold_emulator: RunningEmulator
 ) -> None:
@@ -207,12 +219,16 @@ def test_prewarm_without_allow_list_makes_the_first_reply_warm(
         set_max_tokens(page, 8)
         page.wait_for_timeout((START_DELAY + 3) * 1000)  # longer than the start delay
         page.locator("#message textarea").press_sequentially("Say hello.", delay=120)
+        state_at_send = page.locator(STATUS).get_attribute("data-state")
         took, saw_banner = first_token_after_send(page)
         FIGURES["first_token_after_prewarm_s"] = took
         assert not saw_banner, "a pre-warmed backend should not show the warming banner"
-        assert took < 2.0, f"first token after {took:.2f} s"
+        assert took < 2.0, f"first token after {took:.2f} s (status at send: {state_at_send})"
         expect(page.locator(STATS)).to_have_count(1, timeout=30_000)
         assert "model load" not in page.locator(STATS).first.inner_text()
+        # For comparison: a second message to the same warm backend.
+        page.locator("#message textarea").fill("And goodbye.")
+        FIGURES["first_token_warm_s"], _ = first_token_after_send_nth(page, 2)
     finally:
         page.close()
 
@@ -245,5 +261,14 @@ def test_a_backend_that_never_comes_up_is_named_in_plain_words(browser: Browser)
             page.locator("#backend-status").screenshot(
                 path=str(SHOTS / "issue11-status-unreachable.png")
             )
+            # A battle needs the backend's list: it says why it cannot start, at once.
+            page.get_by_role("tab", name="Battle").click()
+            page.locator("#battle-message textarea").fill("Hello?")
+            t0 = time.monotonic()
+            page.locator("#battle-send").click()
+            battle_banner = page.locator("#battle-banner .chat-banner-error")
+            expect(battle_banner).to_contain_text("cannot be reached", timeout=15_000)
+            assert time.monotonic() - t0 < 12
+            assert "http" not in battle_banner.inner_text()
         finally:
             page.close()

@@ -244,6 +244,8 @@ class ChatPage:
                 "family": lbl.family_label,
                 "parameter_size": lbl.parameter_size,
                 "chat_tuned": lbl.chat_tuned,
+                # True while the backend has not answered: not its list, what the UI knows
+                "provisional": choices.provisional,
             }
             for lbl in choices.labels
         ]
