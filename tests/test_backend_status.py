@@ -65,17 +65,20 @@ def test_a_cold_start_goes_starting_loading_ready_and_is_costed() -> None:
     view = watch.view()
     assert view.state == "starting"
     assert view.text == "Starting a GPU instance… 3 s"
-    assert "usually ~20 s" in view.detail and "$0.0200" in view.detail  # 20 s x $0.001
+    assert "usually ~20 s" in view.detail and "$0.0200 for 20.0 s" in view.detail  # 20 s x $0.001
     watch.answered()
     watch.loading("smollm2:135m")
     clock.now += 2
     view = watch.view()
     assert view.state == "loading"
-    assert view.text == "Loading smollm2:135m into GPU memory… 5 s"  # counted from the start
+    assert (
+        view.text == "Loading SmolLM2 135M Instruct into GPU memory… 5 s"
+    )  # counted from the start
     watch.ready("smollm2:135m")
     view = watch.view()
     assert view.state == "ready" and view.settled
-    assert "last cold start ≈ $0.0050 for 5 s" in view.detail
+    assert view.text == "Ready: SmolLM2 135M Instruct"
+    assert "last cold start ≈ $0.0050 for 5.0 s" in view.detail
     watch.replied("smollm2:135m", 8.0)
     assert "last reply $0.0020" in watch.view().detail
 
@@ -122,3 +125,16 @@ def test_picker_offers_the_allow_list_before_the_catalog() -> None:
         choices = asyncio.run(directory.choices(deadline=5.0))
     assert choices.provisional
     assert [label.tag for label in choices.labels] == ["smollm2:135m"]
+
+
+def test_a_backend_asleep_by_the_clock_is_seen_waking_again() -> None:
+    clock = Clock()
+    watch = BackendWatch(GpuPrice(3.6, 4), idle_timeout=8.0, typical=lambda: 20.0, clock=clock)
+    watch.ready("m")
+    clock.now += 2
+    watch.waking()  # a slow probe of a backend that answered 2 s ago: still ready
+    assert watch.view().state == "ready"
+    clock.now += 9
+    assert watch.view().state == "asleep"
+    watch.waking()
+    assert watch.view().state == "starting"

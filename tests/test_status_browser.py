@@ -24,7 +24,7 @@ from devtools.testkit.procs import ARTIFACTS, refusing_url
 pytestmark = pytest.mark.browser
 
 START_DELAY = 4.0
-IDLE = 5.0
+IDLE = 8.0  # short, so tests meet cold starts; longer than a pre-warm plus typing
 PRICE_PER_HOUR = 36.0  # $0.01 per instance-second: easy to check
 CONCURRENCY = 2
 STATUS = "#backend-status .backend-status"
@@ -58,6 +58,7 @@ def app_url(cold_emulator: RunningEmulator) -> Iterator[str]:
             rate_limit_per_minute=1000,
             gpu_price_per_hour=PRICE_PER_HOUR,
             gpu_concurrency=CONCURRENCY,
+            backend_idle_timeout=IDLE,  # the status says "asleep" when the emulator is
         ) as url:
             yield url
     if FIGURES:
@@ -115,22 +116,24 @@ def test_cold_page_without_allow_list_fills_the_picker_and_answers_once(
         # The status line says something before anything is sent.
         expect(page.locator(STATUS)).to_be_visible(timeout=4_000)
         FIGURES["status_visible_s"] = time.monotonic() - t0
+        # ... and within 4 s what the backend does (the pre-warm woke it at page load).
         expect(page.locator(STATUS)).to_have_attribute(
-            "data-state", re.compile("starting|loading|ready|unknown"), timeout=4_000
+            "data-state", re.compile("starting|loading"), timeout=4_000
         )
+        FIGURES["status_says_starting_s"] = time.monotonic() - t0
         # Meanwhile the picker offers the catalog's models for this backend, marked as such.
         expect(page.locator("#model input")).to_have_value(re.compile("SmolLM2"), timeout=4_000)
         provisional_at_open = not picker_is_real(page)
+        set_max_tokens(page, 8)
+        # Sent before the backend's list is known: it waits with the banner, not refused.
+        page.locator("#message textarea").fill("Say hello.")
+        page.locator("#send").click()
         expect(page.locator(STATUS)).to_have_attribute(
             "data-state", re.compile("starting|loading"), timeout=4_000
         )
         expect(page.locator(STATUS)).to_contain_text("usually ~20 s")
         SHOTS.mkdir(exist_ok=True)
         page.locator("#backend-status").screenshot(path=str(SHOTS / "issue11-status-starting.png"))
-        set_max_tokens(page, 8)
-        # Sent before the backend's list is known: it waits with the banner, not refused.
-        page.locator("#message textarea").fill("Say hello.")
-        page.locator("#send").click()
         banner = page.locator(BANNER)
         expect(banner).to_be_visible(timeout=5_000)
         seen: set[int] = set()
@@ -138,6 +141,8 @@ def test_cold_page_without_allow_list_fills_the_picker_and_answers_once(
         while banner.count() and banner.is_visible() and time.monotonic() < deadline:
             text = page.locator("#chat-banner .warming-elapsed").inner_text(timeout=1_000)
             seen.add(int(text.split()[0]))
+            if "picker_real_s" not in FIGURES and picker_is_real(page):
+                FIGURES["picker_real_s"] = time.monotonic() - t0  # while the banner counts
             page.wait_for_timeout(200)
         assert len(seen) >= 2, f"elapsed seconds should count up, saw {sorted(seen)}"
         expect(page.locator(STATS)).to_have_count(1, timeout=60_000)
@@ -151,8 +156,8 @@ def test_cold_page_without_allow_list_fills_the_picker_and_answers_once(
             what="the picker to hold the backend's list",
             interval=0.1,
         )
-        FIGURES["picker_real_by_s"] = time.monotonic() - t0
-        assert provisional_at_open or FIGURES["picker_real_by_s"] < START_DELAY + 10
+        FIGURES.setdefault("picker_real_s", time.monotonic() - t0)
+        assert provisional_at_open, "a fresh process cannot know the backend's list at once"
         # The page-load pre-warm's load-only request, and the message exactly once.
         assert chat_posts(cold_emulator) - posts_before == 2
         expect(page.locator(STATUS)).to_have_attribute("data-state", "ready", timeout=5_000)
@@ -218,14 +223,17 @@ def test_prewarm_without_allow_list_makes_the_first_reply_warm(
         expect(page.locator("#model input")).to_have_value(re.compile("SmolLM2"), timeout=4_000)
         set_max_tokens(page, 8)
         page.wait_for_timeout((START_DELAY + 3) * 1000)  # longer than the start delay
-        page.locator("#message textarea").press_sequentially("Say hello.", delay=120)
+        question = "Say hello, please."
+        page.locator("#message textarea").press_sequentially(question, delay=120)
         state_at_send = page.locator(STATUS).get_attribute("data-state")
+        print(f"\nstatus when Send was pressed: {state_at_send}")
         took, saw_banner = first_token_after_send(page)
         FIGURES["first_token_after_prewarm_s"] = took
-        assert not saw_banner, "a pre-warmed backend should not show the warming banner"
-        assert took < 2.0, f"first token after {took:.2f} s (status at send: {state_at_send})"
         expect(page.locator(STATS)).to_have_count(1, timeout=30_000)
-        assert "model load" not in page.locator(STATS).first.inner_text()
+        stats = page.locator(STATS).first.inner_text()
+        assert not saw_banner, "a pre-warmed backend should not show the warming banner"
+        assert took < 2.0, f"first token after {took:.2f} s (status: {state_at_send}; {stats})"
+        assert "model load" not in stats
         # For comparison: a second message to the same warm backend.
         page.locator("#message textarea").fill("And goodbye.")
         FIGURES["first_token_warm_s"], _ = first_token_after_send_nth(page, 2)
@@ -272,3 +280,41 @@ def test_a_backend_that_never_comes_up_is_named_in_plain_words(browser: Browser)
             assert "http" not in battle_banner.inner_text()
         finally:
             page.close()
+
+
+def test_a_hidden_tab_asks_nothing_and_a_visible_one_refreshes(
+    app_url: str, browser: Browser
+) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    posts: list[float] = []
+    page.on(
+        "request",
+        lambda r: (
+            posts.append(time.monotonic())
+            if r.method == "POST" and "/gradio_api/" in r.url
+            else None
+        ),
+    )
+    page.goto(app_url)
+    try:
+        expect(page.locator(STATUS)).to_be_visible(timeout=4_000)
+        page.wait_for_timeout(3_000)  # the page-load events are over; refreshes run
+        assert posts, "an open page should refresh its status"
+        page.evaluate(
+            "Object.defineProperty(document, 'visibilityState', "
+            "{value: 'hidden', configurable: true});"
+            "document.dispatchEvent(new Event('visibilitychange'));"
+        )
+        hidden_at = time.monotonic()
+        page.wait_for_timeout(6_000)  # three fast refresh periods
+        assert [t for t in posts if t > hidden_at + 0.5] == [], "a hidden tab must not poll"
+        shown_at = time.monotonic()  # before: the refresh is sent within the call
+        page.evaluate(
+            "Object.defineProperty(document, 'visibilityState', "
+            "{value: 'visible', configurable: true});"
+            "document.dispatchEvent(new Event('visibilitychange'));"
+        )
+        page.wait_for_timeout(1_000)
+        assert [t for t in posts if t > shown_at], "a tab shown again refreshes at once"
+    finally:
+        page.close()

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from catalog import find
+
 log = logging.getLogger(__name__)
 RECENT_S = 30.0  # a backend that answered this recently is not starting an instance
 _URL = re.compile(r"https?://\S+")
@@ -78,7 +80,7 @@ def reply_cost_text(price: GpuPrice, seconds: float) -> str:
 
 
 def cold_start_cost_text(price: GpuPrice, seconds: float) -> str:
-    return f"≈ {money(price.cold_start_cost(seconds))} for {seconds:.0f} s of GPU instance"
+    return f"≈ {money(price.cold_start_cost(seconds))} for {seconds:.1f} s of GPU instance"
 
 
 # === state ================================================================================
@@ -137,7 +139,8 @@ class BackendWatch:
         """A request is held without an answer: an instance is starting."""
         if self.state in ("starting", "loading"):
             return
-        recent = self.last_answer is not None and self.clock() - self.last_answer < RECENT_S
+        recent_s = min(RECENT_S, self.idle_timeout)
+        recent = self.last_answer is not None and self.clock() - self.last_answer < recent_s
         if self.state == "ready" and recent:
             return  # a slow probe of a backend that just answered: not a new instance
         self._enter("starting")
@@ -204,7 +207,7 @@ class BackendWatch:
                 f"{cold_start_cost_text(price, typical)} (estimate)",
             )
         if state == "loading":
-            name = self.model or "the model"
+            name = _name(self.model) if self.model else "the model"
             return StatusView(
                 state,
                 f"Loading {name} into GPU memory… {elapsed:.0f} s",
@@ -219,7 +222,7 @@ class BackendWatch:
             parts.append(f"last reply {money(price.reply_cost(self.last_reply[0]))}")
         parts.append(f"GPU at {money(price.per_hour)}/h ÷ {price.concurrency} (estimates)")
         return StatusView(
-            state, f"Ready: {self.model}" if self.model else "Ready", " · ".join(parts)
+            state, f"Ready: {_name(self.model)}" if self.model else "Ready", " · ".join(parts)
         )
 
     def html(self) -> str:
@@ -237,3 +240,8 @@ class BackendWatch:
             f'data-state="{view.state}" data-settled="{str(view.settled).lower()}">'
             f'<span class="backend-status-text">{html.escape(view.text)}</span>{detail}</div>'
         )
+
+
+def _name(model: str) -> str:
+    spec = find(model)
+    return spec.display_name if spec else model

@@ -47,6 +47,7 @@ class AppContext:
         )
         models = ModelDirectory(settings, client)
         models.on_answer.append(watch.answered)
+        models.on_held.append(watch.waking)
         return cls(
             settings=settings,
             client=client,

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from catalog import family_of, find, local_models, normalize_tag, production_models
 from ui.backend_client import BackendClient, ModelInfo
-from ui.errors import BackendError, InputRejected
+from ui.errors import BackendError, BackendTimeout, InputRejected
 from ui.model_labels import ModelLabel, label_for
 from ui.settings import Settings
 
@@ -59,6 +59,7 @@ class ModelDirectory:
         self._cached: tuple[float, list[ModelInfo]] | None = None
         self._lock = asyncio.Lock()
         self.on_answer: list[Callable[[], None]] = []  # told when a backend answered
+        self.on_held: list[Callable[[], None]] = []  # told when a list was held unanswered
 
     def remember(self, models: list[ModelInfo]) -> None:
         """A list the backends just gave (also from the pre-warm): cache it."""
@@ -102,6 +103,9 @@ class ModelDirectory:
         try:
             models = await self.available(deadline=deadline)
         except BackendError as exc:
+            if isinstance(exc, BackendTimeout):  # held, not refused: an instance starts
+                for callback in self.on_held:
+                    callback()
             return self.provisional(exc.user_message)
         return ModelChoices(self._labels(models))
 

@@ -8,7 +8,8 @@ instance / loading <model> / ready / unreachable, with elapsed and typical secon
 estimated GPU cost. It is a polite live region (an assertive one for errors).
 
 Refresh: a small browser script clicks a hidden button, every STATUS_POLL_FAST_MS while
-something is under way and every STATUS_POLL_SLOW_MS once settled, and not at all while
+something is under way (every STATUS_POLL_FIRST_MS for the first few seconds and until
+anything is known) and every STATUS_POLL_SLOW_MS once settled, and not at all while
 the tab is hidden (document.visibilityState). The handler reads the watch only (no backend
 request), so an open but idle page does not keep a GPU instance awake; and while a page's
 pickers hold a provisional list (the backend had not answered at page load), it replaces
@@ -26,8 +27,10 @@ import gradio as gr
 from ui.context import AppContext
 from ui.model_directory import ModelChoices
 
+STATUS_POLL_FIRST_MS = 1000  # the first seconds after page load, and until a state is known
+STATUS_POLL_FIRST_TICKS = 4
 STATUS_POLL_FAST_MS = 2000
-STATUS_POLL_SLOW_MS = 20000
+STATUS_POLL_SLOW_MS = 10000
 
 # Runs once in the browser at page load. A hidden tab clicks nothing (no requests); a tab
 # that becomes visible again refreshes at once.
@@ -35,6 +38,7 @@ STATUS_POLL_JS = f"""
 () => {{
   if (window.__backendStatusPoll) return;
   window.__backendStatusPoll = true;
+  let ticks = 0;
   const refresh = () => {{
     const button = document.getElementById('backend-status-refresh');
     if (button && document.visibilityState === 'visible') button.click();
@@ -44,9 +48,14 @@ STATUS_POLL_JS = f"""
     const line = document.querySelector('#backend-status .backend-status');
     const settled = line && line.dataset.settled === 'true'
       && line.dataset.provisionalPickers !== 'true';
-    setTimeout(loop, settled ? {STATUS_POLL_SLOW_MS} : {STATUS_POLL_FAST_MS});
+    // The first seconds after page load are when the page's own pre-warm moves things.
+    const early = (ticks += 1) <= {STATUS_POLL_FIRST_TICKS} || !line
+      || line.dataset.state === 'unknown';
+    const wait = early ? {STATUS_POLL_FIRST_MS}
+      : settled ? {STATUS_POLL_SLOW_MS} : {STATUS_POLL_FAST_MS};
+    setTimeout(loop, wait);
   }};
-  setTimeout(loop, 500);
+  setTimeout(loop, 500);  // then every 2 s (20 s once settled)
   document.addEventListener('visibilitychange', refresh);
 }}
 """
