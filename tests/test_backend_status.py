@@ -4,11 +4,12 @@ picker's provisional list against a backend that refuses connections (a real cli
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from devtools.testkit.procs import refusing_url
-from ui.backend_client import BackendClient
+from ui.backend_client import BackendClient, ModelInfo
 from ui.backend_status import BackendWatch, GpuPrice, money, reply_cost_text
 from ui.model_directory import ModelDirectory
 from ui.settings import Settings
@@ -138,3 +139,25 @@ def test_a_backend_asleep_by_the_clock_is_seen_waking_again() -> None:
     assert watch.view().state == "asleep"
     watch.waking()
     assert watch.view().state == "starting"
+
+
+def test_the_refresh_takes_only_a_list_the_backend_gave_recently() -> None:
+    with refusing_url() as url:
+        settings = Settings(backend_url=url, auth="none", probe_timeout=0.5)
+        directory = ModelDirectory(settings, BackendClient(settings), ttl=0.2)
+    answered: list[bool] = []
+    directory.on_answer.append(lambda: answered.append(True))
+    assert directory.fresh() is None
+    info = ModelInfo(
+        name="smollm2:135m", family="llama", reported_family="llama", parameter_size="135M",
+        quantization=None, size_bytes=None, backend_url=url,
+    )  # fmt: skip
+    directory.remember([info])
+    assert answered == [True]
+    fresh = directory.fresh()
+    assert fresh is not None and not fresh.provisional
+    assert [label.tag for label in fresh.labels] == ["smollm2:135m"]
+    time.sleep(0.3)
+    assert directory.fresh() is None  # too old to call the backend's current list
+    later = directory.provisional("starting")  # but the picker still offers it meanwhile
+    assert later.provisional and [label.tag for label in later.labels] == ["smollm2:135m"]

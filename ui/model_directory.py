@@ -72,11 +72,18 @@ class ModelDirectory:
         """A backend has answered with its list since this process started."""
         return self._cached is not None
 
-    def last_seen(self) -> ModelChoices | None:
-        """The last list a backend gave, without asking (None: none answered yet)."""
+    def last_seen(self, *, max_age: float | None = None) -> ModelChoices | None:
+        """The last list a backend gave, without asking; None when none answered yet (or,
+        with `max_age`, not within that many seconds)."""
         if self._cached is None:
             return None
+        if max_age is not None and time.monotonic() - self._cached[0] > max_age:
+            return None
         return ModelChoices(self._labels([m for m in self._cached[1] if self.is_allowed(m.name)]))
+
+    def fresh(self) -> ModelChoices | None:
+        """The backends' list if one answered within the cache's time (`ttl`)."""
+        return self.last_seen(max_age=self.ttl)
 
     def is_allowed(self, tag: str) -> bool:
         return not self.allowed or normalize_tag(tag) in self.allowed

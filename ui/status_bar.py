@@ -55,7 +55,7 @@ STATUS_POLL_JS = f"""
       : settled ? {STATUS_POLL_SLOW_MS} : {STATUS_POLL_FAST_MS};
     setTimeout(loop, wait);
   }};
-  setTimeout(loop, 500);  // then every 2 s (20 s once settled)
+  setTimeout(loop, 500);
   document.addEventListener('visibilitychange', refresh);
 }}
 """
@@ -90,7 +90,7 @@ def wire_status_bar(
     demo: gr.Blocks, ctx: AppContext, bar: StatusBar, pickers: Sequence[Picker]
 ) -> None:
     async def refresh(pickers_real: bool, *values: Any) -> tuple[Any, ...]:
-        real = ctx.models.last_seen() if not pickers_real else None
+        real = ctx.models.fresh() if not pickers_real else None
         if real is None or not real.labels:
             line = status_line(ctx, pending=not pickers_real)
             return (line, pickers_real, *[gr.skip()] * len(values))
