@@ -214,7 +214,7 @@ class BackendWatch:
                 f"usually ~{typical:.0f} s from a cold start",
             )
         if state == "unreachable":
-            return StatusView(state, "The model backend cannot be used right now", self.reason)
+            return StatusView(state, "The model backend cannot be used right now:", self.reason)
         parts = []
         if self.last_cold_start is not None:
             parts.append(f"last cold start {cold_start_cost_text(price, self.last_cold_start)}")
