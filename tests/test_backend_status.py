@@ -161,3 +161,13 @@ def test_the_refresh_takes_only_a_list_the_backend_gave_recently() -> None:
     assert directory.fresh() is None  # too old to call the backend's current list
     later = directory.provisional("starting")  # but the picker still offers it meanwhile
     assert later.provisional and [label.tag for label in later.labels] == ["smollm2:135m"]
+
+
+def test_a_reply_is_costed_by_the_backends_time_less_its_model_load() -> None:
+    from ui.backend_client import ReplyStats
+    from ui.turns import gpu_seconds
+
+    ns = 1_000_000_000
+    assert gpu_seconds(ReplyStats(total_duration=5 * ns, load_duration=3 * ns), 9.0) == 2.0
+    assert gpu_seconds(ReplyStats(total_duration=2 * ns), 9.0) == 2.0
+    assert gpu_seconds(ReplyStats(), 9.0) == 9.0  # no backend figure: the UI's measurement

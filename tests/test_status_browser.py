@@ -207,8 +207,13 @@ def test_cost_line_under_a_reply_is_computed_from_the_settings(
         cost, seconds = float(found.group(1)), float(found.group(2))
         assert "$36.00/h" in title
         assert cost == pytest.approx(seconds * PRICE_PER_HOUR / 3600 / CONCURRENCY, abs=0.0003)
-        page.locator(STATS).first.scroll_into_view_if_needed()
-        page.screenshot(path=str(SHOTS / "issue11-cost-line.png"))
+        # The status line (refreshed every few seconds) says ready, with the last reply's cost.
+        expect(page.locator(STATUS)).to_have_attribute("data-state", "ready", timeout=10_000)
+        expect(page.locator(STATUS)).to_contain_text("last reply $")
+        page.screenshot(
+            path=str(SHOTS / "issue11-cost-line.png"),
+            clip={"x": 0, "y": 0, "width": 1280, "height": 430},
+        )
     finally:
         page.close()
 

@@ -438,7 +438,11 @@ class ReplyProgress:
             done_reason=self.stats.done_reason,
             model=self.request.model,
             notices=notices,
-            cost=reply_cost_text(self.price, total_s) if self.price is not None else None,
+            cost=(
+                reply_cost_text(self.price, gpu_seconds(self.stats, total_s))
+                if self.price is not None
+                else None
+            ),
         )
         self.tail = [stats_note(self.figures)]
 
@@ -478,6 +482,16 @@ class ReplyProgress:
         for name in {model, label_for(model).display_name, normalize_tag(model)}:
             text = text.replace(name, self.request.label)
         return text
+
+
+def gpu_seconds(stats: ReplyStats, measured_s: float) -> float:
+    """The instance-seconds a reply used: the backend's own total less its model load (a
+    load belongs to the cold start, costed apart); without the backend's figure, what the
+    UI measured from send to the last token."""
+    total = stats.total_seconds
+    if total is None:
+        return measured_s
+    return max(total - (stats.load_seconds or 0.0), 0.0)
 
 
 def notes_only(notices: Sequence[str]) -> Message:
