@@ -629,7 +629,7 @@ async def stream_turn(
                         reply.log()
                         if reply.stats is not None and reply.total_s is not None:
                             model = None if reply.request.blind else reply.request.model
-                            ctx.watch.replied(model, reply.total_s)
+                            ctx.watch.replied(model, gpu_seconds(reply.stats, reply.total_s))
                         changed = True
                     else:
                         changed = replies[index].apply(event) or changed
