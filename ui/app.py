@@ -37,6 +37,7 @@ from ui.share_page import (
     wire_compare_share,
     wire_shared_view,
 )
+from ui.status_bar import layout_status_bar, wire_status_bar
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ def build_app(
     pages: dict[str, Any] = {}  # tab id -> the components its builder returned
     with gr.Blocks(title=TITLE, fill_width=False) as demo:
         gr.Markdown(f"## {TITLE}", elem_id="app-title")
+        status = layout_status_bar(ctx)  # the backend's state, above every page
         with gr.Tabs() as tabs:
             for label, tab_id, builder in TABS:
                 with gr.Tab(label, id=tab_id) as tab:
@@ -97,6 +99,7 @@ def build_app(
                 shared = SharedView(share.service)
                 layout_shared_view(shared, shared_tab)
         chat, compare = pages["chat"], pages["compare"]
+        wire_status_bar(demo, ctx, status, [chat.picker(), compare.picker()])
         wire_shared_view(
             demo, shared, tabs, chat.copy_outputs(), compare.copy_outputs(), chat.save_history()
         )

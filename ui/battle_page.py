@@ -38,7 +38,7 @@ import gradio as gr
 from ui.battle_token import new_pairing, open_pairing, seal_pairing
 from ui.chat_history import Message, has_reply, parse_history
 from ui.context import AppContext
-from ui.errors import InputRejected
+from ui.errors import BackendError, InputRejected
 from ui.model_directory import ModelRejected
 from ui.model_labels import label_for
 from ui.render import banner_html, blind_head_html, column_status_html
@@ -85,8 +85,18 @@ class BattlePage:
         self.ctx = ctx
 
     async def _pick_pair(self) -> tuple[str, str]:
-        choices = await self.ctx.models.choices(deadline=MODEL_LIST_DEADLINE_S)
+        models = self.ctx.models
+        choices = await models.choices(deadline=MODEL_LIST_DEADLINE_S)
         tags = [label.tag for label in choices.labels]
+        if choices.provisional and not models.allowed:
+            # Only the backend knows which models it has: wait for it (the page shows
+            # that it waits, and the status line what the backend is doing).
+            try:
+                tags = [m.name for m in await models.available(
+                    deadline=self.ctx.settings.cold_start_deadline
+                )]  # fmt: skip
+            except BackendError as exc:
+                raise InputRejected(exc.user_message) from None
         try:
             return pick_battle_pair(tags)
         except ValueError:
@@ -149,6 +159,9 @@ class BattlePage:
             if text is None:
                 yield (gr.skip(), banner_html(EMPTY_MESSAGE_HINT), *[gr.skip()] * 7)
                 return
+            if not (isinstance(token, str) and token.strip()) and not self.ctx.models.seen:
+                waiting = "Waiting for the GPU backend to start and list its models…"
+                yield (gr.skip(), banner_html(waiting), *[gr.skip()] * 7)
             token, turn = await self._prepare(
                 text, token, history_a, history_b, temperature, max_tokens, request
             )

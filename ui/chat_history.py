@@ -185,6 +185,7 @@ class ReplyFigures:
     done_reason: str | None = None
     model: str | None = None
     notices: list[str] = field(default_factory=list)
+    cost: str | None = None  # the estimated GPU cost (ui/backend_status.py), said as such
 
 
 def stats_note(figures: ReplyFigures) -> Message:
@@ -197,6 +198,7 @@ def stats_note(figures: ReplyFigures) -> Message:
             if figures.load_s is not None and figures.load_s > LOAD_SHOWN_ABOVE_S
             else None
         ),
+        figures.cost,
     ]
     details = []
     if figures.eval_count is not None:

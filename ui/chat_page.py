@@ -34,9 +34,10 @@ from ui.chat_history import Message, history_before, parse_history, split_last_u
 from ui.context import AppContext
 from ui.deep_links import chat_link, notice_html, query_params
 from ui.errors import InputRejected
-from ui.model_directory import ModelRejected
+from ui.model_directory import ModelChoices, ModelRejected
 from ui.render import RESTORE_HISTORY_JS, SAVE_HISTORY_JS, banner_html, model_info_markdown
 from ui.settings import Settings
+from ui.status_bar import Picker
 from ui.turns import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_TOP_P,
@@ -209,19 +210,27 @@ class ChatPage:
         """Fill the picker; a deep link (?model=, ?q=) preselects the model and fills the
         message box. Bad link values are ignored with a notice in the banner."""
         choices = await self.ctx.models.choices(deadline=MODEL_LIST_DEADLINE_S)
-        if choices.problem and not choices.labels:  # with an allow-list the picker still works
+        if choices.problem and not choices.labels:
             gr.Warning(f"Could not ask the backend for its models: {choices.problem}")
         options = choices.dropdown_choices
-        # Prefer a chat-tuned model: a base model rambles instead of answering.
-        preferred = next((lbl.tag for lbl in choices.labels if lbl.chat_tuned), None)
-        value = preferred or (options[0][1] if options else None)
+        value = preferred_model(choices)
         link = chat_link(
             query_params(request), [t for _, t in options], self.ctx.settings.max_message_chars
         )
         value = link.models[0] if link.models else value
         prompt = link.prompt if link.prompt is not None else gr.skip()
         notice = notice_html(link.notices) if link.notices else gr.skip()
-        return gr.Dropdown(choices=options, value=value), model_info_markdown(value), prompt, notice
+        picker = gr.Dropdown(choices=options, value=value, label=picker_label(choices))
+        return picker, model_info_markdown(value), prompt, notice
+
+    async def refill(self, real: ModelChoices, current: object) -> Any:
+        """The backend's real list arrived (ui/status_bar.py): keep the user's pick if it
+        is offered, else pick again, and warm what is picked now."""
+        tags = [label.tag for label in real.labels]
+        value = current if isinstance(current, str) and current in tags else preferred_model(real)
+        if value is not None and value != current:
+            await self.prewarm(value)
+        return gr.Dropdown(choices=real.dropdown_choices, value=value, label=picker_label(real))
 
     async def models_api(self) -> list[dict[str, Any]]:
         """The models this UI offers, with their labels."""
@@ -235,9 +244,23 @@ class ChatPage:
                 "family": lbl.family_label,
                 "parameter_size": lbl.parameter_size,
                 "chat_tuned": lbl.chat_tuned,
+                # True while the backend has not answered: not its list, what the UI knows
+                "provisional": choices.provisional,
             }
             for lbl in choices.labels
         ]
+
+
+def preferred_model(choices: ModelChoices) -> str | None:
+    """A chat-tuned model first: a base model rambles instead of answering."""
+    preferred = next((lbl.tag for lbl in choices.labels if lbl.chat_tuned), None)
+    return preferred or (choices.labels[0].tag if choices.labels else None)
+
+
+def picker_label(choices: ModelChoices) -> str:
+    if choices.provisional:
+        return "Model (provisional list: waiting for the backend to answer)"
+    return "Model"
 
 
 def _rejected(reason: str) -> tuple[Any, Any, Any]:
@@ -258,8 +281,9 @@ def _edited_text(value: object) -> object:
 # === layout and wiring ==================================================================
 def build_chat_page(demo: gr.Blocks, ctx: AppContext) -> ChatComponents:
     """Lay out the chat inside the current Blocks context (a Tab) and wire its events."""
-    components = _layout(ctx.settings)
-    _wire(demo, ChatPage(ctx), components)
+    page = ChatPage(ctx)
+    components = _layout(ctx.settings, page)
+    _wire(demo, page, components)
     return components
 
 
@@ -277,6 +301,11 @@ class ChatComponents:
     top_p: gr.Slider
     max_tokens: gr.Slider
     store: gr.BrowserState
+    page: ChatPage
+
+    def picker(self) -> Picker:
+        """The model picker, refilled once the backend's real list is known."""
+        return Picker(self.model, self.page.refill)
 
     def save_history(self) -> dict[str, Any]:
         """Keyword arguments of an event (`.then(**...)`) that keeps the chat in the
@@ -298,7 +327,7 @@ class ChatComponents:
         return self.share_inputs()
 
 
-def _layout(settings: Settings) -> ChatComponents:
+def _layout(settings: Settings, page: ChatPage) -> ChatComponents:
     banner = gr.HTML("", label="Status", elem_id="chat-banner", padding=False)
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=360):
@@ -355,7 +384,7 @@ def _layout(settings: Settings) -> ChatComponents:
     )
     return ChatComponents(
         banner, chatbot, message, send, stop, model, model_info, system_prompt,
-        temperature, top_p, max_tokens, store,
+        temperature, top_p, max_tokens, store, page,
     )  # fmt: skip
 
 

@@ -37,10 +37,11 @@ from ui.deep_links import (
     query_params,
 )
 from ui.errors import InputRejected
-from ui.model_directory import ModelRejected
+from ui.model_directory import ModelChoices, ModelRejected
 from ui.model_labels import ModelLabel
 from ui.render import banner_html, column_head_html, column_status_html
 from ui.settings import Settings
+from ui.status_bar import Picker
 from ui.turns import (
     DEFAULT_COLUMNS_MAX_TOKENS,
     DEFAULT_TOP_P,
@@ -159,15 +160,38 @@ class ComparePage:
         )
         selected = link.models if link is not None else defaults
         notices = list(link.notices) if link is not None else []
-        if choices.problem:
+        if choices.problem and not choices.labels:
             notices.append(f"Could not ask the backend for its models: {choices.problem}")
         prompt = link.prompt if link is not None and link.prompt is not None else gr.skip()
         return (
-            gr.Dropdown(choices=choices.dropdown_choices, value=selected),
+            gr.Dropdown(
+                choices=choices.dropdown_choices, value=selected, label=picker_label(choices)
+            ),
             prompt,
             notice_html(notices),
             *column_layout(selected),
         )
+
+
+async def refill(real: ModelChoices, current: object) -> Any:
+    """The backend's real list arrived (ui/status_bar.py): keep the picks it offers, else
+    pick the defaults."""
+    tags = {label.tag for label in real.labels}
+    picked = (
+        [m for m in current if isinstance(m, str) and m in tags]
+        if isinstance(current, list)
+        else []
+    )
+    if len(picked) < MIN_COMPARE_MODELS:
+        picked = default_models(real.labels)
+    return gr.Dropdown(choices=real.dropdown_choices, value=picked, label=picker_label(real))
+
+
+def picker_label(choices: ModelChoices) -> str:
+    label = f"Models to compare ({MIN_COMPARE_MODELS}-{MAX_COMPARE_MODELS})"
+    if choices.provisional:
+        return f"{label} (provisional list: waiting for the backend to answer)"
+    return label
 
 
 def column_layout(models: object) -> tuple[Any, ...]:
@@ -220,6 +244,10 @@ class CompareComponents:
         """Where "Continue from a copy" puts a shared comparison (as share_inputs)."""
         return self.share_inputs()
 
+    def picker(self) -> Picker:
+        """The models picker, refilled once the backend's real list is known."""
+        return Picker(self.models, refill)
+
 
 def build_compare_page(demo: gr.Blocks, ctx: AppContext) -> CompareComponents:
     """Lay out the Compare tab inside the current Blocks context and wire its events."""
@@ -231,7 +259,7 @@ def build_compare_page(demo: gr.Blocks, ctx: AppContext) -> CompareComponents:
 def _layout(settings: Settings) -> CompareComponents:
     banner = gr.HTML("", elem_id="compare-banner", padding=False)
     models = gr.Dropdown(
-        label=f"Models to compare ({MIN_COMPARE_MODELS}-{MAX_COMPARE_MODELS})",
+        label=picker_label(ModelChoices([])),
         choices=[],
         value=[],
         multiselect=True,

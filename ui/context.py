@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ui.backend_client import BackendClient
+from ui.backend_status import BackendWatch, GpuPrice
 from ui.model_directory import ModelDirectory
 from ui.rate_limit import RateLimiter
 from ui.settings import Settings
@@ -33,18 +34,29 @@ class AppContext:
     prewarmer: Prewarmer  # wakes a backend and loads a model in the background
     secret: bytes  # signs share links and seals battle pairings; never leaves the server
     votes: VoteBook  # the vote store (LLM_VOTES): Battle writes, Leaderboard reads
+    watch: BackendWatch  # the backend's state as every page's status line shows it
 
     @classmethod
     def create(cls, settings: Settings, client: BackendClient | None = None) -> AppContext:
         client = client or BackendClient(settings)
+        tracker = ColdStartTracker(settings.typical_cold_start)
+        watch = BackendWatch(
+            GpuPrice(settings.gpu_price_per_hour, settings.gpu_concurrency),
+            idle_timeout=settings.backend_idle_timeout,
+            typical=lambda: tracker.typical,
+        )
+        models = ModelDirectory(settings, client)
+        models.on_answer.append(watch.answered)
+        models.on_held.append(watch.waking)
         return cls(
             settings=settings,
             client=client,
-            models=ModelDirectory(settings, client),
+            models=models,
             limiter=RateLimiter(settings.rate_limit_per_minute),
             stops=StopSignals(),
-            tracker=ColdStartTracker(settings.typical_cold_start),
-            prewarmer=Prewarmer(client),
+            tracker=tracker,
+            prewarmer=Prewarmer(client, watch=watch, remember=models.remember),
             secret=resolve_share_secret(settings),
             votes=VoteBook(settings.votes, vote_logger()),
+            watch=watch,
         )

@@ -15,11 +15,13 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from catalog import family_of, find, normalize_tag
+from catalog import family_of, find, local_models, normalize_tag, production_models
 from ui.backend_client import BackendClient, ModelInfo
-from ui.errors import BackendError, InputRejected
+from ui.errors import BackendError, BackendTimeout, InputRejected
 from ui.model_labels import ModelLabel, label_for
 from ui.settings import Settings
 
@@ -39,6 +41,9 @@ class ModelChoices:
 
     labels: list[ModelLabel]
     problem: str | None = None  # set when the backend could not be asked
+    # True: not the backend's answer but what the UI could offer meanwhile (the last list
+    # it saw, the allow-list, or the catalog); a page refresh replaces it (ui/status_bar.py).
+    provisional: bool = False
 
     @property
     def dropdown_choices(self) -> list[tuple[str, str]]:
@@ -53,6 +58,32 @@ class ModelDirectory:
         self.allowed = [normalize_tag(m) for m in settings.allowed_models]
         self._cached: tuple[float, list[ModelInfo]] | None = None
         self._lock = asyncio.Lock()
+        self.on_answer: list[Callable[[], None]] = []  # told when a backend answered
+        self.on_held: list[Callable[[], None]] = []  # told when a list was held unanswered
+
+    def remember(self, models: list[ModelInfo]) -> None:
+        """A list the backends just gave (also from the pre-warm): cache it."""
+        self._cached = (time.monotonic(), models)
+        for callback in self.on_answer:
+            callback()
+
+    @property
+    def seen(self) -> bool:
+        """A backend has answered with its list since this process started."""
+        return self._cached is not None
+
+    def last_seen(self, *, max_age: float | None = None) -> ModelChoices | None:
+        """The last list a backend gave, without asking; None when none answered yet (or,
+        with `max_age`, not within that many seconds)."""
+        if self._cached is None:
+            return None
+        if max_age is not None and time.monotonic() - self._cached[0] > max_age:
+            return None
+        return ModelChoices(self._labels([m for m in self._cached[1] if self.is_allowed(m.name)]))
+
+    def fresh(self) -> ModelChoices | None:
+        """The backends' list if one answered within the cache's time (`ttl`)."""
+        return self.last_seen(max_age=self.ttl)
 
     def is_allowed(self, tag: str) -> bool:
         return not self.allowed or normalize_tag(tag) in self.allowed
@@ -62,28 +93,52 @@ class ModelDirectory:
         async with self._lock:
             now = time.monotonic()
             if self._cached is None or now - self._cached[0] > self.ttl:
-                models = await self.client.list_models(deadline=deadline)
-                self._cached = (time.monotonic(), models)
+                self.remember(await self.client.list_models(deadline=deadline))
+                assert self._cached is not None
             models = self._cached[1]
         return [m for m in models if self.is_allowed(m.name)]
 
     async def choices(self, *, deadline: float | None = None) -> ModelChoices:
-        """Picker entries. If the backend cannot be asked (e.g. still starting), fall back to
-        the allow-list so the user can pick and send; the chat request then waits for it."""
-        if self.allowed and deadline is not None:
-            # The allow-list alone can fill the picker: do not keep a page waiting on a
-            # backend that is still starting (the probe's budget tells warm from cold).
-            deadline = min(deadline, self.settings.probe_timeout)
+        """Picker entries. While the backend cannot be asked (e.g. still starting), what
+        the UI can offer meanwhile, marked provisional: the last list a backend gave, else
+        the allow-list, else the catalog's models for this kind of backend; the chat
+        request then waits for the backend (with the warming banner)."""
+        # There is always something to show: do not keep a page waiting on a backend that
+        # is still starting (the probe's budget tells warm from cold).
+        probe = self.settings.probe_timeout
+        deadline = probe if deadline is None else min(deadline, probe)
         try:
             models = await self.available(deadline=deadline)
         except BackendError as exc:
-            fallback = [self._label_without_backend(tag) for tag in self.allowed]
-            return ModelChoices(fallback, problem=exc.user_message)
-        labels = [
+            if isinstance(exc, BackendTimeout):  # held, not refused: an instance starts
+                for callback in self.on_held:
+                    callback()
+            return self.provisional(exc.user_message)
+        return ModelChoices(self._labels(models))
+
+    def provisional(self, problem: str | None = None) -> ModelChoices:
+        """What the picker offers before the backend answered (see `choices`)."""
+        last = self.last_seen()
+        if last is not None and last.labels:
+            return ModelChoices(last.labels, problem, provisional=True)
+        tags = self.allowed or self._catalog_tags()
+        labels = [self._label_without_backend(tag) for tag in tags]
+        return ModelChoices(labels, problem, provisional=True)
+
+    def _catalog_tags(self) -> list[str]:
+        """The catalog's models for this backend: the embedded engine's on this machine,
+        the GPU image's otherwise."""
+        host = urlsplit(self.client.default_url).hostname or ""
+        on_this_machine = host in ("localhost", "::1") or host.startswith("127.")
+        specs = local_models() if on_this_machine else production_models()
+        return [spec.tag for spec in specs]
+
+    @staticmethod
+    def _labels(models: list[ModelInfo]) -> list[ModelLabel]:
+        return [
             label_for(m.name, reported_family=m.reported_family, parameter_size=m.parameter_size)
             for m in models
         ]
-        return ModelChoices(labels)
 
     @staticmethod
     def _label_without_backend(tag: str) -> ModelLabel:

@@ -52,6 +52,8 @@ def figures_html(figures: ReplyFigures) -> str:
     parts.append(f"{figures.total_s or 0.0:.2f} s total")
     if figures.done_reason == "length":
         parts.append("max tokens reached")
+    if figures.cost:
+        parts.append(figures.cost)
     return status_html(" · ".join(parts), "stats")
 
 
@@ -103,6 +105,13 @@ CSS = """
 .chat-banner-warning { background: #fff4ce; color: #5c4400; }
 .chat-banner-error { background: #fde7e9; color: #7a1020; }
 #model-info { font-size: 0.9em; opacity: 0.85; }
+/* The backend status line (ui/status_bar.py); its refresh button is clicked by a script. */
+#backend-status-refresh { display: none !important; }
+.backend-status { padding: 4px 10px; border-radius: 8px; font-size: 0.9em;
+  background: var(--color-accent-soft); }
+.backend-status-starting, .backend-status-loading { background: #fff4ce; color: #5c4400; }
+.backend-status-unreachable { background: #fde7e9; color: #7a1020; }
+.backend-status-detail { opacity: 0.8; }
 #composer { align-items: stretch; }
 
 #compare-banner:has(.prose:empty), #battle-banner:has(.prose:empty) { display: none; }

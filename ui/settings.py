@@ -150,6 +150,32 @@ class Settings(BaseSettings):
         description="Cold-start duration shown before this process has measured one.",
     )
 
+    # --- GPU cost estimate and status (README "Honest cost") -----------------------------
+    gpu_price_per_hour: float = Field(
+        default=1.4209,  # L4 + 8 vCPU + 32 GiB (the deploy's shape), Cloud Run tier 1
+        ge=0,
+        validation_alias=AliasChoices("LLM_GPU_PRICE_PER_HOUR", "gpu_price_per_hour"),
+        description=(
+            "USD per GPU instance-hour, GPU plus its CPU and memory (env "
+            "LLM_GPU_PRICE_PER_HOUR); only used for the cost estimates shown."
+        ),
+    )
+    gpu_concurrency: int = Field(
+        default=4,  # deploy/deploy.py: --concurrency = OLLAMA_NUM_PARALLEL = 4
+        ge=1,
+        validation_alias=AliasChoices("LLM_GPU_CONCURRENCY", "gpu_concurrency"),
+        description="Requests one GPU instance serves at once (env LLM_GPU_CONCURRENCY).",
+    )
+    backend_idle_timeout: float = Field(
+        default=900.0,
+        gt=0,
+        validation_alias=AliasChoices("LLM_BACKEND_IDLE_TIMEOUT", "backend_idle_timeout"),
+        description=(
+            "Seconds without a backend answer after which the status says the backend is "
+            "probably asleep (env LLM_BACKEND_IDLE_TIMEOUT)."
+        ),
+    )
+
     # --- share links and votes -----------------------------------------------------------
     share_secret: str | None = Field(
         default=None,

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from catalog import normalize_tag
 from ui.backend_client import ReplyDone, ReplyStats, TokenDelta
+from ui.backend_status import GpuPrice, reply_cost_text
 from ui.chat_history import (
     WARNING_SIGN,
     HistoryRejected,
@@ -51,7 +52,13 @@ from ui.chat_history import (
 )
 from ui.context import AppContext
 from ui.deep_links import MAX_COMPARE_MODELS, MIN_COMPARE_MODELS
-from ui.errors import BackendError, InputRejected
+from ui.errors import (
+    BackendAuthError,
+    BackendError,
+    BackendTimeout,
+    BackendUnreachable,
+    InputRejected,
+)
 from ui.model_labels import label_for
 from ui.rate_limit import client_key
 from ui.stop_signals import until_stopped
@@ -363,8 +370,10 @@ class ReplyProgress:
         started: float,
         retry_hint: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        price: GpuPrice | None = None,
     ) -> None:
         self.request = request
+        self.price = price  # for the cost estimate under the reply (None: not shown)
         self.started = started
         self.retry_hint = retry_hint
         self.clock = clock
@@ -429,6 +438,11 @@ class ReplyProgress:
             done_reason=self.stats.done_reason,
             model=self.request.model,
             notices=notices,
+            cost=(
+                reply_cost_text(self.price, gpu_seconds(self.stats, total_s))
+                if self.price is not None
+                else None
+            ),
         )
         self.tail = [stats_note(self.figures)]
 
@@ -470,6 +484,16 @@ class ReplyProgress:
         return text
 
 
+def gpu_seconds(stats: ReplyStats, measured_s: float) -> float:
+    """The instance-seconds a reply used: the backend's own total less its model load (a
+    load belongs to the cold start, costed apart); without the backend's figure, what the
+    UI measured from send to the last token."""
+    total = stats.total_seconds
+    if total is None:
+        return measured_s
+    return max(total - (stats.load_seconds or 0.0), 0.0)
+
+
 def notes_only(notices: Sequence[str]) -> Message:
     """A note holding only notices (a blind reply shows no figures before the vote)."""
     return {
@@ -492,18 +516,48 @@ async def _column_batches(
 ) -> AsyncGenerator[Sequence[object], None]:
     """One column's events in paced batches; a failure becomes a last `Failed` batch."""
     try:
-        events = stream_with_warmup(
-            ctx.client, request.model, request.messages, tracker=ctx.tracker, options=options
+        events = _watched(
+            ctx,
+            request,
+            stream_with_warmup(
+                ctx.client, request.model, request.messages, tracker=ctx.tracker, options=options
+            ),
         )
         # At most one update per interval (ui/stream_pacing.py): an update costs the UI
         # far more than a token.
         async for batch in until_stopped(paced(events, interval), stop):
             yield batch
     except BackendError as exc:
+        if isinstance(exc, BackendUnreachable | BackendTimeout | BackendAuthError):
+            ctx.watch.failed(exc.user_message)
         yield [Failed(exc.user_message)]
     except Exception:  # one broken column must not end the others
         logger.exception("Streaming from %s failed unexpectedly", request.model)
         yield [Failed(UI_FAILURE)]
+
+
+async def _watched(
+    ctx: AppContext, request: ColumnRequest, events: AsyncIterator[object]
+) -> AsyncGenerator[object, None]:
+    """Pass a reply's events on, telling the status watch what they show about the backend
+    (a blind column does not name its model: the status line is on every page)."""
+    watch = ctx.watch
+    model = None if request.blind else request.model
+    answered = False
+    async with aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            if isinstance(event, WarmingStatus):
+                if event.phase == "starting":
+                    watch.waking()
+                elif event.phase == "loading":
+                    watch.loading(model)
+                elif event.phase == "ready":
+                    watch.ready(model, cold_start_s=event.elapsed)
+                    answered = True
+            elif isinstance(event, TokenDelta | ReplyDone) and not answered:
+                watch.ready(model)
+                answered = True
+            yield event
 
 
 async def _merged(
@@ -553,8 +607,9 @@ async def stream_turn(
     reply is kept). The Stop button (`stop_turn`) ends every column; closing this iterator
     does too. Either closes the backend requests, so the models stop generating."""
     stop = ctx.stops.register(turn.stop_key) if turn.stop_key else None
+    price = ctx.watch.price
     replies = [
-        ReplyProgress(column, started=clock(), retry_hint=turn.retry_hint, clock=clock)
+        ReplyProgress(column, started=clock(), retry_hint=turn.retry_hint, clock=clock, price=price)
         for column in turn.columns
     ]
     # Every update carries every column's history (ui/stream_pacing.py).
@@ -569,8 +624,12 @@ async def stream_turn(
                 changed = False
                 for index, event in batch:
                     if event is _END:
-                        replies[index].finish()
-                        replies[index].log()
+                        reply = replies[index]
+                        reply.finish()
+                        reply.log()
+                        if reply.stats is not None and reply.total_s is not None:
+                            model = None if reply.request.blind else reply.request.model
+                            ctx.watch.replied(model, gpu_seconds(reply.stats, reply.total_s))
                         changed = True
                     else:
                         changed = replies[index].apply(event) or changed

@@ -32,7 +32,7 @@ import random
 import statistics
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,8 +45,15 @@ from tenacity import (
 )
 
 from catalog import find
-from ui.backend_client import BackendClient, ChatEvent, ReplyDone
-from ui.errors import BackendBusy, BackendError, BackendTimeout, BackendUnreachable
+from ui.backend_client import BackendClient, ChatEvent, ModelInfo, ReplyDone
+from ui.backend_status import BackendWatch
+from ui.errors import (
+    BackendBusy,
+    BackendError,
+    BackendTimeout,
+    BackendUnreachable,
+    ModelNotFound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -365,12 +372,27 @@ async def _detect(client: BackendClient, model: str, phase: list[Phase | None]) 
         await asyncio.sleep(random.uniform(0.75, 1.25))
 
 
-class Prewarmer:
-    """Wakes a backend and loads a model in the background (page load, model change)."""
+# What the pre-warm asks (for one token): the shortest prompt every chat template takes.
+WARM_UP_MESSAGES = ({"role": "user", "content": "Hi"},)
 
-    def __init__(self, client: BackendClient, keep_alive: str | float | None = None) -> None:
+
+class Prewarmer:
+    """Wakes a backend and loads a model in the background (page load, model change), and
+    tells the status watch (ui/backend_status.py) what it sees: held without an answer
+    ("starting"), the model list (kept by the model directory), loading, ready, failed."""
+
+    def __init__(
+        self,
+        client: BackendClient,
+        keep_alive: str | float | None = None,
+        *,
+        watch: BackendWatch | None = None,
+        remember: Callable[[list[ModelInfo]], None] | None = None,
+    ) -> None:
         self.client = client
         self.keep_alive = keep_alive
+        self.watch = watch
+        self.remember = remember
         self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     def warm(self, model: str) -> bool:
@@ -382,31 +404,74 @@ class Prewarmer:
         self._inflight[key] = asyncio.create_task(self._warm(model), name=f"prewarm {model}")
         return True
 
+    async def _listed(self, deadline: float) -> None:
+        """The cheap first request: on Cloud Run it starts an instance (and is held until
+        the instance is up). Held longer than a probe: the instance is starting."""
+        listing = asyncio.ensure_future(self.client.list_models())
+        try:
+            done, _ = await asyncio.wait({listing}, timeout=self.client.settings.probe_timeout)
+            if not done and self.watch is not None:
+                self.watch.waking()
+            models = await asyncio.wait_for(listing, timeout=max(deadline - time.monotonic(), 0.1))
+        finally:
+            listing.cancel()
+        if self.remember is not None:
+            self.remember(models)
+        if self.watch is not None:
+            self.watch.answered()
+
+    async def _load(self, model: str) -> None:
+        """Load the model and generate one token: a runner's first evaluation after a load
+        pays for setting itself up (0.3-1.2 s more for the first token than the next on
+        the local engine, measured), so a load-only request would leave that to the
+        user's first message."""
+        stream = self.client.chat_stream(
+            model, WARM_UP_MESSAGES, options={"num_predict": 1}, keep_alive=self.keep_alive
+        )
+        async with contextlib.aclosing(stream):
+            async for _ in stream:
+                pass
+
     async def _warm(self, model: str) -> None:
         settings = self.client.settings
+        watch = self.watch
         t0 = time.monotonic()
         deadline = t0 + settings.cold_start_deadline
 
         async def attempt() -> None:
-            # A cheap request first: on Cloud Run it starts an instance (and is held
-            # until the instance is up); then load the model with no prompt.
-            await asyncio.wait_for(self.client.list_models(), timeout=deadline - time.monotonic())
-            await asyncio.wait_for(
-                self.client.load_model(model, keep_alive=self.keep_alive),
-                timeout=max(deadline - time.monotonic(), 0.1),
-            )
+            await self._listed(deadline)
+            if watch is not None:
+                watch.loading(model)
+            await asyncio.wait_for(self._load(model), timeout=max(deadline - time.monotonic(), 0.1))
+            if watch is not None:
+                watch.ready(model)  # a cold start's length counts from "starting"
+
+        def retrying_after(state: RetryCallState) -> None:
+            failure = _failure(state)
+            if watch is not None and isinstance(failure, BackendError):
+                wait = state.upcoming_sleep
+                watch.failed(f"{failure.user_message} Trying again in {wait:.0f} s.")
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_RETRYABLE),
             wait=BACKOFF,
             stop=stop_before_delay(settings.cold_start_deadline),
+            before_sleep=retrying_after,
             reraise=True,
         )
         try:
             await retrying(attempt)
-        except _RETRYABLE as exc:
-            log.info("pre-warm of %s gave up: %s", model, exc.user_message)
+        except ModelNotFound as exc:
+            # The picker's provisional choice is not on this backend: nothing to warm.
+            log.info("pre-warm of %s skipped: %s", model, exc.user_message)
+            if watch is not None:
+                watch.answered()
         except (BackendError, TimeoutError) as exc:
-            log.info("pre-warm of %s did not finish: %s", model, getattr(exc, "user_message", exc))
+            reason = getattr(exc, "user_message", None) or (
+                f"The model backend did not get ready within {settings.cold_start_deadline:.0f} s."
+            )
+            log.info("pre-warm of %s did not finish: %s", model, reason)
+            if watch is not None:
+                watch.failed(reason)
         else:
             log.info("pre-warmed %s in %.1f s", model, time.monotonic() - t0)
