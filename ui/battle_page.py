@@ -60,7 +60,7 @@ from ui.turns import (
     turn_running,
 )
 from ui.votes import VALID_CHOICES, VoteNotSaved, pick_battle_pair
-from ui.widgets import max_tokens_slider, prompt_row, temperature_slider
+from ui.widgets import RAW_HTML_SHOWN_AS_TEXT, max_tokens_slider, prompt_row, temperature_slider
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +277,7 @@ def _layout(settings: Settings) -> BattleComponents:
                         height=400,
                         buttons=["copy"],
                         feedback_options=None,
+                        allow_tags=RAW_HTML_SHOWN_AS_TEXT,
                         placeholder=f"{side}'s answer appears here.",
                     )
                 )

