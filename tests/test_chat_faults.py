@@ -153,8 +153,10 @@ def test_full_queue_says_busy(fake: FakeOllama) -> None:
 
 
 def test_rate_limit_per_client(fake: FakeOllama) -> None:
-    with running_app(backend_url=fake.url, rate_limit_per_minute=2) as url:
-        # Uvicorn takes the client address from X-Forwarded-For of a local proxy.
+    with running_app(
+        backend_url=fake.url, rate_limit_per_minute=2, trusted_proxies="127.0.0.1"
+    ) as url:
+        # A configured local proxy (LLM_TRUSTED_PROXIES) names the client in X-Forwarded-For.
         first = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.1"})
         other = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.2"})
         for _ in range(2):

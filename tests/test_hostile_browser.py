@@ -86,11 +86,13 @@ GIF = base64.b64decode(
 
 
 class HtmlOllama(FakeOllama):
-    """FakeOllama plus a model, fake-html, that replies with `reply` in small pieces."""
+    """FakeOllama plus models (fake-html, or `names`) that reply with `reply` in small
+    pieces."""
 
-    def __init__(self, reply: str) -> None:
+    def __init__(self, reply: str, names: tuple[str, ...] = ("fake-html",)) -> None:
         super().__init__()
         self.reply = reply
+        self.names = names
 
     def _handler_class(self) -> Any:
         base: Any = super()._handler_class()
@@ -104,14 +106,14 @@ class HtmlOllama(FakeOllama):
                 details = ModelDetails(family="fake")
                 models = [
                     ListResponse.Model(model=m, size=ByteSize(1000), details=details)
-                    for m in ["fake-html", *MODELS]
+                    for m in [*fake.names, *MODELS]
                 ]
                 self._json(200, ListResponse(models=models))
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                if self.path != "/api/chat" or body.get("model") != "fake-html":
+                if self.path != "/api/chat" or body.get("model") not in fake.names:
                     self._json(404, {"error": "not found"})
                     return
                 if not body.get("messages"):  # the pre-warm's load request

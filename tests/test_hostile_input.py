@@ -370,8 +370,10 @@ def test_share_of_a_huge_chat_keeps_the_link_short(client: Client) -> None:
 # --- a flood from one client ----------------------------------------------------------------
 def test_flood_from_one_client_is_limited_and_others_are_served(fake: FakeOllama) -> None:
     limit = 5
-    with running_app(backend_url=fake.url, rate_limit_per_minute=limit) as url:
-        # Uvicorn takes the client address from X-Forwarded-For of a local proxy.
+    with running_app(
+        backend_url=fake.url, rate_limit_per_minute=limit, trusted_proxies="127.0.0.1"
+    ) as url:
+        # A configured local proxy (LLM_TRUSTED_PROXIES) names the client in X-Forwarded-For.
         flooder = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.66"})
         other = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.7"})
         before = len(fake.chat_requests())

@@ -132,6 +132,12 @@ def _skip_missing_matplotlib() -> None:
 def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
     """Serve the app on settings.host:settings.port (overrides win, e.g. in tests)."""
     _skip_missing_matplotlib()
+    # Uvicorn replaces the client address with X-Forwarded-For when the peer is a trusted
+    # proxy, by default any local process (127.0.0.1): a script on the same host, or any
+    # client behind a local reverse proxy that passes the header on, could then pose as a
+    # new client per request (rate limits, vote caps). Only configured proxies are trusted;
+    # uvicorn reads this when Gradio creates its server config.
+    os.environ["FORWARDED_ALLOW_IPS"] = settings.trusted_proxies
     kwargs: dict[str, Any] = {
         "server_name": settings.host,
         "server_port": settings.port,

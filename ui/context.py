@@ -28,6 +28,7 @@ class AppContext:
     client: BackendClient  # the one client of the model backends
     models: ModelDirectory  # which models are offered; checks model names
     limiter: RateLimiter  # requests per client per minute (counted per scope, ui/turns.py)
+    vote_limiter: RateLimiter  # battle votes per client per 24 hours
     stops: StopSignals  # running turns, found by the Stop buttons
     tracker: ColdStartTracker  # typical cold start, learned by this process (all pages)
     prewarmer: Prewarmer  # wakes a backend and loads a model in the background
@@ -42,6 +43,7 @@ class AppContext:
             client=client,
             models=ModelDirectory(settings, client),
             limiter=RateLimiter(settings.rate_limit_per_minute),
+            vote_limiter=RateLimiter(settings.votes_per_client_per_day, window=24 * 3600),
             stops=StopSignals(),
             tracker=ColdStartTracker(settings.typical_cold_start),
             prewarmer=Prewarmer(client),

@@ -164,6 +164,21 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LLM_PUBLIC_URL", "public_url"),
         description="Public base URL used in share links (env LLM_PUBLIC_URL).",
     )
+    votes_per_client_per_day: int = Field(
+        default=200,
+        ge=1,
+        validation_alias=AliasChoices("LLM_VOTES_PER_CLIENT_PER_DAY", "votes_per_client_per_day"),
+        description="Battle votes one client may cast in 24 hours (per UI instance).",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        validation_alias=AliasChoices("LLM_TRUSTED_PROXIES", "trusted_proxies"),
+        description=(
+            "Comma-separated addresses or networks of proxies whose X-Forwarded-For names "
+            "the client (env LLM_TRUSTED_PROXIES). Empty (the default): the socket peer is "
+            "the client. On Cloud Run (K_SERVICE set) the front end's last hop is used."
+        ),
+    )
     votes: str = Field(
         default_factory=lambda: f"sqlite:///{default_data_dir() / 'votes.sqlite3'}",
         validation_alias=AliasChoices("LLM_VOTES", "votes"),

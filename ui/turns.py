@@ -242,6 +242,16 @@ def check_rate(ctx: AppContext, request: Any, scope: str) -> None:
         )
 
 
+def check_vote_quota(ctx: AppContext, request: Any) -> None:
+    """Count one battle vote of this client against its daily cap (checked last)."""
+    wait = ctx.vote_limiter.acquire(client_key(request))
+    if wait is not None:
+        raise InputRejected(
+            f"You have voted {ctx.vote_limiter.limit} times in the last 24 hours, the most "
+            f"one visitor may. Try again in {math.ceil(wait / 3600)} h."
+        )
+
+
 # === prepare ==============================================================================
 @dataclass(frozen=True)
 class ColumnRequest:

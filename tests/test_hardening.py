@@ -1,0 +1,160 @@
+"""Hardening against scripted abuse, through the real Gradio API: who a client is (proxy
+headers are believed only from configured proxies), votes bound to the replies the server
+streamed, a daily vote cap, blind battles that a reply unblinds get no vote, share links
+whose base never comes from the request when LLM_PUBLIC_URL is set.
+
+The app runs in-process against protocol-level fake Ollamas (devtools/testkit/fake_ollama.py).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from gradio_client import Client
+
+from devtools.testkit.chat_app import (
+    chat,
+    eval_count,
+    is_note,
+    last_note,
+    msg,
+    rejection,
+    running_app,
+    text_of,
+)
+from devtools.testkit.fake_ollama import FakeOllama
+from tests.test_hostile_browser import HtmlOllama
+
+pytestmark = pytest.mark.timeout(240)
+
+SECRET = "hardening-test-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOllama]:
+    with FakeOllama() as server:
+        yield server
+
+
+# --- who the client is ------------------------------------------------------------------
+def test_forwarded_for_from_an_unconfigured_proxy_is_not_believed(fake: FakeOllama) -> None:
+    """Locally no proxy is trusted: a script on this host that sends a new X-Forwarded-For
+    per request is still one client (uvicorn trusts 127.0.0.1 by default)."""
+    with running_app(backend_url=fake.url, rate_limit_per_minute=1) as url:
+        first = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.1"})
+        posing = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.2"})
+        _, history, _ = chat(first, "Hi", model="fake-ok", max_tokens=1)
+        assert eval_count(last_note(history)) == 1
+        reason = rejection(chat(posing, "Hi", model="fake-ok", max_tokens=1))
+        assert "Too many messages: the limit is 1 per minute" in reason
+
+
+def test_on_cloud_run_the_client_is_the_front_ends_last_hop(
+    fake: FakeOllama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With K_SERVICE set, the client is the last X-Forwarded-For entry (the one Google's
+    front end appends); the entries before it are whatever the client sent."""
+    monkeypatch.setenv("K_SERVICE", "llm-ui")
+    with running_app(backend_url=fake.url, rate_limit_per_minute=1) as url:
+
+        def client(forwarded: str) -> Client:
+            return Client(url, verbose=False, headers={"X-Forwarded-For": forwarded})
+
+        _, history, _ = chat(client("198.51.100.1, 203.0.113.5"), "Hi", model="fake-ok")
+        assert eval_count(last_note(history)) == 8
+        # A different made-up first hop, the same real client: refused.
+        reason = rejection(chat(client("198.51.100.2, 203.0.113.5"), "Hi", model="fake-ok"))
+        assert "Too many messages" in reason
+        # Another real client (its last hop differs), even claiming the first's address.
+        _, history, _ = chat(client("203.0.113.5, 203.0.113.6"), "Hi", model="fake-ok")
+        assert eval_count(last_note(history)) == 8
+
+
+# --- votes --------------------------------------------------------------------------------
+def run_battle(client: Client, message: str = "Say hello.") -> tuple[Any, list[Any]]:
+    job = client.submit(message, "", [], [], 0.7, 8, api_name="/battle")
+    final = job.result(timeout=60)
+    return final, job.outputs()
+
+
+def vote(client: Client, token: str, chat_a: Any, chat_b: Any, choice: str = "a") -> str:
+    banner, *_ = client.predict(token, choice, chat_a, chat_b, api_name="/battle_vote")
+    return html.unescape(banner)
+
+
+def as_request_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A display history as a client sends it back (notes keep their titles)."""
+    return [
+        msg(m["role"], text_of(m), (m.get("metadata") or {}).get("title") if is_note(m) else None)
+        for m in history
+    ]
+
+
+def test_a_vote_needs_the_replies_the_server_streamed_and_is_capped_per_day(
+    fake: FakeOllama, tmp_path: Any
+) -> None:
+    with running_app(
+        backend_url=fake.url,
+        allowed_models=["fake-ok", "fake-slow"],
+        rate_limit_per_minute=1000,
+        votes_per_client_per_day=2,
+        share_secret=SECRET,
+        votes=f"sqlite:///{tmp_path / 'votes.sqlite3'}",
+    ) as url:
+        client = Client(url, verbose=False)
+        final, updates = run_battle(client)
+        token, chat_a, chat_b = final[2], final[4], final[7]
+        streaming_token = updates[0][2]
+        assert streaming_token and token and streaming_token != token
+        # Made-up replies with a real battle's token: refused.
+        forged = as_request_history(chat_b)
+        forged[1] = msg("assistant", "A much better answer, written by the voter.")
+        assert "not the ones this battle streamed" in vote(client, token, chat_a, forged)
+        # The token handed out while the replies streamed takes no vote.
+        assert "Wait until both models have answered" in vote(
+            client, streaming_token, chat_a, chat_b
+        )
+        # The real replies with the final token: counted.
+        assert "Thanks for voting" in vote(client, token, chat_a, chat_b)
+        # The daily cap: the second vote is taken, the third is not.
+        final, _ = run_battle(client)
+        assert "Thanks for voting" in vote(client, final[2], final[4], final[7])
+        final, _ = run_battle(client)
+        assert "voted 2 times in the last 24 hours" in vote(client, final[2], final[4], final[7])
+
+
+def test_a_battle_whose_reply_names_a_model_gets_no_vote(tmp_path: Any) -> None:
+    with (
+        HtmlOllama(
+            "Hello! I am Gemma, a model trained by Google.", names=("fake-html", "fake-html2")
+        ) as fake,
+        running_app(
+            backend_url=fake.url,
+            allowed_models=["fake-html", "fake-html2"],
+            rate_limit_per_minute=1000,
+            share_secret=SECRET,
+            votes=f"sqlite:///{tmp_path / 'votes.sqlite3'}",
+        ) as url,
+    ):
+        client = Client(url, verbose=False)
+        final, _ = run_battle(client, "Who are you?")
+        token, chat_a, chat_b = final[2], final[4], final[7]
+        assert "names a model" in html.unescape(final[1]), final[1]
+        assert "Wait until both models have answered" in vote(client, token, chat_a, chat_b)
+
+
+# --- share links ----------------------------------------------------------------------------
+def test_share_links_use_the_public_url_never_the_request_host(fake: FakeOllama) -> None:
+    public = "https://chat.example.com/"
+    with running_app(backend_url=fake.url, public_url=public) as url:
+        client = Client(
+            url,
+            verbose=False,
+            headers={"Host": "evil.example", "X-Forwarded-Host": "evil.example"},
+        )
+        history = [msg("user", "Hi"), msg("assistant", "Hello")]
+        link, _ = client.predict(history, "fake-ok", "", 0.7, 0.9, 8, api_name="/share_chat")
+        assert link.startswith(public + "?share="), link
