@@ -9,6 +9,7 @@ The app runs in-process against protocol-level fake Ollamas (devtools/testkit/fa
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,9 @@ import pytest
 from gradio_client import Client
 
 from devtools.testkit.chat_app import (
+    UNCHANGED,
     chat,
+    chat_args,
     eval_count,
     is_note,
     last_note,
@@ -158,3 +161,49 @@ def test_share_links_use_the_public_url_never_the_request_host(fake: FakeOllama)
         history = [msg("user", "Hi"), msg("assistant", "Hello")]
         link, _ = client.predict(history, "fake-ok", "", 0.7, 0.9, 8, api_name="/share_chat")
         assert link.startswith(public + "?share="), link
+
+
+# --- fair share -----------------------------------------------------------------------------
+def first_reply_after(job: Any, started: float, timeout: float = 30) -> float:
+    """Seconds from `started` until `job` streamed a reply's first text."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for outputs in job.outputs():
+            history = outputs[1]
+            if isinstance(history, list) and any(
+                m["role"] == "assistant" and not is_note(m) and text_of(m) for m in history
+            ):
+                return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError("no reply started")
+
+
+def test_one_client_holding_many_streams_does_not_starve_another() -> None:
+    """One client tries to hold 60 long streams; another client's short reply on the same
+    model still starts within a few seconds. Loopback only, bounded by the fake's length."""
+    with (
+        # 8 tokens: a 16 s reply; 4 at once, as a backend's parallel slots.
+        FakeOllama(slow_delay=2.0, parallel=4) as slow,
+        running_app(backend_url=slow.url, rate_limit_per_minute=1000, trusted_proxies="127.0.0.1")
+        as url,
+    ):  # fmt: skip
+        hog = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.66"})
+        other = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.7"})
+        jobs = [
+            hog.submit(*chat_args(f"Long {i}", model="fake-slow", max_tokens=8), api_name="/chat")
+            for i in range(60)
+        ]
+        # Wait until the hog's streams are running (the backend has them) before asking.
+        deadline = time.monotonic() + 30
+        while len(slow.chat_requests()) < 3:
+            assert time.monotonic() < deadline, "the hog's streams never started"
+            time.sleep(0.05)
+        started = time.monotonic()
+        mine = other.submit(*chat_args("Hi", model="fake-slow", max_tokens=1), api_name="/chat")
+        assert first_reply_after(mine, started) < 5
+        outcomes = [job.result(timeout=120) for job in jobs]
+        refused = [o for o in outcomes if o[1] == UNCHANGED]
+        assert len(refused) >= 60 - 3, len(refused)
+        assert "at most 3 at once" in html.unescape(refused[0][2])
+        # The backend got the hog's 3 allowed streams and the other client's one, no more.
+        assert len(slow.chat_requests()) <= 3 + 1 + 3  # + at most 3 started after the first

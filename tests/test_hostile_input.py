@@ -371,7 +371,10 @@ def test_share_of_a_huge_chat_keeps_the_link_short(client: Client) -> None:
 def test_flood_from_one_client_is_limited_and_others_are_served(fake: FakeOllama) -> None:
     limit = 5
     with running_app(
-        backend_url=fake.url, rate_limit_per_minute=limit, trusted_proxies="127.0.0.1"
+        backend_url=fake.url,
+        rate_limit_per_minute=limit,
+        trusted_proxies="127.0.0.1",
+        streams_per_client=100,  # the per-minute limit alone (streams: test_hardening.py)
     ) as url:
         # A configured local proxy (LLM_TRUSTED_PROXIES) names the client in X-Forwarded-For.
         flooder = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.66"})
@@ -407,7 +410,11 @@ def test_flood_of_joins_does_not_break_the_queue(fake: FakeOllama) -> None:
     """Hundreds of queue joins at once from one client: the queue bound answers "full"
     to the excess, the rest are answered, and the app serves normally afterwards."""
     with running_app(
-        backend_url=fake.url, rate_limit_per_minute=10_000, concurrency_limit=10, max_queue=20
+        backend_url=fake.url,
+        rate_limit_per_minute=10_000,
+        streams_per_client=1000,  # one address sends it all: the queue bound alone
+        concurrency_limit=10,
+        max_queue=20,
     ) as url:
         raw = RawQueue(url)
         fn = raw.fn_index("chat")

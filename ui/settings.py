@@ -164,6 +164,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LLM_PUBLIC_URL", "public_url"),
         description="Public base URL used in share links (env LLM_PUBLIC_URL).",
     )
+    streams_per_client: int = Field(
+        default=3,
+        ge=1,
+        validation_alias=AliasChoices("LLM_STREAMS_PER_CLIENT", "streams_per_client"),
+        description=(
+            "Replies one client may have generating at once, all tabs together (env "
+            "LLM_STREAMS_PER_CLIENT); a three-model comparison counts three."
+        ),
+    )
     votes_per_client_per_day: int = Field(
         default=200,
         ge=1,

@@ -53,7 +53,7 @@ from ui.context import AppContext
 from ui.deep_links import MAX_COMPARE_MODELS, MIN_COMPARE_MODELS
 from ui.errors import BackendError, InputRejected
 from ui.model_labels import label_for
-from ui.rate_limit import client_key
+from ui.rate_limit import StreamLease, client_key
 from ui.stop_signals import until_stopped
 from ui.stream_pacing import interval_for_history, paced
 from ui.warming import WarmingStatus, stream_with_warmup
@@ -274,6 +274,7 @@ class PreparedTurn:
     notices: list[str]  # about the whole turn (clamped parameters); also in every note
     stop_key: str | None  # the Stop button finds the running turn by it
     retry_hint: bool = False  # error notes say "press ↻ (retry)" (the Chat has the button)
+    lease: StreamLease | None = None  # this client's streams, given back when it ends
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,18 @@ def prepare(
     conversation into the model's context (the oldest turns are left out, with a notice;
     the history shown keeps everything). `scope`: the page, whose Stop button stops the
     turn; `rate_scope`: whose count the request is (default: the page's own)."""
-    check_rate(ctx, request, rate_scope or scope)
+    lease = ctx.streams.acquire(client_key(request), len(columns))
+    if lease is None:
+        raise InputRejected(
+            f"You already have {ctx.streams.active(client_key(request))} replies being "
+            f"written (at most {ctx.streams.limit} at once, on all tabs together). Wait for "
+            "them to finish, or press Stop."
+        )
+    try:
+        check_rate(ctx, request, rate_scope or scope)
+    except InputRejected:
+        lease.release()
+        raise
     prepared = []
     for column in columns:
         display = [*column.history, {"role": "user", "content": text}]
@@ -329,7 +341,7 @@ def prepare(
         )
     session = session_of(request)
     stop_key = f"{scope}:{session}" if session else None
-    return PreparedTurn(prepared, params.options, list(params.notices), stop_key, retry_hint)
+    return PreparedTurn(prepared, params.options, list(params.notices), stop_key, retry_hint, lease)
 
 
 # === one reply and its timings ===========================================================
@@ -589,6 +601,8 @@ async def stream_turn(
     finally:
         if stop is not None and turn.stop_key:
             ctx.stops.release(turn.stop_key, stop)
+        if turn.lease is not None:
+            turn.lease.release()
 
 
 def stop_turn(ctx: AppContext, request: object, scope: str) -> bool:
