@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from gradio_client import Client
 
@@ -30,10 +31,12 @@ from devtools.testkit.chat_app import (
 )
 from devtools.testkit.fake_ollama import FakeOllama
 from tests.test_hostile_browser import HtmlOllama
+from ui.settings import Settings
 
 pytestmark = pytest.mark.timeout(240)
 
 SECRET = "hardening-test-secret-0123456789abcdef"
+DEFAULT_STREAMS = Settings.model_fields["streams_per_client"].default  # production's
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +187,12 @@ def test_one_client_holding_many_streams_does_not_starve_another() -> None:
     with (
         # 8 tokens: a 16 s reply; 4 at once, as a backend's parallel slots.
         FakeOllama(slow_delay=2.0, parallel=4) as slow,
-        running_app(backend_url=slow.url, rate_limit_per_minute=1000, trusted_proxies="127.0.0.1")
-        as url,
+        running_app(
+            backend_url=slow.url,
+            rate_limit_per_minute=1000,
+            trusted_proxies="127.0.0.1",
+            streams_per_client=DEFAULT_STREAMS,
+        ) as url,
     ):  # fmt: skip
         hog = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.66"})
         other = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.7"})
@@ -195,7 +202,7 @@ def test_one_client_holding_many_streams_does_not_starve_another() -> None:
         ]
         # Wait until the hog's streams are running (the backend has them) before asking.
         deadline = time.monotonic() + 30
-        while len(slow.chat_requests()) < 3:
+        while len(slow.chat_requests()) < DEFAULT_STREAMS:
             assert time.monotonic() < deadline, "the hog's streams never started"
             time.sleep(0.05)
         started = time.monotonic()
@@ -203,7 +210,47 @@ def test_one_client_holding_many_streams_does_not_starve_another() -> None:
         assert first_reply_after(mine, started) < 5
         outcomes = [job.result(timeout=120) for job in jobs]
         refused = [o for o in outcomes if o[1] == UNCHANGED]
-        assert len(refused) >= 60 - 3, len(refused)
-        assert "at most 3 at once" in html.unescape(refused[0][2])
-        # The backend got the hog's 3 allowed streams and the other client's one, no more.
-        assert len(slow.chat_requests()) <= 3 + 1 + 3  # + at most 3 started after the first
+        assert len(refused) >= 60 - DEFAULT_STREAMS, len(refused)
+        assert f"at most {DEFAULT_STREAMS} at once" in html.unescape(refused[0][2])
+        # The backend got the hog's allowed streams and the other client's one, and at
+        # most as many more from hog jobs that started after the first ones ended.
+        assert len(slow.chat_requests()) <= 2 * DEFAULT_STREAMS + 1
+
+
+# --- bounded requests -----------------------------------------------------------------------
+def test_request_bodies_are_capped_before_parsing_and_uploads_are_refused(
+    fake: FakeOllama,
+) -> None:
+    with running_app(backend_url=fake.url, max_request_bytes=256 * 1024) as url:
+        join = url + "/gradio_api/queue/join"
+        big = b'{"data": ["' + b"x" * (5 * 1024 * 1024) + b'"], "fn_index": 0}'
+        started = time.monotonic()
+        answer = httpx.post(join, content=big, headers={"content-type": "application/json"})
+        assert answer.status_code == 413 and "limit is 256 KB" in answer.text
+        # Without a length (chunked), refused once the limit is passed.
+        chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))
+        answer = httpx.post(join, content=chunks, headers={"content-type": "application/json"})
+        assert answer.status_code in (400, 413)  # 400: Gradio answers the aborted read
+        assert time.monotonic() - started < 10
+        # The app takes no files: Gradio's upload route is closed.
+        answer = httpx.post(url + "/gradio_api/upload", files={"files": ("a.txt", b"hello")})
+        assert answer.status_code == 403
+        # A normal request still works.
+        _, history, _ = chat(Client(url, verbose=False), "Hi", model="fake-ok", max_tokens=1)
+        assert eval_count(last_note(history)) == 1
+
+
+def test_every_endpoint_counts_against_a_per_client_event_limit(fake: FakeOllama) -> None:
+    with running_app(backend_url=fake.url, events_per_minute=5, trusted_proxies="127.0.0.1") as url:
+        prefix = url + "/gradio_api/call"
+        headers = {"X-Forwarded-For": "203.0.113.9"}
+        codes = [
+            httpx.post(f"{prefix}/leaderboard", json={"data": []}, headers=headers).status_code
+            for _ in range(7)
+        ]
+        assert codes[:5] == [200] * 5 and codes[5:] == [429, 429], codes
+        answer = httpx.post(f"{prefix}/undo", json={"data": [[]]}, headers=headers)
+        assert answer.status_code == 429 and int(answer.headers["retry-after"]) >= 1
+        # Another client is served.
+        other = {"X-Forwarded-For": "203.0.113.10"}
+        assert httpx.post(f"{prefix}/models", json={"data": []}, headers=other).status_code == 200

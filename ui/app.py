@@ -27,6 +27,7 @@ from ui.context import AppContext
 from ui.deep_links import TAB_SHARED
 from ui.leaderboard_page import build_leaderboard_page
 from ui.render import CSS
+from ui.request_limits import request_limits_middleware
 from ui.security_headers import security_headers_middleware
 from ui.settings import Settings
 from ui.share_page import (
@@ -155,7 +156,13 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
         # others to finish. Room for every allowed stream plus page-load events.
         "max_threads": settings.concurrency_limit + 20,
         # nosniff, referrer policy, no framing by other sites (ui/security_headers.py).
-        "app_kwargs": {"middleware": [security_headers_middleware()]},
+        # Body size cap, no uploads, events per client (ui/request_limits.py).
+        "app_kwargs": {
+            "middleware": [
+                security_headers_middleware(),
+                request_limits_middleware(settings.max_request_bytes, settings.events_per_minute),
+            ]
+        },
     }
     kwargs.update(overrides)
     return demo.launch(**kwargs)

@@ -12,6 +12,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -65,14 +66,18 @@ def client_key(request: Request | None) -> str:
     """
     if request is None:
         return "unknown"
+    client = request.client
+    return client_key_from(request.headers, getattr(client, "host", None) if client else None)
+
+
+def client_key_from(headers: Mapping[str, str], peer: str | None) -> str:
+    """`client_key` from a request's headers and socket peer (for ASGI middleware)."""
     if os.environ.get("K_SERVICE"):
-        forwarded = request.headers.get("x-forwarded-for", "")
+        forwarded = headers.get("x-forwarded-for", "")
         hops = [h.strip() for h in forwarded.split(",") if h.strip()]
         if hops:
             return hops[-1]
-    client = request.client
-    host = getattr(client, "host", None) if client is not None else None
-    return str(host or "unknown")
+    return str(peer or "unknown")
 
 
 class StreamLease:

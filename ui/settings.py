@@ -164,6 +164,21 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LLM_PUBLIC_URL", "public_url"),
         description="Public base URL used in share links (env LLM_PUBLIC_URL).",
     )
+    max_request_bytes: int = Field(
+        default=1024 * 1024,
+        ge=64 * 1024,
+        validation_alias=AliasChoices("LLM_MAX_REQUEST_BYTES", "max_request_bytes"),
+        description="Largest request body accepted, before parsing (env LLM_MAX_REQUEST_BYTES).",
+    )
+    events_per_minute: int = Field(
+        default=600,
+        ge=1,
+        validation_alias=AliasChoices("LLM_EVENTS_PER_MINUTE", "events_per_minute"),
+        description=(
+            "API events (any endpoint, page-load events included) one client may start a "
+            "minute (env LLM_EVENTS_PER_MINUTE)."
+        ),
+    )
     streams_per_client: int = Field(
         default=3,
         ge=1,
