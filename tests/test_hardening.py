@@ -9,6 +9,8 @@ The app runs in-process against protocol-level fake Ollamas (devtools/testkit/fa
 from __future__ import annotations
 
 import html
+import re
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -254,3 +256,34 @@ def test_every_endpoint_counts_against_a_per_client_event_limit(fake: FakeOllama
         # Another client is served.
         other = {"X-Forwarded-For": "203.0.113.10"}
         assert httpx.post(f"{prefix}/models", json={"data": []}, headers=other).status_code == 200
+
+
+# --- internals never shown --------------------------------------------------------------------
+INTERNALS = re.compile(r"validation error|pydantic|object at 0x|Traceback|too large to convert")
+
+
+def test_internals_never_reach_users(fake: FakeOllama) -> None:
+    with running_app(backend_url=fake.url) as url:
+        client = Client(url, verbose=False)
+        # A 401-digit max tokens (float() raises OverflowError on it): clamped, with a note.
+        _, history, _ = chat(client, "Hi", model="fake-ok", max_tokens=10**400)
+        note = text_of(last_note(history))
+        assert "Max tokens (a 401-digit number) is outside the allowed range" in note
+        assert eval_count(last_note(history)) == 8
+        # Malformed input that Gradio itself refuses (its pydantic check, a missing input):
+        # the error event carries no text of Gradio's or Python's.
+        prefix = url + "/gradio_api/call"
+        for api, data in [("undo", [[{"role": "x"}]]), ("undo", []), ("retry", ["zz"])]:
+            event = httpx.post(f"{prefix}/{api}", json={"data": data}).json()["event_id"]
+            stream = httpx.get(f"{prefix}/{api}/{event}", timeout=30).text
+            assert "event: error" in stream and not INTERNALS.search(stream), stream[:300]
+        # A 100 000-character share link: a short page, not a server error.
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            target = "/?share=" + "A" * 100_000
+            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 414"), answer[:100]
+        assert b"too long" in answer and b"Internal Server Error" not in answer

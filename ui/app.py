@@ -150,7 +150,10 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
         # Gradio's run history would keep a second copy of every streamed chat in the
         # browser's localStorage; the chat is already kept there (BrowserState).
         "run_history": False,
-        "show_error": True,
+        # Only gr.Error messages (written for users) reach the browser; any other exception
+        # (Gradio's pydantic validation text, object reprs for missing inputs) shows as a
+        # bare "Error" and its detail goes to the log.
+        "show_error": False,
         # Gradio runs at most `max_threads` queued events at once across the whole app
         # (default 40), whatever the concurrency limits say: beyond it, streams wait for
         # others to finish. Room for every allowed stream plus page-load events.

@@ -6,6 +6,9 @@
   back to the system;
 - Gradio's file upload route is refused (403): this app takes no files, and the route
   would let anyone store files on the instance;
+- a URL query longer than `MAX_QUERY_BYTES` gets a short page (414) saying the link is
+  too long: Gradio parses the page's URL with httpx, which raises on URLs over 64 KB, and
+  the user would see "Internal Server Error";
 - each client may start at most `events_per_minute` events (queue joins and direct API
   calls) a minute, on every endpoint (/undo, /share_chat, /leaderboard, /models, ...),
   on top of the per-page message limits (ui/turns.py). 429 with Retry-After beyond it.
@@ -35,16 +38,29 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # the event stream, heartbeats) is not counted.
 EVENT_PATH_PARTS = ("/queue/join", "/call/", "/run/")
 UPLOAD_PATH_SUFFIXES = ("/upload", "/upload_progress")
+# Above any share link this app reads (ui/share.py: MAX_DECODE_TOKEN_CHARS, 32 768).
+MAX_QUERY_BYTES = 40_000
+TOO_LONG_PAGE = (
+    "<!doctype html><meta charset=utf-8><title>Link too long</title>"
+    "<p>This link is too long to be a link of this app (a share link may have been cut "
+    "or changed). <a href='/'>Open the app</a></p>\n"
+)
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-async def _plain(send: Send, status: int, text: str, extra: list[tuple[bytes, bytes]]) -> None:
+async def _plain(
+    send: Send,
+    status: int,
+    text: str,
+    extra: list[tuple[bytes, bytes]],
+    kind: str = "text/plain",
+) -> None:
     body = text.encode()
     headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-type", f"{kind}; charset=utf-8".encode()),
         (b"content-length", str(len(body)).encode()),
         *extra,
     ]
@@ -65,6 +81,9 @@ class RequestLimits:
         path: str = scope.get("path", "")
         if path.endswith(UPLOAD_PATH_SUFFIXES):
             await _plain(send, 403, "This app takes no file uploads.\n", [])
+            return
+        if len(scope.get("query_string", b"")) > MAX_QUERY_BYTES:
+            await _plain(send, 414, TOO_LONG_PAGE, [], "text/html")
             return
         headers = Headers(scope=scope)
         if scope.get("method") == "POST" and any(p in path for p in EVENT_PATH_PARTS):

@@ -85,6 +85,9 @@ def _fmt(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+HUGE_INT = 10**15  # beyond any parameter; still exact as a float
+
+
 def check_number(
     name: str, value: object, low: float, high: float, *, integer: bool = False
 ) -> tuple[float, str | None]:
@@ -92,6 +95,11 @@ def check_number(
     notice. Returns (value, notice or None)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputRejected(f"{name} must be a number, not {describe(value)}.")
+    if isinstance(value, int) and abs(value) > HUGE_INT:
+        # float() of an int beyond 1e308 raises OverflowError; such a number is clamped.
+        edge = int(high if value > 0 else low) if integer else (high if value > 0 else low)
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return edge, f"{name} (a {digits}-digit number) is outside the allowed range; used {edge}."
     if not math.isfinite(value):
         raise InputRejected(f"{name} must be a finite number, not {value}.")
     number: float = round(value) if integer else float(value)
