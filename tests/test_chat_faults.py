@@ -50,7 +50,7 @@ def app_url(fake: FakeOllama) -> Iterator[str]:
     [
         ("fake-500", "returned an error (HTTP 500): llama runner process has terminated", False),
         ("fake-503", "busy right now", False),
-        ("fake-401", "did not accept the UI's Google ID token (HTTP 401)", False),
+        ("fake-401", "refused this app's credentials (HTTP 401)", False),
         ("fake-midstream", "error in the middle of the reply: the model runner crashed", True),
         ("fake-drop", "broke off in the middle of the reply", True),
         ("fake-garbage", "sent an answer the UI cannot read", True),
