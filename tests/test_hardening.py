@@ -9,6 +9,7 @@ The app runs in-process against protocol-level fake Ollamas (devtools/testkit/fa
 from __future__ import annotations
 
 import html
+import json
 import re
 import socket
 import time
@@ -32,6 +33,7 @@ from devtools.testkit.chat_app import (
     text_of,
 )
 from devtools.testkit.fake_ollama import FakeOllama
+from devtools.testkit.google_fakes import emulator
 from tests.test_hostile_browser import HtmlOllama
 from ui.settings import Settings
 
@@ -287,3 +289,36 @@ def test_internals_never_reach_users(fake: FakeOllama) -> None:
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 414"), answer[:100]
         assert b"too long" in answer and b"Internal Server Error" not in answer
+
+
+# --- the Cloud Run emulator -------------------------------------------------------------------
+def raw_get(base: str, target: str) -> bytes:
+    host, port = base.removeprefix("http://").split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_emulator_refuses_odd_request_targets_and_its_state_shows_no_urls_or_paths(
+    fake: FakeOllama,
+) -> None:
+    with (
+        FakeOllama() as elsewhere,  # another host the target tries to reach
+        emulator(upstream_url=fake.url, allow_unauthenticated=True, certs_url=None) as service,
+    ):
+        other = elsewhere.url.removeprefix("http://")
+        for target in (f"@{other}/api/tags", f"http://{other}/api/tags", "api/tags"):
+            answer = raw_get(service.url, target)
+            assert answer.startswith(b"HTTP/1.1 400"), (target, answer[:200])
+        assert elsewhere.requests == []
+        # A normal request passes; the state counts it by endpoint, and a user's own path
+        # (it could hold a share link) only as "other".
+        assert raw_get(service.url, "/api/tags").startswith(b"HTTP/1.1 200")
+        raw_get(service.url, "/private/SECRET-LOOKING-TOKEN")
+        state = json.dumps(service.state())
+        assert "GET /api/tags" in state and "GET other" in state
+        assert "SECRET-LOOKING" not in state and fake.url not in state
+        assert "127.0.0.1:" not in state
