@@ -36,6 +36,7 @@ from devtools.testkit.fake_ollama import FakeOllama
 from devtools.testkit.google_fakes import emulator
 from tests.test_hostile_browser import HtmlOllama
 from ui.settings import Settings
+from ui.vote_store import AlreadyVoted, SqliteVoteStore, Vote
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -322,3 +323,16 @@ def test_emulator_refuses_odd_request_targets_and_its_state_shows_no_urls_or_pat
         assert "GET /api/tags" in state and "GET other" in state
         assert "SECRET-LOOKING" not in state and fake.url not in state
         assert "127.0.0.1:" not in state
+
+
+# --- the leaderboard's store ------------------------------------------------------------------
+def test_a_numeric_battle_id_is_never_a_second_key(tmp_path: Any) -> None:
+    store = SqliteVoteStore(tmp_path / "votes.sqlite3")
+    when = "2026-01-01T00:00:00Z"
+    store.record(Vote("123", "m1", "m2", "a", timestamp=when))
+    with pytest.raises(ValueError, match="battle id must be a string"):
+        store.record(Vote(123, "m1", "m2", "a", timestamp=when))  # type: ignore[arg-type]
+    with pytest.raises(AlreadyVoted):
+        store.record(Vote("123", "m1", "m2", "b", timestamp=when))
+    (pair,) = store.pair_counts()
+    assert store.vote_count() == 1 and pair.first_wins == 1 and pair.second_wins == 0
