@@ -35,6 +35,7 @@ from devtools.testkit.chat_app import (
 from devtools.testkit.fake_ollama import FakeOllama
 from devtools.testkit.google_fakes import emulator
 from tests.test_hostile_browser import HtmlOllama
+from ui.rate_limit import RateLimiter
 from ui.settings import Settings
 from ui.vote_store import AlreadyVoted, SqliteVoteStore, Vote
 
@@ -336,3 +337,42 @@ def test_a_numeric_battle_id_is_never_a_second_key(tmp_path: Any) -> None:
         store.record(Vote("123", "m1", "m2", "b", timestamp=when))
     (pair,) = store.pair_counts()
     assert store.vote_count() == 1 and pair.first_wins == 1 and pair.second_wins == 0
+
+
+# --- rate limits --------------------------------------------------------------------------------
+def test_the_rate_limiters_client_table_is_capped() -> None:
+    limiter = RateLimiter(1, window=60, max_clients=4)
+    for i in range(4):
+        assert limiter.acquire(f"c{i}", now=0.0) is None
+    assert limiter.acquire("c0", now=1.0) is not None  # still limited
+    # A fifth client while all four are busy: the oldest half is forgotten to make room.
+    assert limiter.acquire("c4", now=2.0) is None
+    assert limiter.tracked() <= 4
+    assert limiter.acquire("c0", now=3.0) is None  # forgotten, so counted afresh
+    # Once their window has passed, idle clients are dropped first.
+    for i in range(100):
+        limiter.acquire(f"late{i}", now=100.0 + i * 61)
+        assert limiter.tracked() <= 4
+
+
+def test_compare_and_battle_share_one_rate_limit(fake: FakeOllama) -> None:
+    """Each Compare or Battle call starts two generations or more: they count against one
+    per-client limit of their own, apart from Chat's."""
+    with running_app(
+        backend_url=fake.url, allowed_models=["fake-ok", "fake-slow"], rate_limit_per_minute=2
+    ) as url:
+        client = Client(url, verbose=False)
+        args = ("Hi", ["fake-ok", "fake-slow"], "", 0.7, 1, [], [], [])
+        for _ in range(2):
+            outputs = client.predict(*args, api_name="/compare")
+            assert "Too many" not in html.unescape(str(outputs[1]))
+        refused = client.predict(*args, api_name="/compare")
+        assert "Too many messages: the limit is 2 per minute" in html.unescape(refused[1])
+        final, _ = run_battle(client)
+        assert "Too many messages: the limit is 2 per minute" in html.unescape(final[1])
+        # Chat has its own count.
+        _, history, _ = chat(client, "Hi", model="fake-ok", max_tokens=1)
+        assert eval_count(last_note(history)) == 1
+        before = len(fake.chat_requests())
+        client.predict(*args, api_name="/compare")
+        assert len(fake.chat_requests()) == before  # a refused call reaches no backend

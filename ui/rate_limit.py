@@ -46,6 +46,11 @@ class RateLimiter:
             hits.append(now)
             return None
 
+    def tracked(self) -> int:
+        """How many clients the table holds (at most `max_clients`)."""
+        with self._lock:
+            return len(self._hits)
+
     def _forget_idle(self, now: float) -> None:
         idle = [k for k, v in self._hits.items() if not v or now - v[-1] >= self.window]
         for key in idle:
