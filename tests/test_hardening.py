@@ -376,3 +376,61 @@ def test_compare_and_battle_share_one_rate_limit(fake: FakeOllama) -> None:
         before = len(fake.chat_requests())
         client.predict(*args, api_name="/compare")
         assert len(fake.chat_requests()) == before  # a refused call reaches no backend
+
+
+# --- no double send -----------------------------------------------------------------------------
+class StallingOllama(FakeOllama):
+    """FakeOllama plus "fake-stall", which takes a chat request and never answers."""
+
+    def _handler_class(self) -> Any:
+        base: Any = super()._handler_class()
+        fake = self
+
+        class Handler(base):  # type: ignore[misc, valid-type]
+            def do_GET(self) -> None:
+                if self.path != "/api/tags":
+                    super().do_GET()
+                    return
+                from ollama import ListResponse
+                from ollama._types import ModelDetails
+                from pydantic import ByteSize
+
+                details = ModelDetails(family="fake")
+                names = ["fake-stall", "fake-ok"]
+                models = [ListResponse.Model(model=m, size=ByteSize(1), details=details)
+                          for m in names]  # fmt: skip
+                self._json(200, ListResponse(models=models))
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if body.get("model") != "fake-stall":
+                    self._json(404, {"error": "not found"})
+                    return
+                fake._record("POST", self.path, body)
+                time.sleep(4)  # longer than the app's read timeout; then hang up
+                self.close_connection = True
+
+        return Handler
+
+
+def test_a_stalled_request_is_sent_once_with_the_production_retry_window() -> None:
+    """The test apps set connect_retry_window=0; with the production default a request
+    whose answer stalls past the read timeout must still reach the backend only once."""
+    window = Settings.model_fields["connect_retry_window"].default
+    assert window > 0
+    with (
+        StallingOllama() as fake,
+        running_app(
+            backend_url=fake.url,
+            allowed_models=["fake-stall"],
+            read_timeout=1.0,
+            connect_retry_window=window,
+        ) as url,
+    ):
+        _, history, _ = chat(Client(url, verbose=False), "Hi", model="fake-stall")
+        assert "sent nothing for 1 s" in html.unescape(json.dumps(history)), history[-1]
+        sent = [
+            b for b in fake.chat_requests() if b.get("model") == "fake-stall" and b.get("messages")
+        ]
+        assert len(sent) == 1, len(sent)
