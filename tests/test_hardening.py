@@ -434,3 +434,18 @@ def test_a_stalled_request_is_sent_once_with_the_production_retry_window() -> No
             b for b in fake.chat_requests() if b.get("model") == "fake-stall" and b.get("messages")
         ]
         assert len(sent) == 1, len(sent)
+
+
+def test_every_history_message_is_checked_like_a_new_one(fake: FakeOllama) -> None:
+    with running_app(backend_url=fake.url, max_message_chars=1000, max_tokens_limit=64) as url:
+        client = Client(url, verbose=False)
+        before = len(fake.chat_requests())
+        long_user = [msg("user", "x" * 1001), msg("assistant", "ok")]
+        reason = rejection(chat(client, "Hi", long_user, model="fake-ok"))
+        assert "Message 1 of the conversation (your message) is 1,001 characters" in reason
+        long_reply = [msg("user", "Hi"), msg("assistant", "y" * (64 * 16 + 1))]
+        reason = rejection(chat(client, "Hi", long_reply, model="fake-ok"))
+        assert "Message 2 of the conversation (a reply)" in reason
+        assert len(fake.chat_requests()) == before  # neither reached the backend
+        _, history, _ = chat(client, "Hi", [msg("user", "x" * 1000)], model="fake-ok")
+        assert eval_count(last_note(history)) == 8

@@ -233,6 +233,28 @@ def parse_histories(raw: Sequence[object]) -> list[list[Message]]:
     return histories
 
 
+# A reply the app streamed is at most max_tokens_limit tokens; a token is a few characters
+# (up to ~16 for long words, code, or escapes). Longer "replies" in a history were not
+# written by a model through this app.
+REPLY_CHARS_PER_TOKEN = 16
+
+
+def check_history(ctx: AppContext, history: Sequence[Message]) -> None:
+    """Every message of a history the browser sent back, checked like a new one: the
+    user's against the message limit, replies against the longest reply possible."""
+    user_limit = ctx.settings.max_message_chars
+    reply_limit = ctx.settings.max_tokens_limit * REPLY_CHARS_PER_TOKEN
+    for position, message in enumerate(history, start=1):
+        text = message.get("content") or ""
+        limit = user_limit if message["role"] == "user" else reply_limit
+        if isinstance(text, str) and len(text) > limit:
+            who = "your message" if message["role"] == "user" else "a reply"
+            raise HistoryRejected(
+                f"Message {position} of the conversation ({who}) is {len(text):,} characters "
+                f"long; the limit is {limit:,}. Start a new conversation."
+            )
+
+
 def session_of(request: object) -> str | None:
     """Gradio's session hash (one per page load): the Stop button finds streams by it."""
     return getattr(request, "session_hash", None) if request is not None else None
@@ -319,6 +341,8 @@ def prepare(
     conversation into the model's context (the oldest turns are left out, with a notice;
     the history shown keeps everything). `scope`: the page, whose Stop button stops the
     turn; `rate_scope`: whose count the request is (default: the page's own)."""
+    for column in columns:
+        check_history(ctx, column.history)
     lease = ctx.streams.acquire(client_key(request), len(columns))
     if lease is None:
         raise InputRejected(
