@@ -17,13 +17,15 @@
   in a shared link, were one to get past the Chatbot's escaping, cannot send a password
   out); `base-uri 'self'`, `object-src 'none'`: no `<base>` re-pointing relative URLs, no
   plugins.
-- CSP `style-src-attr 'none'`: `style="..."` attributes in markup are ignored, so content
-  cannot make a full-window fixed overlay. Gradio 6 styles its components through the
-  CSSOM (element.style, which CSP does not restrict) and `<style>` elements it injects at
-  run time (theme and component CSS, hence `style-src 'self' 'unsafe-inline'`, which CSP
-  Level 3 applies to `<style>` elements only once `style-src-attr` is given). Measured in
-  Chromium: the only attributes refused are three in Gradio's own footer markup (the
-  footer sits slightly higher); chat, sliders and tabs look the same.
+- CSP `style-src-attr 'none'`: `style="..."` attributes (and `setAttribute("style")`,
+  `style.cssText`) are refused, so content cannot make a full-window fixed overlay.
+  Setting single properties (`element.style.height = ...`) is not restricted by CSP
+  (MDN, "CSP: style-src-attr", CSP Level 3), and that is how Gradio 6 sizes its
+  components; it also injects `<style>` elements at run time (theme and component CSS),
+  hence `style-src 'self' 'unsafe-inline'`, which applies to elements only once
+  `style-src-attr` is given. Measured in Chromium: the only attributes refused are three
+  in Gradio's own footer markup (the footer sits slightly higher); chat, sliders and
+  tabs look the same.
 
 A plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which buffers response
 bodies): it only rewrites the start of each response, so streams stay streams. A header
