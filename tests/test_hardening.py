@@ -449,3 +449,24 @@ def test_every_history_message_is_checked_like_a_new_one(fake: FakeOllama) -> No
         assert len(fake.chat_requests()) == before  # neither reached the backend
         _, history, _ = chat(client, "Hi", [msg("user", "x" * 1000)], model="fake-ok")
         assert eval_count(last_note(history)) == 8
+
+
+INDENTED_REPLY = "\n\n    Indented answer\n      second line  \n"
+
+
+def test_a_reply_gradio_reshapes_can_still_be_voted_on(tmp_path: Any) -> None:
+    """Gradio's Chatbot hands a reply back without its leading blank lines and common
+    indentation (inspect.cleandoc); the vote still matches the reply the server streamed."""
+    with (
+        HtmlOllama(INDENTED_REPLY, names=("fake-html", "fake-html2")) as fake,
+        running_app(
+            backend_url=fake.url,
+            allowed_models=["fake-html", "fake-html2"],
+            rate_limit_per_minute=1000,
+            share_secret=SECRET,
+            votes=f"sqlite:///{tmp_path / 'votes.sqlite3'}",
+        ) as url,
+    ):  # fmt: skip
+        client = Client(url, verbose=False)
+        final, _ = run_battle(client)
+        assert "Thanks for voting" in vote(client, final[2], final[4], final[7])

@@ -167,7 +167,15 @@ def test_prewarm_ignores_unknown_models(app_url: str, fake: FakeOllama) -> None:
     before = len(fake.requests)
     for model in ["no-such-model:1b", "../../api/pull", None, 5]:
         client.predict(model, api_name="/prewarm")
-    time.sleep(0.5)  # a pre-warm would run in the background
+    # Pre-warms run in the background: one for an allowed model, sent last, is the marker;
+    # once its load request has arrived, any earlier pre-warm would have too.
+    client.predict("fake-ok", api_name="/prewarm")
+    deadline = time.monotonic() + 10
+    while not any(
+        r[0] == "POST" and r[2].get("model") == "fake-ok" for r in fake.requests[before:]
+    ):
+        assert time.monotonic() < deadline, "the marker pre-warm never reached the backend"
+        time.sleep(0.02)
     new = [r for r in fake.requests[before:] if r[0] == "POST"]
     assert all(body.get("model") in (None, "fake-ok") for _, _, body in new), new
 

@@ -71,8 +71,10 @@ class BattlePairing:
 
 def reply_digest(text: str) -> str:
     """A short digest of a reply (96 bits of SHA-256; inside the sealed token it needs no
-    key of its own)."""
-    digest = hashlib.sha256(text.encode("utf-8")).digest()[:12]
+    key of its own). Over the words only: Gradio's Chatbot hands replies back reshaped
+    (`inspect.cleandoc`: leading blank lines and common indentation removed)."""
+    words = " ".join(text.split())
+    digest = hashlib.sha256(words.encode("utf-8")).digest()[:12]
     return base64.urlsafe_b64encode(digest).decode("ascii")
 
 
