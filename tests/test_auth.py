@@ -237,7 +237,7 @@ def test_service_account_key_file_is_used(
 
 
 def test_no_credentials_at_all_raises_backend_auth_error(
-    metadata: FakeMetadataServer, monkeypatch: pytest.MonkeyPatch
+    metadata: FakeMetadataServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Nothing listens where google-auth pings for a metadata server: not on Google Cloud.
     monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{free_port()}")
@@ -246,18 +246,24 @@ def test_no_credentials_at_all_raises_backend_auth_error(
         client.get("https://llm.example.a.run.app/api/version")
     message = err.value.user_message
     assert err.value.status_code is None
+    # Users get a plain message; what to set is for operators, in the log.
+    assert "setup problem on the server" in message and "run.app" not in message
     for hint in ("GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "LLM_AUTH=none"):
-        assert hint in message
+        assert hint not in message and hint in caplog.text
     assert metadata.issued_tokens == 0
 
 
 def test_missing_key_file_is_named(
-    metadata: FakeMetadataServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    metadata: FakeMetadataServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
     auth = GoogleIdTokenAuth("https://llm.example.a.run.app")
-    with pytest.raises(BackendAuthError, match="GOOGLE_APPLICATION_CREDENTIALS path"):
+    with pytest.raises(BackendAuthError, match="setup problem on the server"):
         auth.get_token()
+    assert "GOOGLE_APPLICATION_CREDENTIALS path" in caplog.text  # for the operator
 
 
 # --- the token stays secret ------------------------------------------------------------------

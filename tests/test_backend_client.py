@@ -199,7 +199,9 @@ def test_backend_errors_are_mapped(
         assert received, "text before the failure must reach the caller"
 
 
-def test_auth_denied_uses_the_auth_message(fake: FakeOllama) -> None:
+def test_auth_denied_uses_the_auth_message(
+    fake: FakeOllama, caplog: pytest.LogCaptureFixture
+) -> None:
     async def run() -> None:
         client = make_client(fake.url)
         try:
@@ -210,7 +212,11 @@ def test_auth_denied_uses_the_auth_message(fake: FakeOllama) -> None:
     with pytest.raises(BackendAuthError) as info:
         asyncio.run(run())
     assert info.value.status_code == 401
-    assert info.value.user_message == denied_message(401, fake.url)
+    # The user learns it is a setup problem; the backend's URL and what to change go to
+    # the operators' log.
+    assert "refused this app's credentials (HTTP 401)" in info.value.user_message
+    assert fake.url not in info.value.user_message
+    assert denied_message(401, fake.url) in caplog.text
 
 
 def test_nothing_listening_is_unreachable() -> None:

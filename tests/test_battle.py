@@ -199,22 +199,27 @@ def test_battle_hides_names_until_the_vote_then_logs_one_record(
     final2, updates2 = run_battle(client, "And goodbye?", token, (chat_a, chat_b))
     assert all(hint not in json.dumps(u).lower() for u in updates2 for hint in NAME_HINTS)
     token2, chat_a2, chat_b2 = final2[2], final2[4], final2[7]
-    assert token2 == token  # the same battle
+    # The same battle, its token now bound to the new replies (a vote needs those).
+    first, second = open_pairing(token, SECRET), open_pairing(token2, SECRET)
+    assert (second.model_a, second.model_b, second.battle_id) == (
+        first.model_a, first.model_b, first.battle_id,
+    )  # fmt: skip
+    assert second.replies is not None and second.replies != first.replies
     assert len(replies(chat_a2)) == 2 and len(replies(chat_b2)) == 2
 
     # Not yet answered, tampered, or unknown choices are refused and not logged.
-    banner, *_ = client.predict(token, "a", [], [], api_name="/battle_vote")
+    banner, *_ = client.predict(token2, "a", [], [], api_name="/battle_vote")
     assert "Wait until both models have answered" in banner
     changed = token[:5] + ("A" if token[5] != "A" else "B") + token[6:]
     banner, *_ = client.predict(changed, "a", chat_a2, chat_b2, api_name="/battle_vote")
     assert "cannot be verified" in banner
-    banner, *_ = client.predict(token, "best", chat_a2, chat_b2, api_name="/battle_vote")
+    banner, *_ = client.predict(token2, "best", chat_a2, chat_b2, api_name="/battle_vote")
     assert "Unknown vote" in banner
     assert vote_records(proc) == [] and store.vote_count() == 0
 
     before = time.time()
     banner, token_after, head_a, head_b = client.predict(
-        token, "b", chat_a2, chat_b2, api_name="/battle_vote"
+        token2, "b", chat_a2, chat_b2, api_name="/battle_vote"
     )
     assert token_after == ""  # the battle is over
     revealed = {head_a, head_b}
@@ -240,7 +245,7 @@ def test_battle_hides_names_until_the_vote_then_logs_one_record(
     assert (pair.first, pair.second) == tuple(sorted(MODELS)) and pair.battles == 1
 
     # The same battle cannot be voted on twice (a replayed request, or another tab).
-    banner, *_ = client.predict(token, "a", chat_a2, chat_b2, api_name="/battle_vote")
+    banner, *_ = client.predict(token2, "a", chat_a2, chat_b2, api_name="/battle_vote")
     assert "voted on already" in banner  # the answer comes after the store refused it
     assert len(vote_records(proc)) == 1 and store.vote_count() == 1
 

@@ -125,9 +125,11 @@ def test_system_prompt_reaches_the_engine(client: Client) -> None:
 
 def test_history_is_sent_and_trimmed_to_the_context(client: Client) -> None:
     history: list[dict[str, Any]] = []
-    for i in range(6):  # ~6 x 2 x 104 estimated tokens, far over the 512-token context
-        history.append(msg("user", f"Question {i}: " + "tell me more " * 30))
-        history.append(msg("assistant", f"Answer {i}: " + "here is more " * 30))
+    # ~8 x (72 + 133) estimated tokens, far over the 512-token context; each message
+    # within the limits a new one has (MAX_CHARS for the user's, the longest reply).
+    for i in range(8):
+        history.append(msg("user", f"Question {i}: " + "tell me more " * 21))
+        history.append(msg("assistant", f"Answer {i}: " + "here is more " * 40))
     _, result, _ = chat(client, "Summarize.", history, max_tokens=2)
     note = last_note(result)
     assert "oldest messages were left out to fit the model's context" in text_of(note)

@@ -50,7 +50,7 @@ def app_url(fake: FakeOllama) -> Iterator[str]:
     [
         ("fake-500", "returned an error (HTTP 500): llama runner process has terminated", False),
         ("fake-503", "busy right now", False),
-        ("fake-401", "did not accept the UI's Google ID token (HTTP 401)", False),
+        ("fake-401", "refused this app's credentials (HTTP 401)", False),
         ("fake-midstream", "error in the middle of the reply: the model runner crashed", True),
         ("fake-drop", "broke off in the middle of the reply", True),
         ("fake-garbage", "sent an answer the UI cannot read", True),
@@ -153,8 +153,10 @@ def test_full_queue_says_busy(fake: FakeOllama) -> None:
 
 
 def test_rate_limit_per_client(fake: FakeOllama) -> None:
-    with running_app(backend_url=fake.url, rate_limit_per_minute=2) as url:
-        # Uvicorn takes the client address from X-Forwarded-For of a local proxy.
+    with running_app(
+        backend_url=fake.url, rate_limit_per_minute=2, trusted_proxies="127.0.0.1"
+    ) as url:
+        # A configured local proxy (LLM_TRUSTED_PROXIES) names the client in X-Forwarded-For.
         first = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.1"})
         other = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.2"})
         for _ in range(2):

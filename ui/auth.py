@@ -225,11 +225,12 @@ class GoogleIdTokenAuth(httpx.Auth):
             expires_at = float(claims["exp"])
         except (google_exceptions.GoogleAuthError, ValueError, KeyError, OSError) as exc:
             self._credentials = None  # rediscover next time (e.g. the key file was fixed)
-            log.warning(
-                "could not get a Google ID token for %s: %s", self._audience, _describe(exc)
-            )
+            # The fix (credentials, metadata server, LLM_AUTH) is for operators: the log.
+            log.warning("%s", _no_token_message(self._audience, _describe(exc)))
             raise BackendAuthError(
-                _no_token_message(self._audience, _describe(exc)), status_code=None
+                "This app could not get the credentials the model backend needs. This is "
+                "a setup problem on the server: the details are in its log.",
+                status_code=None,
             ) from exc
         self._fetches += 1
         log.info(

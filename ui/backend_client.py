@@ -431,8 +431,12 @@ class BackendClient:
                 status_code=status,
             )
         if status in (401, 403):
+            # What to change (the backend's URL, IAM roles) is for operators: the log.
+            logger.warning("%s", denied_message(status, self.audience_for(url)))
             return BackendAuthError(
-                denied_message(status, self.audience_for(url)), status_code=status
+                f"The model backend refused this app's credentials (HTTP {status}). This "
+                "is a setup problem on the server: the details are in its log.",
+                status_code=status,
             )
         return BackendResponseError(
             f"The model backend returned an error (HTTP {status}): {message}", status_code=status

@@ -30,13 +30,20 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
 
-from ui.battle_token import new_pairing, open_pairing, seal_pairing
-from ui.chat_history import Message, has_reply, parse_history
+from ui.battle_token import (
+    BattlePairing,
+    new_pairing,
+    open_pairing,
+    reply_digest,
+    seal_pairing,
+    votable,
+)
+from ui.chat_history import Message, has_reply, is_note, parse_history
 from ui.context import AppContext
 from ui.errors import BackendError, InputRejected
 from ui.model_directory import ModelRejected
@@ -54,13 +61,20 @@ from ui.turns import (
     check_message,
     check_parameters,
     check_rate,
+    check_vote_quota,
     prepare,
     stop_turn,
     stream_turn,
     turn_running,
 )
-from ui.votes import VALID_CHOICES, VoteNotSaved, pick_battle_pair
-from ui.widgets import max_tokens_slider, prompt_row, temperature_slider
+from ui.votes import (
+    NAMES_A_MODEL_MESSAGE,
+    VALID_CHOICES,
+    VoteNotSaved,
+    names_a_model,
+    pick_battle_pair,
+)
+from ui.widgets import RAW_HTML_SHOWN_AS_TEXT, max_tokens_slider, prompt_row, temperature_slider
 
 logger = logging.getLogger(__name__)
 
@@ -115,14 +129,14 @@ class BattlePage:
         temperature: object,
         max_tokens: object,
         request: gr.Request | None,
-    ) -> tuple[str, PreparedTurn]:
-        """(the battle token, the turn): a new battle when `token` is empty."""
+    ) -> tuple[BattlePairing, PreparedTurn]:
+        """(the battle's pairing, the turn): a new battle when `token` is empty."""
         ctx = self.ctx
         # No system prompt; the chat's default top-p (there is no control for either).
         params = check_parameters(ctx, "", temperature, DEFAULT_TOP_P, max_tokens)
         if not (isinstance(token, str) and token.strip()):
             model_a, model_b = await self._pick_pair()
-            token = seal_pairing(new_pairing(model_a, model_b), ctx.secret)
+            pairing = new_pairing(model_a, model_b)
             histories: list[list[Message]] = [[], []]
         else:
             pairing = open_pairing(token, ctx.secret)  # BattleTokenError: InputRejected
@@ -141,8 +155,7 @@ class BattlePage:
         turn = prepare(
             ctx, text, params, columns, request=request, scope=SCOPE, rate_scope=RATE_SCOPE
         )
-        assert isinstance(token, str)
-        return token, turn
+        return replace(pairing, replies=None), turn
 
     async def battle(
         self,
@@ -162,7 +175,7 @@ class BattlePage:
             if not (isinstance(token, str) and token.strip()) and not self.ctx.models.seen:
                 waiting = "Waiting for the GPU backend to start and list its models…"
                 yield (gr.skip(), banner_html(waiting), *[gr.skip()] * 7)
-            token, turn = await self._prepare(
+            pairing, turn = await self._prepare(
                 text, token, history_a, history_b, temperature, max_tokens, request
             )
         except InputRejected as exc:
@@ -175,9 +188,23 @@ class BattlePage:
         # and a message from a vote pressed too early, alone.
         heads = (blind_head_html(SIDES[0]), blind_head_html(SIDES[1]))
         box: Any = ""
+        token = seal_pairing(pairing, self.ctx.secret)  # not votable while streaming
+        views: Sequence[ColumnView] = ()
         async for views in stream_turn(self.ctx, turn):
             yield (box, banner, token, *_battle_columns(views, heads))
             box = banner = gr.skip()
+        # Both replies streamed to their end: the token is bound to them, and a vote is
+        # taken (unless a reply names a model: the battle is no longer blind).
+        ended = [_last_reply(v.history) for v in views if v.phase == "done"]
+        if len(ended) == 2 and all(ended):
+            names = {m: label_for(m).display_name for m in (pairing.model_a, pairing.model_b)}
+            if names_a_model(ended, names):
+                logger.info("battle %s names a model: no vote", pairing.battle_id)
+                yield (box, banner_html(NAMES_A_MODEL_MESSAGE, "warning"), token,
+                       *_battle_columns(views, heads))  # fmt: skip
+            else:
+                bound = seal_pairing(votable(pairing, ended[0], ended[1]), self.ctx.secret)
+                yield (box, banner, bound, *_battle_columns(views, heads))
 
     async def vote(
         self,
@@ -199,9 +226,16 @@ class BattlePage:
             return (banner_html(text, "error"), *unchanged)
         try:
             pairing = open_pairing(token, self.ctx.secret)
-            if not (has_reply(parse_history(history_a)) and has_reply(parse_history(history_b))):
+            parsed = [parse_history(history_a), parse_history(history_b)]
+            if pairing.replies is None or not all(has_reply(h) for h in parsed):
                 raise InputRejected("Wait until both models have answered before voting.")
+            if tuple(reply_digest(_last_reply(h)) for h in parsed) != pairing.replies:
+                raise InputRejected(
+                    "These answers are not the ones this battle streamed, so the vote "
+                    "cannot be counted. Press “New battle” to start another one."
+                )
             check_rate(self.ctx, request, RATE_SCOPE)
+            check_vote_quota(self.ctx, request)
         except InputRejected as exc:
             return (banner_html(exc.user_message, "error"), *unchanged)
         choice = str(choice)
@@ -234,6 +268,14 @@ class BattlePage:
     async def stop(self, request: gr.Request) -> None:
         if not stop_turn(self.ctx, request, SCOPE):
             raise gr.Error("No battle is running.", visible=False, print_exception=False)
+
+
+def _last_reply(history: Sequence[Message]) -> str:
+    """The text of the last reply in a display history ("" if none)."""
+    for message in reversed(history):
+        if message["role"] == "assistant" and not is_note(message):
+            return str(message["content"] or "")
+    return ""
 
 
 def _battle_columns(views: Sequence[ColumnView], heads: tuple[str, str]) -> list[Any]:
@@ -290,6 +332,7 @@ def _layout(settings: Settings) -> BattleComponents:
                         height=400,
                         buttons=["copy"],
                         feedback_options=None,
+                        allow_tags=RAW_HTML_SHOWN_AS_TEXT,
                         placeholder=f"{side}'s answer appears here.",
                     )
                 )

@@ -15,6 +15,11 @@ The plaintext is padded to a fixed size, so the token's length says nothing abou
 models were paired. Any instance holding the same secret opens any token; a token expires
 after `TOKEN_TTL_S`.
 
+Votes are bound to what the server streamed: when both replies of a turn have ended, the
+server seals the pairing again with a digest of each reply (`replies`), and a vote is
+taken only with such a token and the very replies it names. A script has to run a real
+battle (rate-limited, streamed to its end) for each vote.
+
 Replays: the token itself does not stop a second vote. The vote store does: the battle id
 is the vote's key, and a second vote on it is refused by the store, whichever UI instance
 it reaches (ui/vote_store.py).
@@ -23,11 +28,12 @@ it reaches (ui/vote_store.py).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -37,7 +43,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from ui.errors import InputRejected
 
 KEY_LABEL: Final = b"serverless-llm-chat/battle-pairing/fernet"
-PLAINTEXT_BYTES: Final = 512  # two 200-character names fit; every token has one length
+PLAINTEXT_BYTES: Final = 512  # two 200-character names and the reply digests fit
 # Fernet: version (1) + timestamp (8) + IV (16) + AES-CBC of the padded plaintext (PKCS7
 # adds a whole block to 512 bytes) + HMAC-SHA256 (32) = 585 bytes = 780 base64 characters.
 TOKEN_CHARS: Final = 4 * ((1 + 8 + 16 + PLAINTEXT_BYTES + 16 + 32 + 2) // 3)
@@ -58,6 +64,23 @@ class BattlePairing:
     model_b: str
     battle_id: str  # random, for logs
     issued_at: int  # unix seconds (the Fernet timestamp, under the MAC)
+    # Digests of the last replies the server streamed to their end (reply_digest), set
+    # only when the battle can be voted on.
+    replies: tuple[str, str] | None = None
+
+
+def reply_digest(text: str) -> str:
+    """A short digest of a reply (96 bits of SHA-256; inside the sealed token it needs no
+    key of its own). Over the words only: Gradio's Chatbot hands replies back reshaped
+    (`inspect.cleandoc`: leading blank lines and common indentation removed)."""
+    words = " ".join(text.split())
+    digest = hashlib.sha256(words.encode("utf-8")).digest()[:12]
+    return base64.urlsafe_b64encode(digest).decode("ascii")
+
+
+def votable(pairing: BattlePairing, reply_a: str, reply_b: str) -> BattlePairing:
+    """The pairing bound to the two replies just streamed (a vote is then accepted)."""
+    return replace(pairing, replies=(reply_digest(reply_a), reply_digest(reply_b)))
 
 
 def new_pairing(model_a: str, model_b: str, *, now: float | None = None) -> BattlePairing:
@@ -76,8 +99,15 @@ def _fernet(secret: bytes) -> Fernet:
 def seal_pairing(pairing: BattlePairing, secret: bytes) -> str:
     """The token for `pairing` (URL-safe base64, always `TOKEN_CHARS` long)."""
     fernet = _fernet(secret)
+    fields: dict[str, object] = {
+        "a": pairing.model_a,
+        "b": pairing.model_b,
+        "id": pairing.battle_id,
+    }
+    if pairing.replies is not None:
+        fields["r"] = list(pairing.replies)
     payload = json.dumps(
-        {"a": pairing.model_a, "b": pairing.model_b, "id": pairing.battle_id},
+        fields,
         separators=(",", ":"),
         ensure_ascii=True,
     ).encode("ascii")
@@ -112,13 +142,15 @@ def open_pairing(
         raise _why_refused(fernet, token, ttl, current) from None
     try:
         data = json.loads(plain.decode("ascii"))
+        digests = data.get("r")
         return BattlePairing(
             model_a=str(data["a"]),
             model_b=str(data["b"]),
             battle_id=str(data["id"]),
             issued_at=fernet.extract_timestamp(token),
+            replies=(str(digests[0]), str(digests[1])) if digests else None,
         )
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
         raise BattleTokenError(INVALID_MESSAGE) from None
 
 

@@ -52,7 +52,7 @@ from ui.turns import (
     stop_turn,
     stream_turn,
 )
-from ui.widgets import max_tokens_slider, temperature_slider
+from ui.widgets import RAW_HTML_SHOWN_AS_TEXT, max_tokens_slider, temperature_slider
 
 SCOPE = "chat"  # this page's rate-limit count and stop signals (ui/turns.py)
 BROWSER_STORAGE_KEY = "serverless-llm-chat/history"
@@ -338,6 +338,7 @@ def _layout(settings: Settings, page: ChatPage) -> ChatComponents:
                 editable="user",
                 buttons=["copy", "copy_all"],
                 feedback_options=None,
+                allow_tags=RAW_HTML_SHOWN_AS_TEXT,
                 placeholder="Pick a model, then say hello.",
                 autoscroll=True,
             )

@@ -58,7 +58,7 @@ from ui.turns import (
     stop_turn,
     stream_turn,
 )
-from ui.widgets import max_tokens_slider, prompt_row, temperature_slider
+from ui.widgets import RAW_HTML_SHOWN_AS_TEXT, max_tokens_slider, prompt_row, temperature_slider
 
 SCOPE = "compare"  # this page's stop signals (ui/turns.py)
 RATE_SCOPE = "columns"  # Compare and Battle count against one per-client limit
@@ -290,6 +290,7 @@ def _layout(settings: Settings) -> CompareComponents:
                         height=440,
                         buttons=["copy"],
                         feedback_options=None,
+                        allow_tags=RAW_HTML_SHOWN_AS_TEXT,
                         placeholder="The answer appears here.",
                         autoscroll=True,
                     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ui.backend_client import BackendClient
 from ui.backend_status import BackendWatch, GpuPrice
 from ui.model_directory import ModelDirectory
-from ui.rate_limit import RateLimiter
+from ui.rate_limit import RateLimiter, StreamBudget
 from ui.settings import Settings
 from ui.share import resolve_share_secret
 from ui.stop_signals import StopSignals
@@ -29,6 +29,8 @@ class AppContext:
     client: BackendClient  # the one client of the model backends
     models: ModelDirectory  # which models are offered; checks model names
     limiter: RateLimiter  # requests per client per minute (counted per scope, ui/turns.py)
+    vote_limiter: RateLimiter  # battle votes per client per 24 hours
+    streams: StreamBudget  # replies one client may have generating at once (all pages)
     stops: StopSignals  # running turns, found by the Stop buttons
     tracker: ColdStartTracker  # typical cold start, learned by this process (all pages)
     prewarmer: Prewarmer  # wakes a backend and loads a model in the background
@@ -53,6 +55,8 @@ class AppContext:
             client=client,
             models=models,
             limiter=RateLimiter(settings.rate_limit_per_minute),
+            vote_limiter=RateLimiter(settings.votes_per_client_per_day, window=24 * 3600),
+            streams=StreamBudget(settings.streams_per_client),
             stops=StopSignals(),
             tracker=tracker,
             prewarmer=Prewarmer(client, watch=watch, remember=models.remember),

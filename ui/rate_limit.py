@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -44,6 +46,11 @@ class RateLimiter:
             hits.append(now)
             return None
 
+    def tracked(self) -> int:
+        """How many clients the table holds (at most `max_clients`)."""
+        with self._lock:
+            return len(self._hits)
+
     def _forget_idle(self, now: float) -> None:
         idle = [k for k, v in self._hits.items() if not v or now - v[-1] >= self.window]
         for key in idle:
@@ -64,11 +71,62 @@ def client_key(request: Request | None) -> str:
     """
     if request is None:
         return "unknown"
+    client = request.client
+    return client_key_from(request.headers, getattr(client, "host", None) if client else None)
+
+
+def client_key_from(headers: Mapping[str, str], peer: str | None) -> str:
+    """`client_key` from a request's headers and socket peer (for ASGI middleware)."""
     if os.environ.get("K_SERVICE"):
-        forwarded = request.headers.get("x-forwarded-for", "")
+        forwarded = headers.get("x-forwarded-for", "")
         hops = [h.strip() for h in forwarded.split(",") if h.strip()]
         if hops:
             return hops[-1]
-    client = request.client
-    host = getattr(client, "host", None) if client is not None else None
-    return str(host or "unknown")
+    return str(peer or "unknown")
+
+
+class StreamLease:
+    """Generations reserved for one client; `release` gives them back (once). A lease that
+    is dropped without release (a turn prepared but never streamed) is released when it is
+    garbage-collected."""
+
+    def __init__(self, budget: StreamBudget, key: str, count: int) -> None:
+        self._finalizer = weakref.finalize(self, budget._give_back, key, count)
+
+    def release(self) -> None:
+        self._finalizer()
+
+
+class StreamBudget:
+    """How many replies one client may have generating at once, on every page together
+    (a Chat turn is one, a Compare or Battle turn one per column). Without it one client
+    holding dozens of long streams fills the backends' slots and the others wait."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"the stream limit must be at least 1, got {limit}")
+        self.limit = limit
+        self._active: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str, count: int) -> StreamLease | None:
+        """A lease for `count` more streams of `key`, or None when that would exceed the
+        limit (a single turn with more columns than the limit is allowed alone)."""
+        with self._lock:
+            active = self._active.get(key, 0)
+            if active and active + count > self.limit:
+                return None
+            self._active[key] = active + count
+        return StreamLease(self, key, count)
+
+    def active(self, key: str) -> int:
+        with self._lock:
+            return self._active.get(key, 0)
+
+    def _give_back(self, key: str, count: int) -> None:
+        with self._lock:
+            left = self._active.get(key, 0) - count
+            if left > 0:
+                self._active[key] = left
+            else:
+                self._active.pop(key, None)

@@ -151,6 +151,14 @@ def model_info_markdown(tag: str | None) -> str:
     return f"**{spec.display_name}** · {spec.quantization}  \n{spec.description}"
 
 
+# A link holds what the sharer's browser sent: the messages, replies and figures are theirs
+# to write, so the page says so (a made-up reply must not pass for this app's word).
+SHARED_CONTENT_ORIGIN = (
+    "Everything below was supplied by whoever shared this link; this site did not check "
+    "that the models wrote these replies."
+)
+
+
 def summary_html(conv: SharedConversation) -> str:
     names = [column.label for column in conv.columns]
     what = (
@@ -176,6 +184,7 @@ def summary_html(conv: SharedConversation) -> str:
         '<div class="shared-summary">'
         f"<div><strong>{html.escape(what)}</strong> · created {html.escape(created)} · "
         "read-only</div>"
+        f"<div class='shared-origin'>{html.escape(SHARED_CONTENT_ORIGIN)}</div>"
         f'<div class="shared-params">{html.escape(" · ".join(params) or "default parameters")}'
         f"</div>{system}</div>"
     )

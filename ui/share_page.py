@@ -42,6 +42,7 @@ from ui.render import column_head_html, summary_html
 from ui.share import SharedConversation, ShareLinkError, ShareParameters, decode_share
 from ui.share_links import ShareService, shared_column, to_display_messages
 from ui.turns import DEFAULT_TOP_P, TEMPERATURE_RANGE, TOP_P_RANGE, check_models, check_parameters
+from ui.widgets import RAW_HTML_SHOWN_AS_TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -315,6 +316,7 @@ def layout_shared_view(view: SharedView, tab: gr.Tab) -> SharedViewComponents:
                         height=460,
                         buttons=["copy", "copy_all"],
                         feedback_options=None,
+                        allow_tags=RAW_HTML_SHOWN_AS_TEXT,
                     )
                 )
             columns.append(column)

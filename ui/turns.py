@@ -60,7 +60,7 @@ from ui.errors import (
     InputRejected,
 )
 from ui.model_labels import label_for
-from ui.rate_limit import client_key
+from ui.rate_limit import StreamLease, client_key
 from ui.stop_signals import until_stopped
 from ui.stream_pacing import interval_for_history, paced
 from ui.warming import WarmingStatus, stream_with_warmup
@@ -92,6 +92,9 @@ def _fmt(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+HUGE_INT = 10**15  # beyond any parameter; still exact as a float
+
+
 def check_number(
     name: str, value: object, low: float, high: float, *, integer: bool = False
 ) -> tuple[float, str | None]:
@@ -99,6 +102,11 @@ def check_number(
     notice. Returns (value, notice or None)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputRejected(f"{name} must be a number, not {describe(value)}.")
+    if isinstance(value, int) and abs(value) > HUGE_INT:
+        # float() of an int beyond 1e308 raises OverflowError; such a number is clamped.
+        edge = int(high if value > 0 else low) if integer else (high if value > 0 else low)
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return edge, f"{name} (a {digits}-digit number) is outside the allowed range; used {edge}."
     if not math.isfinite(value):
         raise InputRejected(f"{name} must be a finite number, not {value}.")
     number: float = round(value) if integer else float(value)
@@ -232,6 +240,28 @@ def parse_histories(raw: Sequence[object]) -> list[list[Message]]:
     return histories
 
 
+# A reply the app streamed is at most max_tokens_limit tokens; a token is a few characters
+# (up to ~16 for long words, code, or escapes). Longer "replies" in a history were not
+# written by a model through this app.
+REPLY_CHARS_PER_TOKEN = 16
+
+
+def check_history(ctx: AppContext, history: Sequence[Message]) -> None:
+    """Every message of a history the browser sent back, checked like a new one: the
+    user's against the message limit, replies against the longest reply possible."""
+    user_limit = ctx.settings.max_message_chars
+    reply_limit = ctx.settings.max_tokens_limit * REPLY_CHARS_PER_TOKEN
+    for position, message in enumerate(history, start=1):
+        text = message.get("content") or ""
+        limit = user_limit if message["role"] == "user" else reply_limit
+        if isinstance(text, str) and len(text) > limit:
+            who = "your message" if message["role"] == "user" else "a reply"
+            raise HistoryRejected(
+                f"Message {position} of the conversation ({who}) is {len(text):,} characters "
+                f"long; the limit is {limit:,}. Start a new conversation."
+            )
+
+
 def session_of(request: object) -> str | None:
     """Gradio's session hash (one per page load): the Stop button finds streams by it."""
     return getattr(request, "session_hash", None) if request is not None else None
@@ -246,6 +276,16 @@ def check_rate(ctx: AppContext, request: Any, scope: str) -> None:
         raise InputRejected(
             f"Too many messages: the limit is {ctx.limiter.limit} per minute. "
             f"Try again in {math.ceil(wait)} s."
+        )
+
+
+def check_vote_quota(ctx: AppContext, request: Any) -> None:
+    """Count one battle vote of this client against its daily cap (checked last)."""
+    wait = ctx.vote_limiter.acquire(client_key(request))
+    if wait is not None:
+        raise InputRejected(
+            f"You have voted {ctx.vote_limiter.limit} times in the last 24 hours, the most "
+            f"one visitor may. Try again in {math.ceil(wait / 3600)} h."
         )
 
 
@@ -271,6 +311,7 @@ class PreparedTurn:
     notices: list[str]  # about the whole turn (clamped parameters); also in every note
     stop_key: str | None  # the Stop button finds the running turn by it
     retry_hint: bool = False  # error notes say "press ↻ (retry)" (the Chat has the button)
+    lease: StreamLease | None = None  # this client's streams, given back when it ends
 
 
 @dataclass(frozen=True)
@@ -307,7 +348,20 @@ def prepare(
     conversation into the model's context (the oldest turns are left out, with a notice;
     the history shown keeps everything). `scope`: the page, whose Stop button stops the
     turn; `rate_scope`: whose count the request is (default: the page's own)."""
-    check_rate(ctx, request, rate_scope or scope)
+    for column in columns:
+        check_history(ctx, column.history)
+    lease = ctx.streams.acquire(client_key(request), len(columns))
+    if lease is None:
+        raise InputRejected(
+            f"You already have {ctx.streams.active(client_key(request))} replies being "
+            f"written (at most {ctx.streams.limit} at once, on all tabs together). Wait for "
+            "them to finish, or press Stop."
+        )
+    try:
+        check_rate(ctx, request, rate_scope or scope)
+    except InputRejected:
+        lease.release()
+        raise
     prepared = []
     for column in columns:
         display = [*column.history, {"role": "user", "content": text}]
@@ -326,7 +380,7 @@ def prepare(
         )
     session = session_of(request)
     stop_key = f"{scope}:{session}" if session else None
-    return PreparedTurn(prepared, params.options, list(params.notices), stop_key, retry_hint)
+    return PreparedTurn(prepared, params.options, list(params.notices), stop_key, retry_hint, lease)
 
 
 # === one reply and its timings ===========================================================
@@ -638,6 +692,8 @@ async def stream_turn(
     finally:
         if stop is not None and turn.stop_key:
             ctx.stops.release(turn.stop_key, stop)
+        if turn.lease is not None:
+            turn.lease.release()
 
 
 def stop_turn(ctx: AppContext, request: object, scope: str) -> bool:

@@ -61,6 +61,12 @@ class Vote:
     choice: str  # one of CHOICES
     timestamp: str  # RFC 3339, UTC
 
+    def __post_init__(self) -> None:
+        # The battle id is the vote's key: one type only, so 123 and "123" can never be
+        # two keys of one battle (SQLite would coerce; Firestore's document id would not).
+        if not isinstance(self.battle_id, str) or not 0 < len(self.battle_id) <= 128:
+            raise ValueError("a vote's battle id must be a string of 1 to 128 characters")
+
 
 @dataclass(frozen=True)
 class PairCounts:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -113,6 +114,45 @@ def pick_battle_pair(models: Sequence[str], rng: random.Random | None = None) ->
         )
     first, second = (rng or random.Random()).sample(distinct, 2)
     return first, second
+
+
+# A reply that says who wrote it ("I am Gemma, made by Google") unblinds the battle: like
+# Chatbot Arena, such battles get no vote (its leaderboard drops battles whose replies
+# reveal a model's identity). Words for the usual model families and makers, plus the
+# battle's own model names (from their tags and display names).
+IDENTITY_WORDS = (
+    "gpt", "chatgpt", "openai", "claude", "anthropic", "gemini", "gemma", "bard", "google",
+    "deepmind", "llama", "meta ai", "mistral", "mixtral", "qwen", "alibaba", "deepseek",
+    "phi", "microsoft", "smollm", "hugging face", "huggingface", "tinyllama", "granite",
+    "ibm", "olmo", "falcon", "vicuna",
+)  # fmt: skip
+NAMES_A_MODEL_MESSAGE = (
+    "A reply names a model, so this battle is no longer blind and cannot be voted on. "
+    "Press “New battle” to start another one."
+)
+
+
+def _name_words(model: str, display_name: str) -> set[str]:
+    base = model.split(":", 1)[0].rsplit("/", 1)[-1].lower()
+    words = {base, base.rstrip("0123456789.-_")}
+    first = display_name.split(" ", 1)[0].lower()
+    words |= {first, first.rstrip("0123456789.-_")}
+    return {w for w in words if len(w) >= 3}
+
+
+def names_a_model(texts: Iterable[str], models: Mapping[str, str]) -> bool:
+    """Whether any of `texts` names a model: a well-known family or maker, or one of
+    `models` ({tag: display name}). A word counts when no letter follows it, so "gemma3"
+    and "Llama-3" count, "philosophy" does not."""
+    words = set(IDENTITY_WORDS)
+    for tag, display in models.items():
+        words |= _name_words(tag, display)
+    pattern = re.compile(
+        r"\b(?:"
+        + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+        + r")(?![a-z])"
+    )
+    return any(pattern.search(text.lower()) for text in texts)
 
 
 def _check_pair(model_a: object, model_b: object) -> None:

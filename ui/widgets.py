@@ -11,6 +11,22 @@ import gradio as gr
 from ui.settings import Settings
 from ui.turns import DEFAULT_TEMPERATURE, TEMPERATURE_RANGE
 
+# Raw HTML tags that Markdown never produces: every Chatbot shows them as text, so a
+# message, a reply or a shared link cannot lay a form, a password box, a button or an
+# overlay over the app (phishing). Gradio's sanitizer removes only script-running markup;
+# a Chatbot's `allow_tags` list makes its renderer escape the listed tags (`<` -> `&lt;`)
+# after Markdown and before sanitizing. `img` and `a` stay (Markdown makes them; the CSP
+# limits images to this origin, ui/security_headers.py); style attributes on them are
+# refused by the CSP's `style-src-attr 'none'`.
+RAW_HTML_SHOWN_AS_TEXT: list[str] = [
+    "applet", "area", "audio", "base", "body", "button", "canvas", "center", "datalist",
+    "details", "dialog", "div", "embed", "fieldset", "font", "form", "frame", "frameset",
+    "head", "html", "iframe", "input", "label", "legend", "link", "map", "marquee", "math",
+    "meta", "noscript", "object", "optgroup", "option", "output", "param", "picture",
+    "portal", "script", "select", "slot", "source", "span", "style", "summary", "svg",
+    "template", "textarea", "title", "track", "video",
+]  # fmt: skip
+
 
 def prompt_row(prefix: str, placeholder: str) -> tuple[gr.Row, gr.Textbox, gr.Button, gr.Button]:
     """A row with the prompt box, Send and Stop (ids `{prefix}-message`, ...); more buttons

@@ -28,6 +28,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 STATE_PATH = "/_emulator/state"
+# Paths counted by name in the state (the Ollama API); any other path is counted as
+# "other", so the state shows no path a user sent (it may hold a share link or a secret).
+COUNTED_PATHS = frozenset(
+    {"/", "/api/version", "/api/tags", "/api/ps", "/api/chat", "/api/generate", "/api/show",
+     "/api/pull", "/api/push", "/api/delete", "/api/create", "/api/copy", "/api/embed"}
+)  # fmt: skip
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # Cloud Run's HTTP/1 request size limit
 HOP_BY_HOP = frozenset(
     {
@@ -141,8 +147,10 @@ class CloudRunEmulator:
             log.error("could not start the minimum instance: %s", exc)
 
     def state(self) -> dict[str, Any]:
+        snapshot = self.instance.snapshot()
+        snapshot.pop("engine_url", None)  # the instance's internal address is not shown
         return {
-            **self.instance.snapshot(),
+            **snapshot,
             "in_flight": self.slots.in_flight,
             "queued": self.slots.queued,
             "capacity": self.config.capacity,
@@ -154,11 +162,20 @@ class CloudRunEmulator:
         arrived = time.monotonic()
         deadline = arrived + self.config.request_timeout
         path = scope.get("path", "/")
+        raw_target = scope.get("raw_path") or path.encode()
+        if not raw_target.startswith(b"/"):
+            # Absolute-form or "@host/x" targets: the upstream URL is built by appending
+            # the target to the instance's address, so such a target could point it at
+            # another host. Cloud Run's front end answers 400 too.
+            self.counters["400"] += 1
+            await _respond(send, 400, b"Bad request target.", "text/plain")
+            return
         if path == STATE_PATH and scope["method"] == "GET":
             await _respond(send, 200, json.dumps(self.state()).encode(), "application/json")
             return
         self.counters["requests"] += 1
-        self.counters[f"{scope['method']} {path}"] += 1  # lets tests count sends per endpoint
+        counted = path if path in COUNTED_PATHS else "other"
+        self.counters[f"{scope['method']} {counted}"] += 1  # tests count sends per endpoint
         headers = _header_map(scope)
 
         if self.verifier is not None:

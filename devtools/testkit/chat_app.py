@@ -25,6 +25,11 @@ BASE_SETTINGS: dict[str, Any] = {
     # Refused connections fail at once here; their retries are tested in test_warming.py.
     "connect_retry_window": 0.0,
     "cold_start_deadline": 3.0,  # a backend answering 429/503 is retried this long
+    # Every test client comes from 127.0.0.1, so the per-client stream and event caps would
+    # make one client of many simulated users; they have their own tests (test_hardening.py,
+    # which sets them back to the production defaults).
+    "streams_per_client": 1000,
+    "events_per_minute": 100_000,
 }
 
 

@@ -52,9 +52,14 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class FakeOllama:
-    def __init__(self, *, token_delay: float = 0.01, slow_delay: float = 0.5) -> None:
+    def __init__(
+        self, *, token_delay: float = 0.01, slow_delay: float = 0.5, parallel: int | None = None
+    ) -> None:
         self.token_delay = token_delay
         self.slow_delay = slow_delay
+        # Like OLLAMA_NUM_PARALLEL: at most this many replies generate at once, the others
+        # wait for a slot (None: no limit).
+        self._slots = threading.BoundedSemaphore(parallel) if parallel else None
         self.requests: list[tuple[str, str, Any]] = []
         self.hangups = 0  # streams the client closed before their end
         self._lock = threading.Lock()
@@ -122,7 +127,11 @@ class FakeOllama:
                     self._json(401, {"error": "unauthorized"})
                 elif model in ("fake-ok", "fake-slow"):
                     delay = fake.slow_delay if model == "fake-slow" else fake.token_delay
-                    self._stream(model, min(limit, 8), delay, ending="done")
+                    if fake._slots is None:
+                        self._stream(model, min(limit, 8), delay, ending="done")
+                    else:
+                        with fake._slots:
+                            self._stream(model, min(limit, 8), delay, ending="done")
                 elif model == "fake-midstream":
                     self._stream(model, 3, fake.token_delay, ending="error")
                 elif model == "fake-drop":

@@ -1,0 +1,133 @@
+"""Limits every HTTP request meets before Gradio parses it (an ASGI middleware):
+
+- a body larger than `max_body_bytes` is refused with 413, by its Content-Length before
+  anything is read, or (chunked, or a lying length) as soon as more arrives: Gradio would
+  otherwise parse a 50 MB JSON history into memory, and CPython seldom gives that memory
+  back to the system;
+- Gradio's file upload route is refused (403): this app takes no files, and the route
+  would let anyone store files on the instance;
+- a URL query longer than `MAX_QUERY_BYTES` gets a short page (414) saying the link is
+  too long: Gradio parses the page's URL with httpx, which raises on URLs over 64 KB, and
+  the user would see "Internal Server Error";
+- each client may start at most `events_per_minute` events (queue joins and direct API
+  calls) a minute, on every endpoint (/undo, /share_chat, /leaderboard, /models, ...),
+  on top of the per-page message limits (ui/turns.py). 429 with Retry-After beyond it.
+
+The client is who ui/rate_limit.py says (Cloud Run's last X-Forwarded-For hop; elsewhere
+the socket peer, which uvicorn rewrites only for LLM_TRUSTED_PROXIES).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+
+from ui.rate_limit import RateLimiter, client_key_from
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# The paths (after the app's root) that start an event; everything else (page, assets,
+# the event stream, heartbeats) is not counted.
+EVENT_PATH_PARTS = ("/queue/join", "/call/", "/run/")
+UPLOAD_PATH_SUFFIXES = ("/upload", "/upload_progress")
+# Above any share link this app reads (ui/share.py: MAX_DECODE_TOKEN_CHARS, 32 768).
+MAX_QUERY_BYTES = 40_000
+TOO_LONG_PAGE = (
+    "<!doctype html><meta charset=utf-8><title>Link too long</title>"
+    "<p>This link is too long to be a link of this app (a share link may have been cut "
+    "or changed). <a href='/'>Open the app</a></p>\n"
+)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _plain(
+    send: Send,
+    status: int,
+    text: str,
+    extra: list[tuple[bytes, bytes]],
+    kind: str = "text/plain",
+) -> None:
+    body = text.encode()
+    headers = [
+        (b"content-type", f"{kind}; charset=utf-8".encode()),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestLimits:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, events_per_minute: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.events = RateLimiter(events_per_minute)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        if path.endswith(UPLOAD_PATH_SUFFIXES):
+            await _plain(send, 403, "This app takes no file uploads.\n", [])
+            return
+        if len(scope.get("query_string", b"")) > MAX_QUERY_BYTES:
+            await _plain(send, 414, TOO_LONG_PAGE, [], "text/html")
+            return
+        headers = Headers(scope=scope)
+        if scope.get("method") == "POST" and any(p in path for p in EVENT_PATH_PARTS):
+            client = scope.get("client")
+            key = client_key_from(headers, client[0] if client else None)
+            wait = self.events.acquire(key)
+            if wait is not None:
+                retry = str(max(1, math.ceil(wait))).encode()
+                await _plain(send, 429, "Too many requests; try again shortly.\n",
+                             [(b"retry-after", retry)])  # fmt: skip
+                return
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            await _plain(send, 413, self._too_large(), [])
+            return
+        received = 0
+        started = False
+
+        async def bounded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await _plain(send, 413, self._too_large(), [])
+
+    def _too_large(self) -> str:
+        return f"Request too large (the limit is {self.max_body_bytes // 1024} KB).\n"
+
+
+def request_limits_middleware(max_body_bytes: int, events_per_minute: int) -> Middleware:
+    return Middleware(
+        RequestLimits, max_body_bytes=max_body_bytes, events_per_minute=events_per_minute
+    )
