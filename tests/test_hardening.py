@@ -119,7 +119,8 @@ def test_a_vote_needs_the_replies_the_server_streamed_and_is_capped_per_day(
         client = Client(url, verbose=False)
         final, updates = run_battle(client)
         token, chat_a, chat_b = final[2], final[4], final[7]
-        streaming_token = updates[0][2]
+        # The first token sent (an update may come before it: "waiting for the backend").
+        streaming_token = next(u[2] for u in updates if isinstance(u[2], str) and u[2])
         assert streaming_token and token and streaming_token != token
         # Made-up replies with a real battle's token: refused.
         forged = as_request_history(chat_b)

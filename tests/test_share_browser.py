@@ -62,11 +62,16 @@ def wait_for_stats(page: Page, chats: list[str], count: int = 1) -> None:
         page.wait_for_timeout(100)
 
 
+# A reply's GPU cost estimate depends on the price settings of the server showing it, so a
+# share carries the measured figures only; the shared view and its copies show those.
+COST = re.compile(r" · ≈ \$.*$")
+
+
 def conversation(page: Page, chat: str) -> tuple[list[str], list[str], list[str]]:
     return (
         texts(page, f"{chat} {USER}"),
         texts(page, f"{chat} {REPLY}"),
-        texts(page, f"{chat} {STATS}"),
+        [COST.sub("", s) for s in texts(page, f"{chat} {STATS}")],
     )
 
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
+
 from ui.errors import InputRejected
 
 log = logging.getLogger(__name__)
@@ -135,9 +137,26 @@ class SqliteVoteStore:
         self._local = threading.local()  # one connection per thread (sqlite3's rule)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._connection().executescript(_SCHEMA)  # idempotent; commits by itself
+            # Processes opening a new file at once each switch it to WAL and create the
+            # tables; two that both hold a read lock and want to write get "database is
+            # locked" at once (SQLite's deadlock rule skips the busy timeout): try again.
+            for attempt in Retrying(
+                retry=retry_if_exception(_is_locked),
+                stop=stop_after_delay(STORE_TIMEOUT_S),
+                wait=wait_random(0.01, 0.2),
+                reraise=True,
+            ):
+                with attempt:
+                    self._forget_connection()
+                    self._connection().executescript(_SCHEMA)  # idempotent; commits itself
         except (OSError, sqlite3.Error) as exc:
             raise VoteStoreError(f"SQLite vote store {self.path}: {exc}") from exc
+
+    def _forget_connection(self) -> None:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
 
     def _connection(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -198,6 +217,10 @@ class SqliteVoteStore:
 
     def vote_count(self) -> int:
         return int(self._connection().execute("SELECT COUNT(*) FROM votes").fetchone()[0])
+
+
+def _is_locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
 # === Firestore ===========================================================================
