@@ -26,6 +26,7 @@ from devtools.testkit.chat_app import chat_args, eval_count, last_note, running_
 from devtools.testkit.fake_ollama import FakeOllama
 from devtools.testkit.google_fakes import emulator, shared_metadata
 from devtools.testkit.procs import Proc, free_port, wait_http
+from ui.warming import WARM_UP_MESSAGES
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -178,12 +179,15 @@ def test_hostile_calls_never_reach_management_endpoints() -> None:
                 assert proxied.status_code >= 400, (path, proxied.status_code)
             assert http.get(f"{url}/gradio_api/file=/etc/passwd").status_code >= 400
         # Anything started in the background has run once a pre-warm sent last has reached
-        # the backend (its load request: a chat with no messages).
+        # the backend (its warm-up request: a one-token chat, ui/warming.WARM_UP_MESSAGES;
+        # every call above has returned, so nothing else is sent from here on).
         before = len(fake.requests)
         client.predict("fake-ok", api_name="/prewarm")
         deadline = time.monotonic() + 10
         while not any(
-            method == "POST" and body.get("model") == "fake-ok" and not body.get("messages")
+            method == "POST"
+            and body.get("model") == "fake-ok"
+            and body.get("messages") == list(WARM_UP_MESSAGES)
             for method, _, body in fake.requests[before:]
         ):
             assert time.monotonic() < deadline, "the marker pre-warm never reached the backend"
