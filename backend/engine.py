@@ -48,6 +48,11 @@ DEFAULT_KEEP_ALIVE = 300.0  # seconds, Ollama's default of 5 minutes
 # Duration.UnmarshalJSON, envconfig KeepAlive; v0.24.0), so it expires ~292 years from now.
 FOREVER = 9_223_372_036.854775807  # seconds
 PREFILL_CHUNK = 64  # prompt tokens per llama.cpp call; the thread count is re-picked between
+# Llama(verbose=False) silences llama.cpp by pointing fds 1 and 2 (and sys.stdout/stderr) at
+# /dev/null and back (llama_cpp/_utils.py suppress_stdout_stderr). Two at once interleave: the
+# second saves the first's /dev/null as "the original" and restores it, so the process's
+# stderr stays silenced for good. So one context is built at a time.
+_BUILDING = threading.Lock()
 
 
 def usable_cores() -> int:
@@ -341,16 +346,17 @@ class Engine:
         await self._loads_done.wait()
 
     def _new_slot(self, spec: ModelSpec, n_ctx: int) -> _Slot:
-        # One thread while building: several contexts may be built at once, beside running
-        # streams. Each generation sets its own thread count before it starts.
-        llama = Llama(
-            model_path=str(model_files.gguf_path(spec.tag)),
-            n_ctx=n_ctx,
-            n_batch=512,
-            n_threads=1,
-            n_threads_batch=1,
-            verbose=False,
-        )
+        # One thread while building, beside running streams (one context is built at a time,
+        # see _BUILDING). Each generation sets its own thread count before it starts.
+        with _BUILDING:
+            llama = Llama(
+                model_path=str(model_files.gguf_path(spec.tag)),
+                n_ctx=n_ctx,
+                n_batch=512,
+                n_threads=1,
+                n_threads_batch=1,
+                verbose=False,
+            )
         return _Slot(llama=llama, n_ctx=n_ctx)
 
     def went_idle(self, model: _LoadedModel) -> None:
@@ -410,8 +416,8 @@ class Engine:
     async def _take_slot(
         self, model: _LoadedModel, spec: ModelSpec, num_ctx: int
     ) -> tuple[_Slot, int]:
-        # Decide under the lock, build the new context outside it, so that several new
-        # streams create their contexts at the same time.
+        # Decide under the lock, build the new context outside it, so that a stream that
+        # finds a free context does not wait for another one's context to be built.
         async with model.create_lock:
             free = [s for s in model.slots if not s.busy]
             match = next((s for s in free if s.n_ctx == num_ctx), None)
