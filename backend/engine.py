@@ -23,8 +23,10 @@ import logging
 import os
 import random
 import re
+import sys
 import threading
 import time
+import traceback
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -529,6 +531,20 @@ class Generation:
                     return
         finally:
             self._cancel.set()
+
+    def describe(self) -> str:
+        """The model's slots and where the worker thread is (for a log line)."""
+        model = self._model
+        busy = sum(s.busy for s in model.slots)
+        state = (
+            f"{model.spec.tag}: {busy}/{len(model.slots)} contexts busy, {model.active} "
+            f"requests on it, {self._engine._generating} generating in all"
+        )
+        thread = self._thread
+        frame = sys._current_frames().get(thread.ident or 0) if thread is not None else None
+        if frame is None:
+            return state + ("; worker not started" if thread is None else "; worker finished")
+        return state + "; worker at:\n" + "".join(traceback.format_stack(frame, limit=6))
 
     def close(self) -> None:
         """Stop generating (at the next token) and give the slot back once stopped."""
