@@ -41,6 +41,7 @@ from catalog import ModelSpec
 
 log = logging.getLogger("backend.engine")
 SLOT_WAIT_LOGGED_S = 5.0
+WAIT_LOGGED_S = 15.0  # a request still waiting for its model and a context is logged, with why
 
 # Ollama's default context when OLLAMA_CONTEXT_LENGTH is unset and there is under 23 GiB of VRAM
 # (server/routes.go Serve, "vram-based default context", v0.24.0); the GPU image sets 4096 too.
@@ -393,6 +394,28 @@ class Engine:
         (Ollama waits on the runner's semaphore later, in llm/server.go Completion).
         Raises QueueFull when too many requests already wait for models to load.
         """
+        late = asyncio.get_running_loop().call_later(WAIT_LOGGED_S, self._log_late_wait, spec)
+        try:
+            return await self._acquire(spec, num_ctx, keep_alive, started_ns)
+        finally:
+            late.cancel()
+
+    def _log_late_wait(self, spec: ModelSpec) -> None:
+        models = ", ".join(
+            f"{tag} ({sum(s.busy for s in m.slots)}/{len(m.slots)} contexts busy, "
+            f"{m.active} requests on it, {m.free._value} slots free)"
+            for tag, m in self.loaded.items()
+        )
+        log.warning(
+            "a request for %s still waits for the model and a context after %.0f s; "
+            "loaded: %s; loading: %s; %d queued for a load, %d generating",
+            spec.tag, WAIT_LOGGED_S, models or "none", ", ".join(self.loading) or "none",
+            self._pending, self._generating,
+        )  # fmt: skip
+
+    async def _acquire(
+        self, spec: ModelSpec, num_ctx: int, keep_alive: float | None, started_ns: int
+    ) -> tuple[_LoadedModel, _Slot, int]:
         model = await self.ensure_loaded(spec, keep_alive)
         load_ns = time.perf_counter_ns() - started_ns
         model.active += 1  # counts waiting users too, so it is not unloaded under them
