@@ -185,7 +185,8 @@ class PhaseDetector:
         sent = time.monotonic()
         try:
             # Not asyncio.wait_for: on Python 3.11 it drops a cancel that comes in the loop
-            # turn its answer does, and this check is cancelled at any moment (the first
+            # turn its answer does (python/cpython#86296; 3.12 rebuilt it on asyncio.timeout,
+            # python/cpython#98518), and this check is cancelled at any moment (the first
             # token); it then kept looking forever, and the request waiting for it too.
             async with asyncio.timeout(client.settings.probe_timeout):
                 running = await client.running_models()
