@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 import uvicorn
 
@@ -80,7 +81,12 @@ def main(argv: list[str] | None = None) -> None:
         keep_alive = parse_env_keep_alive(args.keep_alive)
     except ValueError as exc:
         parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # The log writes to its own copy of stderr: while llama-cpp-python builds a context it
+    # points fd 2 at /dev/null (see engine._BUILDING), and lines logged meanwhile were lost.
+    log_stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=log_stream
+    )
     engine = Engine(
         num_parallel=args.num_parallel,
         max_queue=args.max_queue,

@@ -23,8 +23,10 @@ import logging
 import os
 import random
 import re
+import sys
 import threading
 import time
+import traceback
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,6 +41,7 @@ from catalog import ModelSpec
 
 log = logging.getLogger("backend.engine")
 SLOT_WAIT_LOGGED_S = 5.0
+WAIT_LOGGED_S = 15.0  # a request still waiting for its model and a context is logged, with why
 
 # Ollama's default context when OLLAMA_CONTEXT_LENGTH is unset and there is under 23 GiB of VRAM
 # (server/routes.go Serve, "vram-based default context", v0.24.0); the GPU image sets 4096 too.
@@ -48,6 +51,11 @@ DEFAULT_KEEP_ALIVE = 300.0  # seconds, Ollama's default of 5 minutes
 # Duration.UnmarshalJSON, envconfig KeepAlive; v0.24.0), so it expires ~292 years from now.
 FOREVER = 9_223_372_036.854775807  # seconds
 PREFILL_CHUNK = 64  # prompt tokens per llama.cpp call; the thread count is re-picked between
+# Llama(verbose=False) silences llama.cpp by pointing fds 1 and 2 (and sys.stdout/stderr) at
+# /dev/null and back (llama_cpp/_utils.py suppress_stdout_stderr). Two at once interleave: the
+# second saves the first's /dev/null as "the original" and restores it, so the process's
+# stderr stays silenced for good. So one context is built at a time.
+_BUILDING = threading.Lock()
 
 
 def usable_cores() -> int:
@@ -341,16 +349,17 @@ class Engine:
         await self._loads_done.wait()
 
     def _new_slot(self, spec: ModelSpec, n_ctx: int) -> _Slot:
-        # One thread while building: several contexts may be built at once, beside running
-        # streams. Each generation sets its own thread count before it starts.
-        llama = Llama(
-            model_path=str(model_files.gguf_path(spec.tag)),
-            n_ctx=n_ctx,
-            n_batch=512,
-            n_threads=1,
-            n_threads_batch=1,
-            verbose=False,
-        )
+        # One thread while building, beside running streams (one context is built at a time,
+        # see _BUILDING). Each generation sets its own thread count before it starts.
+        with _BUILDING:
+            llama = Llama(
+                model_path=str(model_files.gguf_path(spec.tag)),
+                n_ctx=n_ctx,
+                n_batch=512,
+                n_threads=1,
+                n_threads_batch=1,
+                verbose=False,
+            )
         return _Slot(llama=llama, n_ctx=n_ctx)
 
     def went_idle(self, model: _LoadedModel) -> None:
@@ -385,6 +394,28 @@ class Engine:
         (Ollama waits on the runner's semaphore later, in llm/server.go Completion).
         Raises QueueFull when too many requests already wait for models to load.
         """
+        late = asyncio.get_running_loop().call_later(WAIT_LOGGED_S, self._log_late_wait, spec)
+        try:
+            return await self._acquire(spec, num_ctx, keep_alive, started_ns)
+        finally:
+            late.cancel()
+
+    def _log_late_wait(self, spec: ModelSpec) -> None:
+        models = ", ".join(
+            f"{tag} ({sum(s.busy for s in m.slots)}/{len(m.slots)} contexts busy, "
+            f"{m.active} requests on it, {m.free._value} slots free)"
+            for tag, m in self.loaded.items()
+        )
+        log.warning(
+            "a request for %s still waits for the model and a context after %.0f s; "
+            "loaded: %s; loading: %s; %d queued for a load, %d generating",
+            spec.tag, WAIT_LOGGED_S, models or "none", ", ".join(self.loading) or "none",
+            self._pending, self._generating,
+        )  # fmt: skip
+
+    async def _acquire(
+        self, spec: ModelSpec, num_ctx: int, keep_alive: float | None, started_ns: int
+    ) -> tuple[_LoadedModel, _Slot, int]:
         model = await self.ensure_loaded(spec, keep_alive)
         load_ns = time.perf_counter_ns() - started_ns
         model.active += 1  # counts waiting users too, so it is not unloaded under them
@@ -410,8 +441,8 @@ class Engine:
     async def _take_slot(
         self, model: _LoadedModel, spec: ModelSpec, num_ctx: int
     ) -> tuple[_Slot, int]:
-        # Decide under the lock, build the new context outside it, so that several new
-        # streams create their contexts at the same time.
+        # Decide under the lock, build the new context outside it, so that a stream that
+        # finds a free context does not wait for another one's context to be built.
         async with model.create_lock:
             free = [s for s in model.slots if not s.busy]
             match = next((s for s in free if s.n_ctx == num_ctx), None)
@@ -523,6 +554,20 @@ class Generation:
                     return
         finally:
             self._cancel.set()
+
+    def describe(self) -> str:
+        """The model's slots and where the worker thread is (for a log line)."""
+        model = self._model
+        busy = sum(s.busy for s in model.slots)
+        state = (
+            f"{model.spec.tag}: {busy}/{len(model.slots)} contexts busy, {model.active} "
+            f"requests on it, {self._engine._generating} generating in all"
+        )
+        thread = self._thread
+        frame = sys._current_frames().get(thread.ident or 0) if thread is not None else None
+        if frame is None:
+            return state + ("; worker not started" if thread is None else "; worker finished")
+        return state + "; worker at:\n" + "".join(traceback.format_stack(frame, limit=6))
 
     def close(self) -> None:
         """Stop generating (at the next token) and give the slot back once stopped."""

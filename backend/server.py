@@ -39,6 +39,7 @@ from backend.engine import (
 from catalog import ModelSpec
 
 FIRST_PIECE_POLL_S = 0.25  # how often a request waiting for its first token checks its client
+FIRST_PIECE_LOGGED_S = 15.0  # a first token this late is logged, with where the worker is
 CLIENT_CLOSED = 499  # what Ollama answers a request whose client went away (routes.go)
 
 log = logging.getLogger("backend.server")
@@ -369,7 +370,7 @@ def build_app(engine: Engine) -> Starlette:
 
         # Nothing is sent before the first piece: a failure until then is an HTTP status.
         try:
-            first = await _first_piece(request, pieces)
+            first = await _first_piece(request, pieces, generation.describe)
         except EngineError as exc:
             await pieces.aclose()
             generation.close()
@@ -433,15 +434,22 @@ class _ClientGone(Exception):
     pass
 
 
-async def _first_piece(request: Request, pieces: AsyncIterator[str]) -> str | None:
+async def _first_piece(
+    request: Request, pieces: AsyncIterator[str], describe: Callable[[], str]
+) -> str | None:
     """The first piece of text (None if the reply is empty), watching meanwhile whether the
-    client went away (then the generation stops during its prefill)."""
+    client went away (then the generation stops during its prefill). A late first piece
+    is logged once, with `describe()` (where the generation is)."""
     task = asyncio.ensure_future(anext(pieces))
+    late_at = time.monotonic() + FIRST_PIECE_LOGGED_S
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=FIRST_PIECE_POLL_S)
             if done:
                 break
+            if late_at and time.monotonic() >= late_at:
+                late_at = 0.0
+                log.warning("no first token after %.0f s: %s", FIRST_PIECE_LOGGED_S, describe())
             if await request.is_disconnected():
                 raise _ClientGone()
     finally:

@@ -11,6 +11,7 @@ import ollama
 import pytest
 
 from catalog import local_models
+from devtools.testkit.procs import start_engine
 
 SMOL = "smollm2:135m"
 GEMMA = "gemma3:270m"
@@ -289,3 +290,32 @@ async def test_disconnect_mid_stream_frees_the_slot(engine: str) -> None:
         )
     assert [r.status_code for r in results] == [200] * 10
     assert all(r.json()["eval_count"] == 4 for r in results)
+
+
+def test_the_log_keeps_every_line_while_models_load_at_the_same_time() -> None:
+    """llama-cpp-python silences a load by pointing fds 1 and 2 at /dev/null and back; two
+    loads at once (a Battle's two models) left the engine's log, its stderr, on /dev/null
+    for good, and lines logged meanwhile were lost."""
+    proc, url = start_engine(None, name="engine-log-lines")
+    try:
+        for _ in range(3):
+            with httpx.Client(base_url=url, timeout=60.0) as http:
+                for model in (SMOL, GEMMA):  # unloaded: the next requests load them again
+                    http.post("/api/chat", json={"model": model, "messages": [], "keep_alive": 0})
+
+            async def load_both(base: str = url) -> None:
+                async with httpx.AsyncClient(base_url=base, timeout=60.0) as client:
+                    loads = [
+                        client.post("/api/chat", json={"model": m, "messages": []})
+                        for m in (SMOL, GEMMA)
+                    ]
+                    assert [r.status_code for r in await asyncio.gather(*loads)] == [200, 200]
+
+            asyncio.run(load_both())
+        log = proc.log()
+    finally:
+        proc.stop()
+    assert log.count(f"loaded {SMOL} in") == 3, log
+    assert log.count(f"loaded {GEMMA} in") == 3, log
+    # llama.cpp writes to fd 2 itself when it builds a Gemma context: still the log file.
+    assert log.count("llama_kv_cache_iswa: using full-size SWA cache") == 3, log

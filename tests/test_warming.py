@@ -15,7 +15,13 @@ from devtools.testkit.procs import refusing_url
 from ui.backend_client import BackendClient, ReplyDone, TokenDelta
 from ui.errors import BackendError, BackendTimeout, BackendUnreachable
 from ui.settings import Settings
-from ui.warming import ColdStartTracker, Prewarmer, WarmingStatus, stream_with_warmup
+from ui.warming import (
+    ColdStartTracker,
+    PhaseDetector,
+    Prewarmer,
+    WarmingStatus,
+    stream_with_warmup,
+)
 
 SMOL = "smollm2:135m"
 MSGS = [{"role": "user", "content": "Say hello."}]
@@ -240,3 +246,39 @@ async def test_a_reply_broken_after_its_first_token_is_not_sent_again() -> None:
         await client.aclose()
         assert len(fake.chat_requests()) == 1
     assert [e for e in seen if isinstance(e, TokenDelta)], "the first words arrived"
+
+
+def _ours(task: asyncio.Task[object]) -> bool:
+    """A task running this project's code (not a library's helper task)."""
+    code = getattr(task.get_coro(), "cr_code", None)
+    return code is not None and "/ui/" in code.co_filename
+
+
+async def test_the_cold_start_check_stops_when_cancelled_as_an_answer_arrives() -> None:
+    """The check runs beside a request until its first token, which cancels it, and the
+    request waits for it to stop. Python 3.11's asyncio.wait_for returned an inner answer
+    that came in the same loop turn as the cancel and dropped the cancel: the check went on
+    looking every second, and the reply's first token never reached the page."""
+    with FakeOllama() as fake:
+        client = BackendClient(settings_for(fake.url))
+        mine = asyncio.current_task()
+        hooked = 0
+        for _ in range(20):
+            check = asyncio.create_task(PhaseDetector(client, SMOL).detect())
+            while not check.done():
+                steps = [t for t in asyncio.all_tasks() if t not in (check, mine) and _ours(t)]
+                if steps:  # cancel the check the moment a step of it ends
+                    steps[0].add_done_callback(lambda _, c=check: c.cancel())
+                    hooked += 1
+                    break
+                await asyncio.sleep(0)
+            await asyncio.wait({check}, timeout=5)
+            assert check.done() and (check.cancelled() or not hooked), "the cancel was lost"
+        # And a cancel while it waits for the backend's answer stops it too.
+        check = asyncio.create_task(PhaseDetector(client, SMOL).detect())
+        while not any(path == "/api/version" for _, path, _ in fake.requests):
+            await asyncio.sleep(0.001)
+        check.cancel()
+        await asyncio.wait({check}, timeout=5)
+        assert check.cancelled()
+        await client.aclose()

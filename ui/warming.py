@@ -184,9 +184,12 @@ class PhaseDetector:
             return "starting"
         sent = time.monotonic()
         try:
-            running = await asyncio.wait_for(
-                client.running_models(), timeout=client.settings.probe_timeout
-            )
+            # Not asyncio.wait_for: on Python 3.11 it drops a cancel that comes in the loop
+            # turn its answer does (python/cpython#86296; 3.12 rebuilt it on asyncio.timeout,
+            # python/cpython#98518), and this check is cancelled at any moment (the first
+            # token); it then kept looking forever, and the request waiting for it too.
+            async with asyncio.timeout(client.settings.probe_timeout):
+                running = await client.running_models()
         except TimeoutError:
             return "loading"  # the instance answered; its /api/ps waits for a load
         except BackendError:
