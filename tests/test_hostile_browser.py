@@ -348,9 +348,9 @@ def test_a_crafted_overlay_share_link_renders_inert(
         page.keyboard.press("Enter")
         # The app's own page still works (the body was not hidden by content CSS).
         expect(page.locator("#shared-continue")).to_be_visible()
-        # Wait for an observable event (a request to this app) before the negative check.
-        page.evaluate("() => fetch('/config')")
-        page.wait_for_load_state("networkidle")
+        # Wait for an observable event (a request to this app, answered) before the negative
+        # check. Not "network idle": the status line keeps refreshing while the page is open.
+        assert page.evaluate("() => fetch('/config').then(r => r.status)") == 200
     finally:
         page.close()
     elsewhere = [u for u in requests if not u.startswith(app_url)]
