@@ -121,8 +121,11 @@ async def paced(events: AsyncIterator[T], interval: float) -> AsyncIterator[list
             # A little after the reader's wake-up, so it has read what collected meanwhile.
             wait = due() + _AFTER_READER_S - time.monotonic()
             if ending is None and wait > _AFTER_READER_S:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can drop a cancel
+                # (ui/warming.py PhaseDetector.detect).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(over.wait(), timeout=wait)
+                    async with asyncio.timeout(wait):
+                        await over.wait()
             while ending is None and not queue.empty():
                 ending = _take(queue.get_nowait(), batch)
             if batch:

@@ -295,7 +295,9 @@ async def stream_with_warmup(
         while True:
             left = retry_at[1] - time.monotonic() if retry_at else tick
             try:
-                update = await asyncio.wait_for(updates.get(), timeout=max(min(tick, left), 0))
+                # asyncio.timeout, not wait_for: see PhaseDetector.detect (a lost cancel).
+                async with asyncio.timeout(max(min(tick, left), 0)):
+                    update = await updates.get()
             except TimeoutError:
                 pass
             else:
@@ -415,7 +417,8 @@ class Prewarmer:
             done, _ = await asyncio.wait({listing}, timeout=self.client.settings.probe_timeout)
             if not done and self.watch is not None:
                 self.watch.waking()
-            models = await asyncio.wait_for(listing, timeout=max(deadline - time.monotonic(), 0.1))
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):  # not wait_for
+                models = await listing
         finally:
             listing.cancel()
         if self.remember is not None:
@@ -445,7 +448,8 @@ class Prewarmer:
             await self._listed(deadline)
             if watch is not None:
                 watch.loading(model)
-            await asyncio.wait_for(self._load(model), timeout=max(deadline - time.monotonic(), 0.1))
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):  # not wait_for
+                await self._load(model)
             if watch is not None:
                 watch.ready(model)  # a cold start's length counts from "starting"
 
