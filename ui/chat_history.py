@@ -19,6 +19,7 @@ from typing import Any
 
 from ui.backend_client import MODEL_LOAD_MIN_S
 from ui.errors import InputRejected
+from ui.reply_mac import MAX_TAG_CHARS
 
 CHARS_PER_TOKEN = 4  # rough average for English text with these tokenizers
 TOKENS_PER_MESSAGE = 4  # role markers and separators of chat templates
@@ -67,6 +68,10 @@ def parse_history(raw: object) -> list[Message]:
                 for k, v in metadata.items()
                 if k in ("title", "status", "log", "duration") and v is not None
             }
+            # A stats note's id carries the server's MAC over its reply (ui/reply_mac.py).
+            tag = metadata.get("id")
+            if isinstance(tag, str) and len(tag) <= MAX_TAG_CHARS:
+                message["metadata"]["id"] = tag
         history.append(message)
     return history
 

@@ -59,6 +59,7 @@ from pydantic import (
 )
 
 from ui.errors import InputRejected
+from ui.reply_mac import MAC_PATTERN
 
 logger = logging.getLogger(__name__)
 
@@ -162,11 +163,19 @@ class SharedMessage(_Strict):
     role: Literal["user", "assistant", "system"]
     content: str = Field(max_length=MAX_MESSAGE_CHARS)
     stats: ReplyStats | None = None
+    # A reply this server generated: its MAC (ui/reply_mac.py), checked again when shown,
+    # and the model that wrote it when that is not the column's.
+    mac: str | None = Field(default=None, pattern=MAC_PATTERN)
+    model: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_CHARS)
 
     @model_validator(mode="after")
     def _stats_only_on_replies(self) -> SharedMessage:
         if self.stats is not None and self.role != "assistant":
             raise ValueError(f"only assistant messages carry stats, not {self.role!r} ones")
+        if self.mac is not None and self.stats is None:
+            raise ValueError("only replies with stats carry a MAC")
+        if self.model is not None and self.mac is None:
+            raise ValueError("only replies with a MAC name their model")
         return self
 
 

@@ -22,7 +22,9 @@ from gradio import route_utils
 
 from catalog import find
 from ui.chat_history import Message, ReplyFigures, is_note, read_stats_note, stats_note
+from ui.model_labels import label_for
 from ui.render import banner_html as notice
+from ui.reply_mac import ReplyClaim, ReplyMacs, note_tag, read_note_tag
 from ui.settings import Settings
 from ui.share import (
     ReplyStats,
@@ -35,51 +37,119 @@ from ui.share import (
     share_url,
 )
 
-
 # === conversions between the Chatbot's messages and the share format ====================
-def to_shared_messages(history: Sequence[Message]) -> list[SharedMessage]:
+VERIFIED_MARK = "✓ Generated here by {model}"  # before a verified reply's figures
+NOT_VERIFIED_TITLE = "Not verified: supplied by whoever shared this"
+NOT_VERIFIED_TEXT = (
+    "This site has no record of generating this reply as shown: whoever shared the link "
+    "supplied it, and may have written or edited it."
+)
+
+
+def _claim(
+    model: str, system_prompt: str, question: str, reply: str, stats: ReplyStats
+) -> ReplyClaim:
+    return ReplyClaim(model, system_prompt, question, reply, stats.model_dump(exclude_none=True))
+
+
+def to_shared_messages(
+    history: Sequence[Message],
+    *,
+    model: str = "",
+    system_prompt: str = "",
+    macs: ReplyMacs | None = None,
+) -> list[SharedMessage]:
     """Display messages (with stats notes) as shared messages (stats on their replies).
-    Error and "stopped" notes are left out: they are about this browser's session."""
+    Error and "stopped" notes are left out: they are about this browser's session. A
+    reply keeps the MAC of its stats note only if it verifies against what is shared
+    (`model`: the column's; `system_prompt`: the shared one)."""
     shared: list[SharedMessage] = []
+    question = ""
     for message in history:
         if is_note(message):
             figures = read_stats_note(message)
             last = shared[-1] if shared else None
             if figures and last is not None and last.role == "assistant" and last.stats is None:
                 stats = ReplyStats(**figures)  # type: ignore[arg-type]
-                shared[-1] = last.model_copy(update={"stats": stats})
+                update: dict[str, object] = {"stats": stats}
+                tag = read_note_tag(message["metadata"].get("id"))
+                if macs is not None and tag is not None:
+                    mac, writer = tag
+                    claim = _claim(writer, system_prompt, question, last.content, stats)
+                    if macs.verify(claim, mac):
+                        update |= {"mac": mac, "model": None if writer == model else writer}
+                shared[-1] = last.model_copy(update=update)
             continue
         if message["role"] == "system":
             continue
+        if message["role"] == "user":
+            question = message["content"]
         shared.append(SharedMessage(role=message["role"], content=message["content"]))
     return shared
 
 
-def to_display_messages(column: SharedColumn) -> list[Message]:
-    """The Chatbot messages for a shared column: replies get their stats line back."""
+def to_display_messages(
+    column: SharedColumn,
+    *,
+    system_prompt: str = "",
+    macs: ReplyMacs | None = None,
+    marked: bool = False,
+) -> list[Message]:
+    """The Chatbot messages for a shared column: replies get their stats line back, and
+    those whose MAC verifies keep it (a copy shared again stays verified). `marked` (the
+    shared view): each reply says whether this server generated it."""
     shown: list[Message] = []
+    question = ""
     for message in column.messages:
         shown.append({"role": message.role, "content": message.content})
-        if message.stats is not None:
-            s = message.stats
+        if message.role == "user":
+            question = message.content
+        if message.role != "assistant":
+            continue
+        writer = message.model or column.model
+        s = message.stats
+        claim = _claim(writer, system_prompt, question, message.content, s) if s else None
+        verified = macs is not None and claim is not None and macs.verify(claim, message.mac)
+        note = None
+        if s is not None:
             figures = ReplyFigures(
                 ttft_s=s.ttft_s,
                 total_s=s.total_s,
                 tokens_per_s=s.tokens_per_s,
                 eval_count=s.eval_count,
                 load_s=s.load_s,
-                model=column.model,
+                model=writer,
             )
-            shown.append(stats_note(figures))
+            note = stats_note(figures)
+            if verified and message.mac is not None:
+                note["metadata"]["id"] = note_tag(message.mac, writer)
+        if marked and verified and note is not None:
+            mark = VERIFIED_MARK.format(model=label_for(writer).display_name)
+            note["metadata"]["title"] = f"{mark} · {note['metadata']['title']}"
+        elif marked:
+            claimed = f"\n\nFigures given with it: {note['metadata']['title']}." if note else ""
+            note = {
+                "role": "assistant",
+                "content": NOT_VERIFIED_TEXT + claimed,
+                "metadata": {"title": NOT_VERIFIED_TITLE, "status": "done"},
+            }
+        if note is not None:
+            shown.append(note)
     return shown
 
 
-def shared_column(model: str, history: Sequence[Message]) -> SharedColumn:
+def shared_column(
+    model: str,
+    history: Sequence[Message],
+    *,
+    system_prompt: str = "",
+    macs: ReplyMacs | None = None,
+) -> SharedColumn:
     spec = find(model)
     return SharedColumn(
         model=model,
         display_name=spec.display_name if spec else None,
-        messages=to_shared_messages(history),
+        messages=to_shared_messages(history, model=model, system_prompt=system_prompt, macs=macs),
     )
 
 
@@ -110,6 +180,7 @@ class ShareService:
     def __init__(self, settings: Settings, secret: bytes) -> None:
         self.settings = settings
         self.secret = secret
+        self.macs = ReplyMacs(secret)  # checks which replies this server generated
 
     def base_url(self, request: Any) -> str:
         if self.settings.public_url:

@@ -39,7 +39,13 @@ from ui.deep_links import (
 from ui.errors import InputRejected
 from ui.render import banner_html as notice
 from ui.render import column_head_html, summary_html
-from ui.share import SharedConversation, ShareLinkError, ShareParameters, decode_share
+from ui.share import (
+    SharedColumn,
+    SharedConversation,
+    ShareLinkError,
+    ShareParameters,
+    decode_share,
+)
 from ui.share_links import ShareService, shared_column, to_display_messages
 from ui.turns import DEFAULT_TOP_P, TEMPERATURE_RANGE, TOP_P_RANGE, check_models, check_parameters
 from ui.widgets import RAW_HTML_SHOWN_AS_TEXT
@@ -67,6 +73,11 @@ class ShareHandlers:
             top_p=params.options["top_p"],
             max_tokens=params.max_tokens,
         )
+
+    def _verifying(self, params: ShareParameters) -> dict[str, Any]:
+        """What checks the replies' MACs: a reply stays verified only with the system
+        prompt it was generated with (ui/reply_mac.py)."""
+        return {"system_prompt": params.system_prompt or "", "macs": self.service.macs}
 
     def _make(self, build: Any, request: Any) -> tuple[str, str]:
         try:
@@ -102,11 +113,9 @@ class ShareHandlers:
             messages = parse_history(history)
             if not any(m["role"] == "user" for m in messages):
                 return None
-            return SharedConversation(
-                kind="chat",
-                columns=[shared_column(name, messages)],
-                parameters=self._parameters(system_prompt, temperature, top_p, max_tokens),
-            )
+            params = self._parameters(system_prompt, temperature, top_p, max_tokens)
+            column = shared_column(name, messages, **self._verifying(params))
+            return SharedConversation(kind="chat", columns=[column], parameters=params)
 
         return self._make(build, request)
 
@@ -131,11 +140,15 @@ class ShareHandlers:
             parsed = [parse_history(h) for h in histories]
             if not any(m["role"] == "user" for h in parsed for m in h):
                 return None
+            # Compare sends the chat's default top-p (it has no top-p control).
+            params = self._parameters(system_prompt, temperature, DEFAULT_TOP_P, max_tokens)
+            verifying = self._verifying(params)
             return SharedConversation(
                 kind="compare",
-                columns=[shared_column(n, h) for n, h in zip(checked, parsed, strict=True)],
-                # Compare sends the chat's default top-p (it has no top-p control).
-                parameters=self._parameters(system_prompt, temperature, DEFAULT_TOP_P, max_tokens),
+                columns=[
+                    shared_column(n, h, **verifying) for n, h in zip(checked, parsed, strict=True)
+                ],
+                parameters=params,
             )
 
         return self._make(build, request)
@@ -216,6 +229,16 @@ class SharedView:
         self.service = service
         self.components: SharedViewComponents | None = None
 
+    def display(self, conv: SharedConversation, column: SharedColumn, *, marked: bool) -> Any:
+        """A column's messages, its replies' MACs checked (`marked`: each reply says
+        whether this server generated it)."""
+        return to_display_messages(
+            column,
+            system_prompt=conv.parameters.system_prompt or "",
+            macs=self.service.macs,
+            marked=marked,
+        )
+
     def decode(self, token: object) -> SharedConversation:
         if not isinstance(token, str):
             raise ShareLinkError("This share link is empty.")
@@ -256,7 +279,7 @@ class SharedView:
                 slots += [
                     gr.Column(visible=True),
                     column_head_html(column.model),
-                    to_display_messages(column),
+                    self.display(conv, column, marked=True),
                 ]
             else:
                 slots += [gr.Column(visible=False), gr.skip(), []]
@@ -286,12 +309,12 @@ class SharedView:
         if conv.kind == "chat":
             column = conv.columns[0]
             chat = [
-                to_display_messages(column), column.model, p.system_prompt or "",
+                self.display(conv, column, marked=False), column.model, p.system_prompt or "",
                 _or_skip(temperature), _or_skip(top_p), _or_skip(max_tokens),
             ]  # fmt: skip
             return (done, gr.Tabs(selected=TAB_CHAT), *chat, *skip_compare)
         columns = conv.columns[:COLUMN_SLOTS]
-        chats = [to_display_messages(c) for c in columns]
+        chats = [self.display(conv, c, marked=False) for c in columns]
         chats += [[] for _ in range(COLUMN_SLOTS - len(chats))]
         compare = [
             [c.model for c in columns], p.system_prompt or "", _or_skip(temperature),

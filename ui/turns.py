@@ -47,6 +47,7 @@ from ui.chat_history import (
     error_note,
     fit_to_context,
     parse_history,
+    read_stats_note,
     stats_note,
     stopped_note,
 )
@@ -61,6 +62,7 @@ from ui.errors import (
 )
 from ui.model_labels import label_for
 from ui.rate_limit import StreamLease, client_key
+from ui.reply_mac import ReplyClaim, ReplyMacs, note_tag
 from ui.stop_signals import until_stopped
 from ui.stream_pacing import interval_for_history, paced
 from ui.warming import WarmingStatus, stream_with_warmup
@@ -425,9 +427,11 @@ class ReplyProgress:
         retry_hint: bool = False,
         clock: Callable[[], float] = time.monotonic,
         price: GpuPrice | None = None,
+        macs: ReplyMacs | None = None,
     ) -> None:
         self.request = request
         self.price = price  # for the cost estimate under the reply (None: not shown)
+        self.macs = macs  # vouches for a finished reply in its note (None: no MAC)
         self.started = started
         self.retry_hint = retry_hint
         self.clock = clock
@@ -498,7 +502,21 @@ class ReplyProgress:
                 else None
             ),
         )
-        self.tail = [stats_note(self.figures)]
+        self.tail = [self._vouched(stats_note(self.figures))]
+
+    def _vouched(self, note: Message) -> Message:
+        """The stats note with the server's MAC over the reply as shown (ui/reply_mac.py):
+        a share of it can then show that this server generated it."""
+        figures = read_stats_note(note)
+        if self.macs is None or figures is None:
+            return note
+        messages = self.request.messages
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+        display = self.request.display
+        question = display[-1]["content"] if display else ""
+        claim = ReplyClaim(self.request.model, system, question, self.text, figures)
+        note["metadata"]["id"] = note_tag(self.macs.mac(claim), self.request.model)
+        return note
 
     @property
     def phase(self) -> Phase:
@@ -662,8 +680,11 @@ async def stream_turn(
     does too. Either closes the backend requests, so the models stop generating."""
     stop = ctx.stops.register(turn.stop_key) if turn.stop_key else None
     price = ctx.watch.price
+    macs = ReplyMacs(ctx.secret)
     replies = [
-        ReplyProgress(column, started=clock(), retry_hint=turn.retry_hint, clock=clock, price=price)
+        ReplyProgress(
+            column, started=clock(), retry_hint=turn.retry_hint, clock=clock, price=price, macs=macs
+        )
         for column in turn.columns
     ]
     # Every update carries every column's history (ui/stream_pacing.py).
