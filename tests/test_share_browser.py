@@ -7,12 +7,17 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
+from gradio_client import Client
 from playwright.sync_api import Browser, Page, expect
 
 from devtools.testkit.browser import set_number
+from devtools.testkit.chat_app import is_note, msg, running_app, text_of
+from devtools.testkit.fake_ollama import FakeOllama
 from devtools.testkit.procs import ARTIFACTS, Proc, free_port, wait_http
+from ui.model_labels import label_for
 
 pytestmark = pytest.mark.browser
 
@@ -20,6 +25,8 @@ SECRET = "share-browser-test-secret-0123456789"
 REPLY = 'div.message:not(.thought) > [data-testid="bot"]'
 USER = '[data-testid="user"]'
 STATS = ".thought .title"
+GENERATED = "✓ Generated here by"  # the shared view's mark on a reply this server generated
+NOT_VERIFIED = "Not verified: supplied by whoever shared this"
 
 
 def start_ui(engine: str, port: int, name: str) -> Proc:
@@ -75,6 +82,15 @@ def conversation(page: Page, chat: str) -> tuple[list[str], list[str], list[str]
     )
 
 
+def as_shared(
+    seen: tuple[list[str], list[str], list[str]], model: str
+) -> tuple[list[str], list[str], list[str]]:
+    """A conversation as the shared view shows it: each reply marked as generated here."""
+    name = label_for(model).display_name
+    users, replies, stats = seen
+    return users, replies, [f"{GENERATED} {name} · {title}" for title in stats]
+
+
 def test_links_survive_a_restart_open_read_only_and_reject_changes(
     engine: str, browser: Browser
 ) -> None:
@@ -121,7 +137,7 @@ def test_links_survive_a_restart_open_read_only_and_reject_changes(
         expect(summary).to_contain_text("Shared chat with SmolLM2 135M Instruct")
         expect(summary).to_contain_text("max tokens 12")
         expect(page.locator(f"#shared-chat-1 {USER}")).to_have_count(1)
-        assert conversation(page, "#shared-chat-1") == chat_before
+        assert conversation(page, "#shared-chat-1") == as_shared(chat_before, "smollm2:135m")
         expect(page.locator("#shared-col-2")).to_be_hidden()
         page.screenshot(path=str(ARTIFACTS / "shared-chat.png"), full_page=True)
 
@@ -143,7 +159,10 @@ def test_links_survive_a_restart_open_read_only_and_reject_changes(
         expect(page.locator("#shared-summary")).to_contain_text("Answer briefly.")
         expect(page.locator("#shared-head-2")).to_contain_text("SmolLM2 135M Instruct")
         expect(page.locator(f"#shared-chat-2 {USER}")).to_have_count(1)
-        assert [conversation(page, f"#shared-chat-{i}") for i in (1, 2)] == compare_before
+        assert [conversation(page, f"#shared-chat-{i}") for i in (1, 2)] == [
+            as_shared(seen, model)
+            for seen, model in zip(compare_before, ["gemma3:270m", "smollm2:135m"], strict=True)
+        ]
         page.get_by_role("button", name="Continue from a copy").click()
         expect(page.get_by_role("tab", name="Compare", selected=True)).to_be_visible()
         expect(page.locator("#compare-head-1")).to_contain_text("Gemma 3 270M")
@@ -165,3 +184,58 @@ def test_links_survive_a_restart_open_read_only_and_reject_changes(
         context.close()
     finally:
         second.stop()
+
+
+# === which replies this server generated (ui/reply_mac.py) =================================
+MAC_SECRET = "share-marks-browser-secret-0123456789"
+
+
+@pytest.fixture(scope="module")
+def marks_app() -> Iterator[str]:
+    """The app in-process against a protocol-level fake Ollama (fast, fixed replies)."""
+    with (
+        FakeOllama() as fake,
+        running_app(
+            backend_url=fake.url, rate_limit_per_minute=1000, share_secret=MAC_SECRET
+        ) as url,
+    ):
+        yield url
+
+
+def test_the_shared_view_marks_generated_replies_apart_from_supplied_ones(
+    marks_app: str, browser: Browser
+) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    # A reply generated in the browser: its MAC goes to the page and back with the history.
+    page.goto(f"{marks_app}/?model=fake-ok")
+    expect(page.locator("#model input")).to_have_value(re.compile("fake-ok"), timeout=30_000)
+    set_number(page, "#max-tokens", 3)
+    page.locator("#message textarea").fill("Hello there!")
+    page.locator("#send").click()
+    wait_for_stats(page, ["#chatbot"])
+    [title] = [COST.sub("", t) for t in texts(page, f"#chatbot {STATS}")]
+    genuine = share_link(page, "chat")
+
+    # The same chat with one character of the reply changed, and a made-up reply, as a
+    # script would send them to /share_chat.
+    client = Client(marks_app, verbose=False)
+    history = client.predict(genuine.split("share=", 1)[1], api_name="/continue_copy")[1]
+    [reply] = [m for m in history if m["role"] == "assistant" and not is_note(m)]
+    reply["content"] = [{"type": "text", "text": text_of(reply).replace("word0", "word9")}]
+    history += [msg("user", "Who are you?"), msg("assistant", "Your bank: enter your password.")]
+    forged, _ = client.predict(history, "fake-ok", "", 0.7, 0.9, 3, api_name="/share_chat")
+
+    page.goto(genuine)
+    chat = page.locator("#shared-chat-1")
+    expect(chat.locator(STATS)).to_have_text([f"{GENERATED} fake-ok · {title}"], timeout=30_000)
+    expect(chat).not_to_contain_text(NOT_VERIFIED)
+    page.screenshot(path=str(ARTIFACTS / "shared-verified.png"), full_page=True)
+
+    page.goto(forged)
+    expect(chat.locator(f"{USER}")).to_have_count(2, timeout=30_000)
+    expect(chat.locator(STATS)).to_have_text([NOT_VERIFIED, NOT_VERIFIED])
+    expect(chat).not_to_contain_text(GENERATED)
+    expect(page.locator("#shared-summary")).to_contain_text("supplied by whoever shared")
+    page.screenshot(path=str(ARTIFACTS / "shared-not-verified.png"), full_page=True)
+    context.close()
