@@ -8,6 +8,7 @@ streamed, not about which model answered."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import re
 from collections.abc import Iterator
@@ -170,3 +171,41 @@ def test_a_copy_of_a_share_stays_verified_and_compare_replies_are_verified_too(
     assert "?share=" in link, notice
     conv = decode_share(parse_qs(urlsplit(link).query)["share"][0], SECRET.encode())
     assert verified(conv, 0) == [True] and verified(conv, 1) == [True]
+
+
+# === the MAC itself (no app) ================================================================
+def test_the_key_is_apart_from_the_share_and_battle_keys_and_figures_count_as_shown() -> None:
+    import hashlib
+    import hmac
+
+    from ui import battle_token, share
+    from ui.reply_mac import ReplyClaim, ReplyMacs
+
+    secret = SECRET.encode()
+    claim = ReplyClaim("fake-ok", "", "Q?", "A.", {"total_s": 1.234, "eval_count": 3})
+    mac = ReplyMacs(secret).mac(claim)
+    assert len(mac) == 22
+    battle_key = battle_token._fernet(secret)._signing_key
+    share_key = share._signer(secret).derive_key()
+    for key in (secret, battle_key, share_key):
+        other = hmac.new(key, claim.message(), hashlib.sha256).digest()[:16]
+        assert base64.urlsafe_b64encode(other).decode().rstrip("=") != mac
+    # Figures are bound as the note shows them: 1.234 s is shown as 1.23 s, 1.24 s is not.
+    assert ReplyMacs(secret).verify(
+        ReplyClaim("fake-ok", "", "Q?", "A.", {"total_s": 1.23, "eval_count": 3}), mac
+    )
+    assert not ReplyMacs(secret).verify(
+        ReplyClaim("fake-ok", "", "Q?", "A.", {"total_s": 1.24, "eval_count": 3}), mac
+    )
+
+
+def test_texts_are_taken_as_gradio_ends_up_showing_them() -> None:
+    import inspect
+
+    from ui.reply_mac import shown_text
+
+    text = "\n\n  Code:\n\tindented\n"  # cleandoc is not idempotent on this
+    once = inspect.cleandoc(text)
+    assert inspect.cleandoc(once) != once
+    assert shown_text(text) == shown_text(once) == shown_text(inspect.cleandoc(once))
+    assert shown_text("a\n  b") != shown_text("a\n  c")

@@ -18,6 +18,7 @@ from devtools.testkit.chat_app import is_note, msg, running_app, text_of
 from devtools.testkit.fake_ollama import FakeOllama
 from devtools.testkit.procs import ARTIFACTS, Proc, free_port, wait_http
 from ui.model_labels import label_for
+from ui.share import decode_share, encode_share
 
 pytestmark = pytest.mark.browser
 
@@ -238,4 +239,16 @@ def test_the_shared_view_marks_generated_replies_apart_from_supplied_ones(
     expect(chat).not_to_contain_text(GENERATED)
     expect(page.locator("#shared-summary")).to_contain_text("supplied by whoever shared")
     page.screenshot(path=str(ARTIFACTS / "shared-not-verified.png"), full_page=True)
+
+    # The view checks each MAC itself: a link (signed with the share secret, as only this
+    # server can) whose reply carries a well-formed MAC of another reply is not verified.
+    conv = decode_share(genuine.split("share=", 1)[1], MAC_SECRET.encode())
+    [question, answer] = conv.columns[0].messages
+    swapped = answer.model_copy(update={"content": "Another reply under the same MAC."})
+    crafted = conv.model_copy(update={"columns": [conv.columns[0].model_copy(
+        update={"messages": [question, swapped]})]})  # fmt: skip
+    assert swapped.mac is not None
+    page.goto(genuine.split("share=", 1)[0] + "share=" + encode_share(crafted, MAC_SECRET.encode()))
+    expect(chat).to_contain_text("Another reply under the same MAC.", timeout=30_000)
+    expect(chat.locator(STATS)).to_have_text([NOT_VERIFIED])
     context.close()
