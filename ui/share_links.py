@@ -7,7 +7,8 @@ reading of the request, which honours X-Forwarded-Host/-Proto behind a proxy). A
 is too long for a URL is made for the last turns that fit, and the notice says so.
 
 This module converts between the Chatbot's display messages (replies with stats notes) and
-the share format (replies carrying their stats), and mints links; ui/share_page.py lays out
+the share format (replies carrying their stats and, when it verifies, the MAC of a reply
+this server generated: ui/reply_mac.py), and mints links; ui/share_page.py lays out
 the Share buttons and the read-only view.
 """
 

@@ -13,8 +13,9 @@ API endpoints:
 
 A link that is too long for a URL is made for the last turns that fit, and the notice
 says so. Opening `/?share=TOKEN` shows the "Shared" tab: the models, parameters, messages
-and per-reply stats, read-only, with "Continue from a copy". A changed or foreign link
-shows a message there, never an error page.
+and per-reply stats, read-only, with "Continue from a copy"; each reply is marked as
+generated here (its MAC verifies, ui/reply_mac.py) or as supplied by the sharer. A changed
+or foreign link shows a message there, never an error page.
 """
 
 from __future__ import annotations
