@@ -123,6 +123,15 @@ def test_chat_and_shared_chat(app_url: str, browser: Browser) -> None:
         scan(page, "Chat", "streaming")
         expect(page.locator(f"#chatbot {STATS}")).to_have_count(1, timeout=15_000)
         scan(page, "Chat", "reply + figures")
+        # The note's title is its one toggle (ui/render.py NOTE_TOGGLE_JS): its arrow, a
+        # click and Enter open and close it, and it says whether it is open.
+        note = page.locator(f"#chatbot {STATS}")
+        expect(note).to_have_attribute("aria-expanded", "false")
+        note.locator(".arrow").click()
+        expect(note).to_have_attribute("aria-expanded", "true")
+        note.focus()
+        page.keyboard.press("Enter")
+        expect(note).to_have_attribute("aria-expanded", "false")
 
         scan_shared(browser, share_link(page, "chat"), "Shared chat")
 
@@ -224,4 +233,3 @@ def test_dark_theme_from_the_url_is_the_theme_scanned(app_url: str, browser: Bro
         assert not found, describe(found)
     finally:
         page.close()
-

@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 TITLE = "Serverless LLM Chat"
 
 
-
 def accessible_theme() -> gr.themes.Base:
     """Gradio's Soft theme with the colours that fall below WCAG AA's 4.5:1 for text (issue
     17; tests/test_accessibility.py) darkened: its block labels (#6366f1 on #e0e7ff, 3.6:1),
