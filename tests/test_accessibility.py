@@ -149,6 +149,16 @@ def test_chat_and_shared_chat(app_url: str, fake: HeldOllama, browser: Browser) 
         fake.release()
         expect(page.locator(f"#chatbot {STATS}")).to_have_count(1, timeout=15_000)
         scan(page, "Chat", "reply + figures")
+
+        scan_shared(browser, share_link(page, "chat"), "Shared chat")
+
+        page.locator("#message textarea").fill("x" * (MAX_CHARS + 1))
+        page.locator("#send").click()
+        expect(page.locator("#chat-banner .chat-banner-error")).to_be_visible(timeout=10_000)
+        scan(page, "Chat", "message too long")
+        assert_clean("Chat")
+        assert_clean("Shared chat")
+
         # The note's title is its one toggle (ui/render.py NOTE_TOGGLE_JS): its arrow, a
         # click and Enter open and close it, and it says whether it is open.
         note = page.locator(f"#chatbot {STATS}")
@@ -158,17 +168,8 @@ def test_chat_and_shared_chat(app_url: str, fake: HeldOllama, browser: Browser) 
         note.focus()
         page.keyboard.press("Enter")
         expect(note).to_have_attribute("aria-expanded", "false")
-
-        scan_shared(browser, share_link(page, "chat"), "Shared chat")
-
-        page.locator("#message textarea").fill("x" * (MAX_CHARS + 1))
-        page.locator("#send").click()
-        expect(page.locator("#chat-banner .chat-banner-error")).to_be_visible(timeout=10_000)
-        scan(page, "Chat", "message too long")
     finally:
         page.close()
-    assert_clean("Chat")
-    assert_clean("Shared chat")
 
 
 def test_compare_and_shared_comparison(app_url: str, fake: HeldOllama, browser: Browser) -> None:
@@ -268,8 +269,10 @@ def test_dark_theme_from_the_url_is_the_theme_scanned(app_url: str, browser: Bro
     try:
         expect(page.locator("body")).to_have_class(re.compile(r"\bdark\b"), timeout=30_000)
         expect(page.locator(STATUS)).to_be_visible()
+        started = time.monotonic()
         found = axe_violations(page)
-        FOUND[("Chat (?__theme=dark)", "empty", "dark")] = found
+        key = ("Chat (?__theme=dark)", "empty", "dark")
+        FOUND[key], SCAN_S[key] = found, time.monotonic() - started
         assert not found, describe(found)
     finally:
         page.close()
