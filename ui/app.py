@@ -51,7 +51,7 @@ def accessible_theme() -> gr.themes.Base:
     its primary buttons (white on #6366f1, 4.46:1; hovered, on #818cf8, 3:1), its subdued
     text (slider maxima, the footer's links: #9ca3af, 2.5:1), and hovered buttons in the
     dark theme (white on #6366f1). What they become, on the same backgrounds: 6.4:1 (labels,
-    #4338ca), 6.3:1 and 7.9:1 (white on #4f46e5 and #4338ca), 7.6:1 (#4b5563)."""
+    #4338ca), 6.3:1 and 7.9:1 (white on #4f46e5 and #4338ca), 7.2:1 or more (#4b5563)."""
     return gr.themes.Soft().set(
         block_label_text_color="*primary_700",
         block_title_text_color="*primary_700",
