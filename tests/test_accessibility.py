@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
+from typing import Literal
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -32,6 +33,7 @@ REPLY = 'div.message:not(.thought) > [data-testid="bot"]'
 STATS = ".thought .title"
 BANNER = ".warming-banner"
 STATUS = "#backend-status .backend-status"
+THEMES: tuple[Literal["light", "dark"], ...] = ("light", "dark")
 
 # (page, state, theme) -> what axe found; written out as a table when the module ends.
 FOUND: dict[tuple[str, str, str], list[Violation]] = {}
@@ -89,9 +91,9 @@ def scan(page: Page, name: str, state: str, lasting: Callable[[], bool] | None =
     """Scan the page as it is in the light and the dark theme; record what was found.
     `lasting` says whether a passing state (the banner, a stream) is still there: it must
     be after both scans, or they may have seen the next state instead."""
-    for mode in ("light", "dark"):
+    for mode in THEMES:
         started = time.monotonic()
-        theme(page, mode)  # type: ignore[arg-type]
+        theme(page, mode)
         FOUND[(name, state, mode)] = axe_violations(page)
         SCAN_S[(name, state, mode)] = time.monotonic() - started
     theme(page, "light")
