@@ -26,7 +26,7 @@ from ui.compare_page import build_compare_page
 from ui.context import AppContext
 from ui.deep_links import TAB_SHARED
 from ui.leaderboard_page import build_leaderboard_page
-from ui.render import CSS
+from ui.render import CSS, NOTE_TOGGLE_JS
 from ui.request_limits import request_limits_middleware
 from ui.security_headers import security_headers_middleware
 from ui.settings import Settings
@@ -43,6 +43,26 @@ from ui.status_bar import layout_status_bar, wire_status_bar
 logger = logging.getLogger(__name__)
 
 TITLE = "Serverless LLM Chat"
+
+
+def accessible_theme() -> gr.themes.Base:
+    """Gradio's Soft theme with the colours that fall below WCAG AA's 4.5:1 for text (issue
+    17; tests/test_accessibility.py) darkened: its block labels (#6366f1 on #e0e7ff, 3.6:1),
+    its primary buttons (white on #6366f1, 4.46:1; hovered, on #818cf8, 3:1), its subdued
+    text (slider maxima, the footer's links: #9ca3af, 2.5:1), and hovered buttons in the
+    dark theme (white on #6366f1). What they become, on the same backgrounds: 6.4:1 (labels,
+    #4338ca), 6.3:1 and 7.9:1 (white on #4f46e5 and #4338ca), 7.2:1 or more (#4b5563)."""
+    return gr.themes.Soft().set(
+        block_label_text_color="*primary_700",
+        block_title_text_color="*primary_700",
+        button_primary_background_fill="*primary_600",
+        button_primary_background_fill_hover="*primary_700",
+        button_primary_background_fill_dark="*primary_600",
+        button_primary_background_fill_hover_dark="*primary_700",
+        button_secondary_background_fill_hover_dark="*primary_700",
+        body_text_color_subdued="*neutral_600",
+    )
+
 
 # A tab builder lays out its tab's content inside the current Tab and wires its events; it
 # returns the page's components (others connect to them: share, continue from a copy).
@@ -99,6 +119,7 @@ def build_app(
             with gr.Tab("Shared", id=TAB_SHARED, visible=False) as shared_tab:
                 shared = SharedView(share.service)
                 layout_shared_view(shared, shared_tab)
+        demo.load(fn=None, js=NOTE_TOGGLE_JS)  # accessible note toggles (ui/render.py)
         chat, compare = pages["chat"], pages["compare"]
         wire_status_bar(demo, ctx, status, [chat.picker(), compare.picker()])
         wire_shared_view(
@@ -147,7 +168,7 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
         "server_port": settings.port,
         "share": settings.gradio_share,
         "css": CSS,
-        "theme": gr.themes.Soft(),
+        "theme": accessible_theme(),
         "footer_links": ["api"],
         "ssr_mode": False,
         # Gradio's run history would keep a second copy of every streamed chat in the

@@ -20,6 +20,40 @@ from ui.turns import ColumnView
 SAVE_HISTORY_JS = "(history) => [history]"
 RESTORE_HISTORY_JS = "(saved) => [Array.isArray(saved) ? saved : []]"
 
+# Gradio's Chatbot draws a note (a message with a metadata title: the figures under a reply,
+# error notes) as a `div role=button tabindex=0` title, its disclosure toggle, holding an
+# icon button with an empty name (axe: nested-interactive, button-name; a screen reader
+# meets two controls, one unnamed). The title is the toggle (click, Enter), so the icon is
+# made what it looks like, the title's arrow: taken out of the tab order and out of the
+# roles (disabled, role=none; CSS lets clicks on it through to the title), and the title says
+# whether it is open (aria-expanded). Run once at page load; notes streamed in later are
+# repaired as they appear. See README.md, "Accessibility".
+NOTE_TOGGLE_JS = """() => {
+  const repair = () => {
+    for (const title of document.querySelectorAll('.thought-group > .title[role="button"]')) {
+      const arrow = title.querySelector('.arrow button');
+      if (arrow && !arrow.disabled) {
+        arrow.disabled = true;
+        arrow.setAttribute('role', 'none');
+        // ARIA attributes would give the role back (an empty aria-label counts).
+        arrow.removeAttribute('aria-label');
+        arrow.removeAttribute('aria-haspopup');
+      }
+      const open = String(title.classList.contains('expanded'));
+      if (title.getAttribute('aria-expanded') !== open) title.setAttribute('aria-expanded', open);
+    }
+  };
+  let queued = false;
+  new MutationObserver(() => {
+    if (!queued) {
+      queued = true;
+      requestAnimationFrame(() => { queued = false; repair(); });
+    }
+  }).observe(document.body, { subtree: true, childList: true, attributes: true,
+                              attributeFilter: ['class'] });
+  repair();
+}"""
+
 
 def banner_html(text: str, kind: str = "info") -> str:
     """A one-line banner above a page's content (kind: info, warning, error)."""
@@ -112,6 +146,13 @@ CSS = """
 .backend-status-starting, .backend-status-loading { background: #fff4ce; color: #5c4400; }
 .backend-status-unreachable { background: #fde7e9; color: #7a1020; }
 .backend-status-detail { opacity: 0.8; }
+/* Boxes with their own light background keep their dark text in the dark theme too (Gradio's
+   dark prose colour on a light box is unreadable). */
+.backend-status-starting *, .backend-status-loading *, .backend-status-unreachable *,
+.chat-banner-warning *, .chat-banner-error *, .compare-status-stopped *,
+.compare-status-error *, .warming-banner * { color: inherit; }
+/* A note's arrow is part of its title's toggle (NOTE_TOGGLE_JS): clicks go to the title. */
+.thought-group > .title .arrow button { pointer-events: none; }
 #composer { align-items: stretch; }
 
 #compare-banner:has(.prose:empty), #battle-banner:has(.prose:empty) { display: none; }

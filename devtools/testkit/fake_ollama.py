@@ -20,6 +20,7 @@ counts streams the client closed early. Answers are the `ollama` package's own p
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -200,5 +201,87 @@ class FakeOllama:
                     self.close_connection = True  # the client hung up (stop pressed)
                     with fake._lock:
                         fake.hangups += 1
+
+        return Handler
+
+
+HELD = "fake-held"
+
+
+class HeldOllama(FakeOllama):
+    """FakeOllama plus `fake-held`, whose replies write a word only when `release()` says
+    so: a reply stays in one state (not started: the cold-start banner, /api/ps listing no
+    model; or half-written) for as long as a test needs, however slow the machine. Each
+    `release()` lets every waiting reply write one more word. A one-token request (the UI's
+    pre-warm) is answered at once, so only the test's own requests wait."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._steps = 0  # releases so far
+        self._released = threading.Condition()
+
+    def release(self, words: int = 1) -> None:
+        """Let every waiting fake-held reply write `words` more words."""
+        with self._released:
+            self._steps += words
+            self._released.notify_all()
+
+    def _wait_for_step(self, step: int) -> None:
+        with self._released:
+            self._released.wait_for(lambda: self._steps >= step, timeout=60)
+
+    def __exit__(self, *exc: object) -> None:
+        self.release(100)  # nothing stays held past the test
+        super().__exit__(*exc)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        base: Any = super()._handler_class()
+        fake = self
+
+        class Handler(base):  # type: ignore[misc, valid-type]
+            def do_GET(self) -> None:
+                if self.path != "/api/tags":
+                    super().do_GET()
+                    return
+                details = ModelDetails(family="fake", parameter_size="1M")
+                models = [
+                    ListResponse.Model(model=m, size=ByteSize(1000), details=details)
+                    for m in [*MODELS, HELD]
+                ]
+                self._json(200, ListResponse(models=models))
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+                body = json.loads(raw or b"{}")
+                limit = int((body.get("options") or {}).get("num_predict") or 8)
+                if self.path != "/api/chat" or body.get("model") != HELD:
+                    setattr(self, "rfile", io.BytesIO(raw))  # noqa: B010  (the base reads it again)
+                    super().do_POST()
+                    return
+                fake._record("POST", self.path, body)
+                with fake._released:
+                    start = fake._steps
+                self.send_response(200)
+                self.send_header("content-type", "application/x-ndjson")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                words = min(limit, 8)
+                try:
+                    for i in range(words):
+                        if limit > 1:
+                            fake._wait_for_step(start + i + 1)
+                        message = Message(role="assistant", content=f"word{i} ")
+                        self._chunk(ChatResponse(model=HELD, message=message, done=False))
+                    done = ChatResponse(
+                        model=HELD, message=Message(role="assistant", content=""), done=True,
+                        done_reason="length" if words >= limit else "stop",
+                        total_duration=10**8, load_duration=1000, prompt_eval_count=5,
+                        eval_count=words, eval_duration=10**8,
+                    )  # fmt: skip
+                    self._chunk(done)
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client hung up (stop pressed)
 
         return Handler
