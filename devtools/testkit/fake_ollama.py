@@ -14,12 +14,15 @@ everything that works). The model name picks the behaviour of /api/chat:
     anything else  HTTP 404 {"error": "model 'x' not found"}
 
 Every request is recorded in `requests` as (method, path, json body or None); `hangups`
-counts streams the client closed early. Answers are the `ollama` package's own pydantic types
-(`ChatResponse`, `ListResponse`, ...), serialised: the client's schema is the fake's schema.
+counts streams the client closed early; `generated` lists the last user message of each
+fake-ok/fake-slow reply in the order it got a slot (started generating). Answers are the
+`ollama` package's own pydantic types (`ChatResponse`, `ListResponse`, ...), serialised: the
+client's schema is the fake's schema.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -62,6 +65,7 @@ class FakeOllama:
         self._slots = threading.BoundedSemaphore(parallel) if parallel else None
         self.requests: list[tuple[str, str, Any]] = []
         self.hangups = 0  # streams the client closed before their end
+        self.generated: list[str] = []  # each reply's last user message, in slot order
         self._lock = threading.Lock()
         self.server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -127,11 +131,12 @@ class FakeOllama:
                     self._json(401, {"error": "unauthorized"})
                 elif model in ("fake-ok", "fake-slow"):
                     delay = fake.slow_delay if model == "fake-slow" else fake.token_delay
-                    if fake._slots is None:
+                    prompt = str(((body.get("messages") or [{}])[-1]).get("content", ""))
+                    slot = fake._slots or contextlib.nullcontext()
+                    with slot:
+                        with fake._lock:
+                            fake.generated.append(prompt)
                         self._stream(model, min(limit, 8), delay, ending="done")
-                    else:
-                        with fake._slots:
-                            self._stream(model, min(limit, 8), delay, ending="done")
                 elif model == "fake-midstream":
                     self._stream(model, 3, fake.token_delay, ending="error")
                 elif model == "fake-drop":
