@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -163,6 +165,21 @@ class FakeOllama:
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                 self.wfile.flush()
 
+            def _client_left_within(self, seconds: float) -> bool:
+                """Wait `seconds`; True as soon as the client closes the connection (it
+                sends nothing more on a streamed answer, so readable means closed)."""
+                deadline = time.monotonic() + seconds
+                readable, _, _ = select.select([self.connection], [], [], seconds)
+                if not readable:
+                    return False
+                try:
+                    closed = self.connection.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    return True
+                if not closed:  # a pipelined request: not ours to read; just wait
+                    time.sleep(max(0.0, deadline - time.monotonic()))
+                return closed
+
             def _stream(self, model: str, words: int, delay: float, ending: str) -> None:
                 self.send_response(200)
                 self.send_header("content-type", "application/x-ndjson")
@@ -171,7 +188,8 @@ class FakeOllama:
                 started = time.monotonic()
                 try:
                     for i in range(words):
-                        time.sleep(delay)
+                        if self._client_left_within(delay):
+                            raise ConnectionResetError  # seen at once, not at the next write
                         message = Message(role="assistant", content=f"word{i} ")
                         self._chunk(ChatResponse(model=model, message=message, done=False))
                     if ending == "error":
