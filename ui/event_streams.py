@@ -42,6 +42,9 @@ class EventStreams:
 
     def __init__(self, grace: float) -> None:
         self.grace = grace  # seconds a job waits for its event stream to be opened
+        # Set by the middleware when the server installs it; without it (the turn pipeline
+        # driven directly, tests/test_turns.py) no stream is seen and none is awaited.
+        self.watching = False
         self._open: dict[str, int] = {}
         self._waiters: dict[str, set[asyncio.Event]] = {}
 
@@ -64,9 +67,9 @@ class EventStreams:
     async def watch(self, session: str | None, stop: asyncio.Event | None) -> AsyncIterator[bool]:
         """Inside: whether the session's event stream opened within `grace` seconds (if not,
         nothing should be sent to a backend); while it runs, `stop` is set as soon as the
-        stream closes. Without a session (a direct call, not through the queue) there is
-        nothing to watch: True."""
-        if session is None or stop is None:
+        stream closes. Without a session (a direct call, not through the queue) or the
+        middleware there is nothing to watch: True."""
+        if session is None or stop is None or not self.watching:
             yield True
             return
         if not await self._wait_until(session, opened=True, timeout=self.grace):
@@ -138,6 +141,7 @@ class EventStreamsMiddleware:
     def __init__(self, app: ASGIApp, *, streams: EventStreams) -> None:
         self.app = app
         self.streams = streams
+        streams.watching = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session = stream_session(scope)
