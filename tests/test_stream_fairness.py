@@ -126,6 +126,19 @@ def test_a_job_whose_event_stream_is_dropped_is_cancelled(slow: FakeOllama) -> N
         wait_until(lambda: budget_is_free(client), 4, "the budget came back")
 
 
+def test_replies_streamed_by_gradios_rest_api_are_read_too(slow: FakeOllama) -> None:
+    """POST /call/chat, then GET /call/chat/<event id> (the API page's curl recipe): that
+    stream counts as reading the events, so a reply longer than the grace period ends
+    with all its tokens."""
+    with running_app(backend_url=slow.url, event_stream_grace=GRACE) as url:
+        prefix = url + RawQueue(url).config.get("api_prefix", "/gradio_api")
+        body = {"data": list(chat_args("Via REST", model="fake-slow", max_tokens=2))}
+        event_id = httpx.post(prefix + "/call/chat", json=body, timeout=10).json()["event_id"]
+        answer = httpx.get(f"{prefix}/call/chat/{event_id}", timeout=30).text
+        assert "event: complete" in answer and "word1" in answer, answer[-500:]
+        assert slow.hangups == 0
+
+
 def test_a_models_slots_go_round_robin_by_client() -> None:
     """One client queues ten long replies on a model with two slots (both taken); another
     client's short reply gets the next free slot instead of waiting behind all ten."""
