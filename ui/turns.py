@@ -21,6 +21,9 @@ Every check raises `ui.errors.InputRejected` (or a subclass) with a message for 
 nothing reaches a backend before all checks passed, and `prepare` counts the request
 against the rate limit only then. `scope` is the page: its Stop button stops only its own
 turn, and its requests count against its own limit (Compare and Battle share one).
+A turn sends nothing until its client reads its event stream, and a dropped stream stops it
+(ui/event_streams.py); each reply waits for a slot of its model, shared out round-robin by
+client (ui/fair_slots.py).
 """
 
 from __future__ import annotations
