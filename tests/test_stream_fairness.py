@@ -159,12 +159,14 @@ def test_a_models_slots_go_round_robin_by_client() -> None:
         # Every hog job is streaming (it showed its message) and the slots are full.
         wait_until(lambda: all(job.outputs() for job in jobs), 30, "the hog's jobs started")
         wait_until(lambda: len(fake.generated) >= slots, 30, "the slots filled")
-        started = time.monotonic()
+        started, served = time.monotonic(), len(fake.generated)
         mine = other.submit(*chat_args("Hi", model="fake-slow", max_tokens=1), api_name="/chat")
         waited = first_reply_after(mine, started, timeout=30)
-        # The next free slot went to the other client, not to the hog's third reply.
-        assert fake.generated.index("Hi") == slots, fake.generated
-        assert waited < 5, waited  # one hog reply (2 s) at most, not five rounds of two
+        # The next free slot went to the other client (normally index `served`; a loaded
+        # machine may let a round of hog replies in before its request arrives), not the
+        # slot after all ten hog replies.
+        assert fake.generated.index("Hi") <= served + slots, (served, fake.generated)
+        assert waited < 6, waited  # a hog reply (2 s) or two at most, not five rounds
         for job in jobs:
             job.result(timeout=60)
 
@@ -198,6 +200,8 @@ def test_a_cancelled_waiter_gives_its_place_up() -> None:
         slots = FairSlots(capacity=1)
         order: list[str] = []
         async with slots.slot("m", "a"):
+            async with asyncio.timeout(5), slots.slot("n", "a"):  # another model: free
+                assert (slots.held("m"), slots.held("n")) == (1, 1)
             gone = asyncio.create_task(_take(slots, "m", "b", order))
             stays = asyncio.create_task(_take(slots, "m", "c", order))
             await asyncio.sleep(0)
@@ -207,5 +211,22 @@ def test_a_cancelled_waiter_gives_its_place_up() -> None:
         return order, slots.held("m")
 
     assert asyncio.run(scenario()) == (["c"], 0)
-    # Other models have slots of their own.
-    assert FairSlots(capacity=1).held("m") == 0
+
+
+def test_a_waiter_cancelled_just_as_it_is_served_passes_the_slot_on() -> None:
+    async def scenario() -> tuple[list[str], int]:
+        slots = FairSlots(capacity=1)
+        order: list[str] = []
+        holding = slots.slot("m", "a")
+        await holding.__aenter__()
+        served = asyncio.create_task(_take(slots, "m", "b", order))
+        later = asyncio.create_task(_take(slots, "m", "c", order))
+        await asyncio.sleep(0)
+        await holding.__aexit__(None, None, None)  # "b" is granted the slot...
+        served.cancel()  # ...and cancelled before it runs: the slot goes on to "c"
+        await asyncio.gather(served, return_exceptions=True)
+        async with asyncio.timeout(5):  # a slot lost with "b" would leave "c" waiting
+            await later
+        return order, slots.held("m")
+
+    assert asyncio.run(scenario()) == (["c"], 0)
