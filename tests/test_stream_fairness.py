@@ -126,6 +126,33 @@ def test_a_job_whose_event_stream_is_dropped_is_cancelled(slow: FakeOllama) -> N
         wait_until(lambda: budget_is_free(client), 4, "the budget came back")
 
 
+def test_a_reply_dropped_while_waiting_for_a_slot_is_never_sent(slow: FakeOllama) -> None:
+    """With the model's one slot taken, a client opens its stream, sees its message shown
+    (its reply waits for the slot) and hangs up: the reply leaves the line unsent, and the
+    slot goes to the next reply when the first one ends."""
+    with running_app(backend_url=slow.url, model_slots=1, event_stream_grace=GRACE) as url:
+        first = Client(url, verbose=False)
+        running = first.submit(*chat_args("First", model="fake-slow", max_tokens=2),
+                               api_name="/chat")  # fmt: skip
+        wait_until(lambda: "First" in slow.generated, 30, "the first reply took the slot")
+        raw = RawQueue(url)
+        session = uuid.uuid4().hex
+        raw.join("chat", long_chat("Dropped waiter"), session=session)
+        params = {"session_hash": session}
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream("GET", raw.prefix + "/queue/data", params=params) as stream,
+        ):
+            for line in stream.iter_lines():
+                if line.startswith("data:") and "Dropped waiter" in line:
+                    break  # its message is shown: the reply waits for the slot; hang up
+        running.result(timeout=30)
+        chat(first, "After", model="fake-slow", max_tokens=1)
+        assert "After" in slow.generated
+        prompts = [str(body["messages"][-1]["content"]) for body in slow.chat_requests()]
+        assert "Dropped waiter" not in prompts, prompts
+
+
 def test_replies_streamed_by_gradios_rest_api_are_read_too(slow: FakeOllama) -> None:
     """POST /call/chat, then GET /call/chat/<event id> (the API page's curl recipe): that
     stream counts as reading the events, so a reply longer than the grace period ends
