@@ -11,6 +11,7 @@ slot) is the evidence.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import time
 import uuid
@@ -196,6 +197,9 @@ def test_a_models_slots_go_round_robin_by_client() -> None:
         assert waited < 6, waited  # a hog reply (2 s) or two at most, not five rounds
         for job in jobs:
             job.result(timeout=60)
+        # While they waited, the hog's replies said so (the banner above the chat).
+        banners = [html.unescape(str(out[2])) for job in jobs for out in job.outputs()]
+        assert any("Waiting for fake-slow: its 2 slots are busy" in b for b in banners)
 
 
 # --- the slots on their own --------------------------------------------------------------

@@ -17,11 +17,33 @@ shares out its own slots. Runs on the server's one event loop.
 from __future__ import annotations
 
 import asyncio
+import html
 import itertools
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SlotWait:
+    """A reply waits for one of its model's slots (an event of its stream, shown as a
+    banner until the reply starts)."""
+
+    model: str  # the model's name as the user may see it (a blind battle: its label)
+    waiting: int  # replies waiting for this model's slots, this one included; 0: served
+    capacity: int
+
+    def html(self) -> str:
+        if not self.waiting:
+            return ""
+        return (
+            f'<div class="warming-banner" role="status" aria-live="polite" data-phase="queued">'
+            f'<span class="warming-phase">Waiting for {html.escape(self.model)}: its '
+            f"{self.capacity} slots are busy ({self.waiting} replies waiting, people served "
+            "in turn)…</span><small>Your message is queued and will be sent once; no need "
+            "to press again.</small></div>"
+        )
 
 
 @dataclass
@@ -51,6 +73,11 @@ class FairSlots:
             yield
         finally:
             self._release(model, client)
+
+    def full(self, model: str) -> bool:
+        """Whether a reply for `model` would wait now."""
+        pool = self._models.get(model)
+        return pool is not None and (bool(pool.waiting) or pool.in_use >= self.capacity)
 
     def held(self, model: str) -> int:
         pool = self._models.get(model)

@@ -62,6 +62,7 @@ from ui.errors import (
     BackendUnreachable,
     InputRejected,
 )
+from ui.fair_slots import SlotWait
 from ui.model_labels import label_for
 from ui.rate_limit import StreamLease, client_key
 from ui.stop_signals import until_stopped
@@ -420,9 +421,9 @@ class Failed:
 class ReplyProgress:
     """One reply as it streams: its text, timings and warming state, and the note under it.
 
-    `apply` takes the streamed events (TokenDelta, ReplyDone, WarmingStatus, Failed) and
-    returns whether anything visible changed; `finish` ends it: with Ollama's final stats
-    it is done, with an error it failed, without either the user stopped it.
+    `apply` takes the streamed events (TokenDelta, ReplyDone, WarmingStatus, SlotWait,
+    Failed) and returns whether anything visible changed; `finish` ends it: with Ollama's
+    final stats it is done, with an error it failed, without either the user stopped it.
     """
 
     def __init__(
@@ -456,6 +457,10 @@ class ReplyProgress:
             self.text += event.text
             self.warming = ""  # the reply is flowing: the banner goes
             return True
+        if isinstance(event, SlotWait):
+            event = dataclasses.replace(event, model=self.request.label)
+            before, self.warming = self.warming, event.html()
+            return self.warming != before
         if isinstance(event, WarmingStatus):
             if self.request.blind:  # the banner names the model it loads; a battle must not
                 event = dataclasses.replace(event, model=self.request.label)
@@ -597,7 +602,13 @@ async def _in_a_slot(
 ) -> AsyncGenerator[object, None]:
     """The reply's events, sent once one of its model's slots is free (ui/fair_slots.py).
     Stop or a dropped event stream cancels the wait as it cancels the stream."""
-    async with ctx.slots.slot(normalize_tag(request.model), turn.client):
+    model = normalize_tag(request.model)
+    queued = ctx.slots.full(model)
+    if queued:
+        yield SlotWait(model, ctx.slots.waiting(model) + 1, ctx.slots.capacity)
+    async with ctx.slots.slot(model, turn.client):
+        if queued:
+            yield SlotWait(model, 0, ctx.slots.capacity)  # served: the banner goes
         events = stream_with_warmup(
             ctx.client, request.model, request.messages, tracker=ctx.tracker, options=turn.options
         )
