@@ -73,8 +73,9 @@ class EventStreams:
             yield True
             return
         if not await self._wait_until(session, opened=True, timeout=self.grace):
-            logger.info("No event stream for session %s within %g s: turn cancelled",
-                        session, self.grace)  # fmt: skip
+            # Not the session hash: whoever has it can read that session's events.
+            logger.info("No event stream opened within %g s: the turn is cancelled unsent",
+                        self.grace)  # fmt: skip
             yield False
             return
         watcher = asyncio.create_task(self._wait_until(session, opened=False))
@@ -82,9 +83,7 @@ class EventStreams:
         try:
             yield True
         finally:
-            watcher.cancel()
-            with suppress(asyncio.CancelledError):
-                await watcher
+            watcher.cancel()  # not awaited: it holds nothing, and this may run mid-cancel
 
     async def _wait_until(
         self, session: str, *, opened: bool, timeout: float | None = None
