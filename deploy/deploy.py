@@ -554,6 +554,10 @@ def build_plan(config: Config) -> Plan:
         "LLM_VOTES": "firestore",
         "GOOGLE_CLOUD_PROJECT": config.project,  # the Firestore client's project
     }
+    if config.max_instances > 1:
+        # The UI shares each model's slots out fairly between clients (ui/fair_slots.py);
+        # by default one instance's worth (LLM_GPU_CONCURRENCY = OLLAMA_NUM_PARALLEL).
+        env["LLM_MODEL_SLOTS"] = str(OLLAMA_NUM_PARALLEL * config.max_instances)
     if config.routing == "single":
         env["LLM_BACKEND_URL"] = f"${{{targets[0].url_variable}}}"
     else:

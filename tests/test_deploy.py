@@ -384,6 +384,8 @@ def test_dry_run_single_backend_wires_gpu_iam_and_secret() -> None:
         "LLM_ALLOWED_MODELS": ",".join(m.tag for m in production_models()),
         "LLM_VOTES": "firestore",
         "GOOGLE_CLOUD_PROJECT": "demo-project",
+        # Two GPU instances: twice one instance's parallel slots per model, shared fairly.
+        "LLM_MODEL_SLOTS": str(2 * deploy.OLLAMA_NUM_PARALLEL),
     }
     assert ui_flags["--set-secrets"] == "LLM_SHARE_SECRET=llm-chat-share-secret:latest"
 

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import sys
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from ui.chat_page import build_chat_page
 from ui.compare_page import build_compare_page
 from ui.context import AppContext
 from ui.deep_links import TAB_SHARED
+from ui.event_streams import EventStreams, event_streams_middleware
 from ui.leaderboard_page import build_leaderboard_page
 from ui.render import CSS, NOTE_TOGGLE_JS
 from ui.request_limits import request_limits_middleware
@@ -67,6 +69,10 @@ def accessible_theme() -> gr.themes.Base:
 # A tab builder lays out its tab's content inside the current Tab and wires its events; it
 # returns the page's components (others connect to them: share, continue from a copy).
 TabBuilder = Callable[[gr.Blocks, AppContext, gr.Tab, ShareHandlers], Any]
+
+# The open event streams of each app that `build_app` made: the turns read it, the ASGI
+# middleware that `launch` installs fills it (ui/event_streams.py).
+_EVENT_STREAMS: weakref.WeakKeyDictionary[gr.Blocks, EventStreams] = weakref.WeakKeyDictionary()
 
 
 def _chat_tab(demo: gr.Blocks, ctx: AppContext, tab: gr.Tab, share: ShareHandlers) -> Any:
@@ -128,6 +134,7 @@ def build_app(
     # Gradio's default is one running event per listener, which would make every user wait
     # for every other user's stream. Allow many at once (the handlers are async, so they do
     # not use threads) and bound the waiting line; a full queue shows "busy" in the page.
+    _EVENT_STREAMS[demo] = ctx.event_streams
     _skip_gradio_event_statistics()
     demo.queue(
         default_concurrency_limit=settings.concurrency_limit,
@@ -188,6 +195,10 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
             "middleware": [
                 security_headers_middleware(),
                 request_limits_middleware(settings.max_request_bytes, settings.events_per_minute),
+                # Who reads their events: unread or dropped turns end (ui/event_streams.py).
+                event_streams_middleware(
+                    _EVENT_STREAMS.get(demo) or EventStreams(settings.event_stream_grace)
+                ),
             ]
         },
     }

@@ -5,7 +5,8 @@
 
 Nothing here holds a conversation: the UI stays stateless. What is kept is per process
 (the model list cache, the rate-limit counts, the running streams' stop signals, the
-typical cold start, the pre-warms in flight) and shared by all pages.
+models' slots, the open event streams, the typical cold start, the pre-warms in flight)
+and shared by all pages.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 from ui.backend_client import BackendClient
 from ui.backend_status import BackendWatch, GpuPrice
+from ui.event_streams import EventStreams
+from ui.fair_slots import FairSlots
 from ui.model_directory import ModelDirectory
 from ui.rate_limit import RateLimiter, StreamBudget
 from ui.settings import Settings
@@ -31,6 +34,8 @@ class AppContext:
     limiter: RateLimiter  # requests per client per minute (counted per scope, ui/turns.py)
     vote_limiter: RateLimiter  # battle votes per client per 24 hours
     streams: StreamBudget  # replies one client may have generating at once (all pages)
+    slots: FairSlots  # each model's backend slots, shared out round-robin by client
+    event_streams: EventStreams  # whose event stream is open: unread turns are cancelled
     stops: StopSignals  # running turns, found by the Stop buttons
     tracker: ColdStartTracker  # typical cold start, learned by this process (all pages)
     prewarmer: Prewarmer  # wakes a backend and loads a model in the background
@@ -57,6 +62,8 @@ class AppContext:
             limiter=RateLimiter(settings.rate_limit_per_minute),
             vote_limiter=RateLimiter(settings.votes_per_client_per_day, window=24 * 3600),
             streams=StreamBudget(settings.streams_per_client),
+            slots=FairSlots(settings.model_slots or settings.gpu_concurrency),
+            event_streams=EventStreams(settings.event_stream_grace),
             stops=StopSignals(),
             tracker=tracker,
             prewarmer=Prewarmer(client, watch=watch, remember=models.remember),

@@ -214,6 +214,27 @@ class Settings(BaseSettings):
             "LLM_STREAMS_PER_CLIENT); a three-model comparison counts three."
         ),
     )
+    event_stream_grace: float = Field(
+        default=5.0,
+        gt=0,
+        validation_alias=AliasChoices("LLM_EVENT_STREAM_GRACE", "event_stream_grace"),
+        description=(
+            "Seconds a queued reply waits for its client to open the event stream before it "
+            "is cancelled unsent (env LLM_EVENT_STREAM_GRACE); a dropped stream ends it at "
+            "once (ui/event_streams.py). A browser opens it within milliseconds."
+        ),
+    )
+    model_slots: int | None = Field(
+        default=None,
+        ge=1,
+        validation_alias=AliasChoices("LLM_MODEL_SLOTS", "model_slots"),
+        description=(
+            "Replies one UI process lets a model generate at once (env LLM_MODEL_SLOTS); "
+            "more wait in the UI and are served round-robin by client (ui/fair_slots.py). "
+            "Default: LLM_GPU_CONCURRENCY, the backend's parallel slots (OLLAMA_NUM_PARALLEL). "
+            "Raise it when a backend service runs several GPU instances."
+        ),
+    )
     votes_per_client_per_day: int = Field(
         default=200,
         ge=1,

@@ -21,6 +21,9 @@ Every check raises `ui.errors.InputRejected` (or a subclass) with a message for 
 nothing reaches a backend before all checks passed, and `prepare` counts the request
 against the rate limit only then. `scope` is the page: its Stop button stops only its own
 turn, and its requests count against its own limit (Compare and Battle share one).
+A turn sends nothing until its client reads its event stream, and a dropped stream stops it
+(ui/event_streams.py); each reply waits for a slot of its model, shared out round-robin by
+client (ui/fair_slots.py).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from ui.errors import (
     BackendUnreachable,
     InputRejected,
 )
+from ui.fair_slots import SlotWait
 from ui.model_labels import label_for
 from ui.rate_limit import StreamLease, client_key
 from ui.reply_mac import ReplyClaim, ReplyMacs, note_tag
@@ -314,6 +318,8 @@ class PreparedTurn:
     stop_key: str | None  # the Stop button finds the running turn by it
     retry_hint: bool = False  # error notes say "press ↻ (retry)" (the Chat has the button)
     lease: StreamLease | None = None  # this client's streams, given back when it ends
+    client: str = "unknown"  # who asks (ui/rate_limit.py): the models' slots are shared by it
+    session: str | None = None  # Gradio's session: its event stream must be open
 
 
 @dataclass(frozen=True)
@@ -352,10 +358,11 @@ def prepare(
     turn; `rate_scope`: whose count the request is (default: the page's own)."""
     for column in columns:
         check_history(ctx, column.history)
-    lease = ctx.streams.acquire(client_key(request), len(columns))
+    client = client_key(request)
+    lease = ctx.streams.acquire(client, len(columns))
     if lease is None:
         raise InputRejected(
-            f"You already have {ctx.streams.active(client_key(request))} replies being "
+            f"You already have {ctx.streams.active(client)} replies being "
             f"written (at most {ctx.streams.limit} at once, on all tabs together). Wait for "
             "them to finish, or press Stop."
         )
@@ -382,7 +389,9 @@ def prepare(
         )
     session = session_of(request)
     stop_key = f"{scope}:{session}" if session else None
-    return PreparedTurn(prepared, params.options, list(params.notices), stop_key, retry_hint, lease)
+    return PreparedTurn(
+        prepared, params.options, list(params.notices), stop_key, retry_hint, lease, client, session
+    )
 
 
 # === one reply and its timings ===========================================================
@@ -414,9 +423,9 @@ class Failed:
 class ReplyProgress:
     """One reply as it streams: its text, timings and warming state, and the note under it.
 
-    `apply` takes the streamed events (TokenDelta, ReplyDone, WarmingStatus, Failed) and
-    returns whether anything visible changed; `finish` ends it: with Ollama's final stats
-    it is done, with an error it failed, without either the user stopped it.
+    `apply` takes the streamed events (TokenDelta, ReplyDone, WarmingStatus, SlotWait,
+    Failed) and returns whether anything visible changed; `finish` ends it: with Ollama's
+    final stats it is done, with an error it failed, without either the user stopped it.
     """
 
     def __init__(
@@ -452,6 +461,10 @@ class ReplyProgress:
             self.text += event.text
             self.warming = ""  # the reply is flowing: the banner goes
             return True
+        if isinstance(event, SlotWait):
+            event = dataclasses.replace(event, model=self.request.label)
+            before, self.warming = self.warming, event.html()
+            return self.warming != before
         if isinstance(event, WarmingStatus):
             if self.request.blind:  # the banner names the model it loads; a battle must not
                 event = dataclasses.replace(event, model=self.request.label)
@@ -582,19 +595,13 @@ _END = object()  # a column's stream is over
 async def _column_batches(
     ctx: AppContext,
     request: ColumnRequest,
-    options: dict[str, Any],
+    turn: PreparedTurn,
     stop: asyncio.Event | None,
     interval: float,
 ) -> AsyncGenerator[Sequence[object], None]:
     """One column's events in paced batches; a failure becomes a last `Failed` batch."""
     try:
-        events = _watched(
-            ctx,
-            request,
-            stream_with_warmup(
-                ctx.client, request.model, request.messages, tracker=ctx.tracker, options=options
-            ),
-        )
+        events = _watched(ctx, request, _in_a_slot(ctx, request, turn))
         # At most one update per interval (ui/stream_pacing.py): an update costs the UI
         # far more than a token.
         async for batch in until_stopped(paced(events, interval), stop):
@@ -606,6 +613,26 @@ async def _column_batches(
     except Exception:  # one broken column must not end the others
         logger.exception("Streaming from %s failed unexpectedly", request.model)
         yield [Failed(UI_FAILURE)]
+
+
+async def _in_a_slot(
+    ctx: AppContext, request: ColumnRequest, turn: PreparedTurn
+) -> AsyncGenerator[object, None]:
+    """The reply's events, sent once one of its model's slots is free (ui/fair_slots.py).
+    Stop or a dropped event stream cancels the wait as it cancels the stream."""
+    model = normalize_tag(request.model)
+    queued = ctx.slots.full(model)
+    if queued:
+        yield SlotWait(model, ctx.slots.waiting(model) + 1, ctx.slots.capacity)
+    async with ctx.slots.slot(model, turn.client):
+        if queued:
+            yield SlotWait(model, 0, ctx.slots.capacity)  # served: the banner goes
+        events = stream_with_warmup(
+            ctx.client, request.model, request.messages, tracker=ctx.tracker, options=turn.options
+        )
+        async with aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                yield event
 
 
 async def _watched(
@@ -638,7 +665,7 @@ async def _merged(
     """Every column's batches as (column, event) lists; (column, _END) when it is over.
     One column is read in this task; several get a task each, merged through a queue."""
     if len(turn.columns) == 1:
-        batches = _column_batches(ctx, turn.columns[0], turn.options, stop, interval)
+        batches = _column_batches(ctx, turn.columns[0], turn, stop, interval)
         async with aclosing(batches):
             async for batch in batches:
                 yield [(0, event) for event in batch]
@@ -648,7 +675,7 @@ async def _merged(
 
     async def pump(index: int, request: ColumnRequest) -> None:
         try:
-            async for batch in _column_batches(ctx, request, turn.options, stop, interval):
+            async for batch in _column_batches(ctx, request, turn, stop, interval):
                 for event in batch:
                     queue.put_nowait((index, event))
         finally:
@@ -691,25 +718,30 @@ async def stream_turn(
     interval = interval_for_history(sum(len(c.display) for c in turn.columns))
     try:
         yield [reply.view() for reply in replies]
-        started = clock()  # the requests go out now: first token and total count from here
-        for reply in replies:
-            reply.started = started
-        async with aclosing(_merged(ctx, turn, stop, interval)) as merged:
-            async for batch in merged:
-                changed = False
-                for index, event in batch:
-                    if event is _END:
-                        reply = replies[index]
-                        reply.finish()
-                        reply.log()
-                        if reply.stats is not None and reply.total_s is not None:
-                            model = None if reply.request.blind else reply.request.model
-                            ctx.watch.replied(model, gpu_seconds(reply.stats, reply.total_s))
-                        changed = True
-                    else:
-                        changed = replies[index].apply(event) or changed
-                if changed:
-                    yield [reply.view() for reply in replies]
+        # Nothing is sent for a client that does not read its events, and a dropped event
+        # stream stops the turn like Stop (ui/event_streams.py).
+        async with ctx.event_streams.watch(turn.session, stop) as read:
+            if not read:
+                return
+            started = clock()  # the requests go out now: first token and total from here
+            for reply in replies:
+                reply.started = started
+            async with aclosing(_merged(ctx, turn, stop, interval)) as merged:
+                async for batch in merged:
+                    changed = False
+                    for index, event in batch:
+                        if event is _END:
+                            reply = replies[index]
+                            reply.finish()
+                            reply.log()
+                            if reply.stats is not None and reply.total_s is not None:
+                                model = None if reply.request.blind else reply.request.model
+                                ctx.watch.replied(model, gpu_seconds(reply.stats, reply.total_s))
+                            changed = True
+                        else:
+                            changed = replies[index].apply(event) or changed
+                    if changed:
+                        yield [reply.view() for reply in replies]
     finally:
         if stop is not None and turn.stop_key:
             ctx.stops.release(turn.stop_key, stop)

@@ -30,6 +30,9 @@ BASE_SETTINGS: dict[str, Any] = {
     # which sets them back to the production defaults).
     "streams_per_client": 1000,
     "events_per_minute": 100_000,
+    # The shared engine runs more than a GPU's 4 replies per model at once (concurrency
+    # tests); the fair sharing of a model's slots has its own test (test_stream_fairness.py).
+    "model_slots": 1000,
 }
 
 

@@ -14,14 +14,19 @@ everything that works). The model name picks the behaviour of /api/chat:
     anything else  HTTP 404 {"error": "model 'x' not found"}
 
 Every request is recorded in `requests` as (method, path, json body or None); `hangups`
-counts streams the client closed early. Answers are the `ollama` package's own pydantic types
-(`ChatResponse`, `ListResponse`, ...), serialised: the client's schema is the fake's schema.
+counts streams the client closed early; `generated` lists the last user message of each
+fake-ok/fake-slow reply in the order it got a slot (started generating). Answers are the
+`ollama` package's own pydantic types (`ChatResponse`, `ListResponse`, ...), serialised: the
+client's schema is the fake's schema.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import select
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,6 +68,7 @@ class FakeOllama:
         self._slots = threading.BoundedSemaphore(parallel) if parallel else None
         self.requests: list[tuple[str, str, Any]] = []
         self.hangups = 0  # streams the client closed before their end
+        self.generated: list[str] = []  # each reply's last user message, in slot order
         self._lock = threading.Lock()
         self.server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -128,11 +134,12 @@ class FakeOllama:
                     self._json(401, {"error": "unauthorized"})
                 elif model in ("fake-ok", "fake-slow"):
                     delay = fake.slow_delay if model == "fake-slow" else fake.token_delay
-                    if fake._slots is None:
+                    prompt = str(((body.get("messages") or [{}])[-1]).get("content", ""))
+                    slot = fake._slots or contextlib.nullcontext()
+                    with slot:
+                        with fake._lock:
+                            fake.generated.append(prompt)
                         self._stream(model, min(limit, 8), delay, ending="done")
-                    else:
-                        with fake._slots:
-                            self._stream(model, min(limit, 8), delay, ending="done")
                 elif model == "fake-midstream":
                     self._stream(model, 3, fake.token_delay, ending="error")
                 elif model == "fake-drop":
@@ -159,6 +166,21 @@ class FakeOllama:
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                 self.wfile.flush()
 
+            def _client_left_within(self, seconds: float) -> bool:
+                """Wait `seconds`; True as soon as the client closes the connection (it
+                sends nothing more on a streamed answer, so readable means closed)."""
+                deadline = time.monotonic() + seconds
+                readable, _, _ = select.select([self.connection], [], [], seconds)
+                if not readable:
+                    return False
+                try:
+                    closed = self.connection.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    return True
+                if not closed:  # a pipelined request: not ours to read; just wait
+                    time.sleep(max(0.0, deadline - time.monotonic()))
+                return closed
+
             def _stream(self, model: str, words: int, delay: float, ending: str) -> None:
                 self.send_response(200)
                 self.send_header("content-type", "application/x-ndjson")
@@ -167,7 +189,8 @@ class FakeOllama:
                 started = time.monotonic()
                 try:
                     for i in range(words):
-                        time.sleep(delay)
+                        if self._client_left_within(delay):
+                            raise ConnectionResetError  # seen at once, not at the next write
                         message = Message(role="assistant", content=f"word{i} ")
                         self._chunk(ChatResponse(model=model, message=message, done=False))
                     if ending == "error":
