@@ -48,7 +48,7 @@ def said(page: Page, pattern: str) -> list[str]:
 def assert_said_once(page: Page, pattern: str, timeout: float = 30) -> str:
     """`pattern` is said once, and still once a moment later (not per token)."""
     wait_until(lambda: len(said(page, pattern)) >= 1, timeout=timeout, what=pattern)
-    page.wait_for_timeout(1_500)
+    page.wait_for_timeout(1_000)
     lines = said(page, pattern)
     assert len(lines) == 1, lines
     return lines[0]

@@ -116,7 +116,7 @@ A11Y_JS = f"""
     const said = new Set();
     for (const slot of document.querySelectorAll(SLOTS)) {{
       const banner = slot.querySelector('.warming-banner, .chat-banner');
-      if (!visible(banner)) {{ seen[slot.id] = ''; continue; }}
+      if (!banner) {{ seen[slot.id] = ''; continue; }}  // said again when it comes back
       const warming = banner.classList.contains('warming-banner');
       const phase = withoutCounter(textOf(banner, '.warming-phase'));
       const text = warming ? `${{phase}} ${{textOf(banner, '.warming-typical')}}` : textOf(banner);

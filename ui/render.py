@@ -141,8 +141,8 @@ CSS = """
    themes; Chromium's default ring is faint on the Soft theme's tinted buttons. */
 .gradio-container :is(button, a, input, textarea, select, summary, [tabindex]):focus-visible {
   outline: 3px solid #1d4ed8 !important; outline-offset: 2px !important; }
-.dark .gradio-container :is(button, a, input, textarea, select, summary,
-  [tabindex]):focus-visible { outline-color: #93c5fd !important; }
+.dark :is(button, a, input, textarea, select, summary, [tabindex]):focus-visible {
+  outline-color: #93c5fd !important; }
 /* Phones: the model picker above the conversation (its other settings below it), and a
    chat short enough that the message box shows too; Compare and Battle stack their
    columns, each short enough that the next one starts on the same screen. */
