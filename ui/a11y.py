@@ -98,8 +98,11 @@ A11Y_JS = f"""
     const part = el && (selector ? el.querySelector(selector) : el);
     return part ? part.textContent.replace(/\\s+/g, ' ').trim() : '';
   }};
-  // Counters ("… 12 s") change every second; the phase is what is worth saying.
-  const withoutCounter = (text) => text.replace(/…?\\s*\\d+ s$/, '').replace(/…$/, '').trim();
+  // Counters ("… 12 s", "retrying in 5 s") change every second; the phase is what is
+  // worth saying.
+  const withoutCounter = (text) => text.replace(/…$/, '')
+    .replace(/(retrying|trying again) in \\d+ s/gi, '$1 shortly')
+    .replace(/…?\\s*\\d+ s$/, '').trim();
   const visible = (el) => !!(el && el.offsetParent !== null);
   const seen = {{}};  // what was last said per source, so each change is said once
   const sayOnChange = (key, text, urgent, quiet) => {{
@@ -128,7 +131,7 @@ A11Y_JS = f"""
     if (line && line.dataset.state !== 'unknown') {{
       const urgent = line.dataset.state === 'unreachable';
       let text = withoutCounter(textOf(line, '.backend-status-text'));
-      if (urgent) text = text + ' ' + textOf(line, '.backend-status-detail');
+      if (urgent) text = withoutCounter(`${{text}} ${{textOf(line, '.backend-status-detail')}}`);
       // Not said: the state at page load (it is read with the page) unless the backend
       // cannot be used, and a phase a warming banner has just said.
       const quiet = (!('status' in seen) && !urgent)
