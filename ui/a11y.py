@@ -6,7 +6,9 @@ Escape to stop, focus back in the message box.
     event.then(**announce_reply_end("chat", [chatbot, model]))    # per streaming event
 
 Live regions: a screen reader speaks a live region's changes only if the region was in the
-page before they happened. The pages' own status HTML (the backend status line, the warming
+page before they happened (MDN, "ARIA live regions": "start with an empty live region, then
+- in a separate step - change the content"; role=alert is the inconsistent exception,
+w3c/aria#1216). The pages' own status HTML (the backend status line, the warming
 banners, the page banners) is replaced wholesale on every update, and it changes every
 second while a cold start counts up. So two empty, visually hidden regions are laid out with
 the page (`#a11y-polite`, role=status; `#a11y-assertive`, role=alert), and the page script
