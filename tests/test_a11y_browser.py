@@ -118,6 +118,18 @@ def test_keyboard_only_chat(app_url: str, browser: Browser) -> None:
         expect(page.locator(STATS).nth(1)).to_contain_text("Stopped", timeout=5_000)
         wait_until(lambda: len(said(page, "stopped")) == 2, timeout=5, what="two stops said")
         expect(page.get_by_role("button", name="Retry the last message")).to_be_visible()
+
+        # Share link: the link box is a disabled input (out of the keyboard's reach), so the
+        # button puts the link on the clipboard and says so.
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=app_url)
+        share = page.locator("#chat-share")
+        expect(share).to_have_accessible_name("Share link: copy a link to this chat")
+        share.focus()
+        page.keyboard.press("Enter")
+        assert_said_once(page, r"^Share link copied to the clipboard\.$", timeout=10)
+        link = page.locator("#chat-share-link input").input_value()
+        assert link.startswith(app_url) and "share=" in link, link
+        assert page.evaluate("navigator.clipboard.readText()") == link
     finally:
         page.close()
 

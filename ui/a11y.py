@@ -42,10 +42,8 @@ ACCESSIBLE_NAMES: dict[str, str] = {
     "#compare-stop": "Stop the answers",
     "#battle-stop": "Stop both answers",
     "#chatbot button[aria-label='Retry']": "Retry the last message",
-    "#chat-share": "Share link: make a link to this chat",
-    "#compare-share": "Share link: make a link to this comparison",
-    "#chat-share-link button[aria-label='Copy']": "Copy the share link",
-    "#compare-share-link button[aria-label='Copy']": "Copy the share link",
+    "#chat-share": "Share link: copy a link to this chat",
+    "#compare-share": "Share link: copy a link to this comparison",
     "#compare-clear": "Clear the answers",
     "#vote-a": "Vote: A is better (the first answer)",
     "#vote-b": "Vote: B is better (the second answer)",
@@ -61,9 +59,11 @@ MESSAGE_BOXES = {
     "battle-send": "#battle-message textarea",
 }
 
-# Where banners show: each page's banner above its content, and each column's status slot
-# (a column's warming banner). Their message is spoken when it appears or changes.
-BANNER_SLOTS = '[id$="-banner"], [id^="compare-status-"], [id^="battle-status-"]'
+# Where banners show: each page's banner above its content, each column's status slot (a
+# column's warming banner) and the share notices. Spoken when they appear or change.
+BANNER_SLOTS = (
+    '[id$="-banner"], [id^="compare-status-"], [id^="battle-status-"], [id$="-share-notice"]'
+)
 
 LIVE_REGIONS_HTML = (
     f'<div id="{POLITE_ID}" role="status" aria-live="polite"></div>'
@@ -229,6 +229,25 @@ _COLUMNS_END_JS = """
   if (!parts.length || last.__PAGE__ === key) return [];
   last.__PAGE__ = key;
   a11y.announce(`Answers ended. ${key}.`, failed);
+  return [];
+}
+"""
+
+
+# After Share made a link: put it on the clipboard (the link box is a disabled input, which
+# a keyboard cannot reach to copy from) and say so. Inputs: the link box.
+COPY_SHARE_LINK_JS = """
+(link) => {
+  const say = (text) => window.__a11y && window.__a11y.announce(text);
+  if (typeof link !== 'string' || !link) return [];
+  if (!navigator.clipboard) {
+    say('The share link is in the box next to the Share link button.');
+    return [];
+  }
+  navigator.clipboard.writeText(link).then(
+    () => say('Share link copied to the clipboard.'),
+    () => say('The share link is in the box next to the Share link button.'),
+  );
   return [];
 }
 """
