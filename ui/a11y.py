@@ -21,7 +21,9 @@ N tokens in X s"; Compare and Battle: one sentence for all columns).
 Keyboard: Enter sends and Shift+Enter adds a line (Gradio's Textbox with max_lines > 1);
 Escape stops the reply streaming on the visible tab (it presses that tab's Stop, which
 does nothing when no reply runs); pressing a Send button puts the focus back in the
-message box. Focus outlines and the phone layout are CSS (ui/render.py).
+message box (not after a tap: a phone's on-screen keyboard would cover the reply); Share
+link also copies the link (`COPY_SHARE_LINK_JS`). Focus outlines and the phone layout are
+CSS (ui/render.py).
 """
 
 from __future__ import annotations
@@ -162,7 +164,10 @@ A11Y_JS = f"""
   document.addEventListener('click', (event) => {{
     const button = event.target.closest && event.target.closest('button[id]');
     const box = button && BOXES[button.id];
-    if (box) setTimeout(() => document.querySelector(box)?.focus(), 0);
+    // Not after a tap: on a phone the on-screen keyboard would cover the reply.
+    if (box && event.pointerType !== 'touch') {{
+      setTimeout(() => document.querySelector(box)?.focus(), 0);
+    }}
   }});
   window.__a11y = {{ announce }};
 }}
