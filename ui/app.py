@@ -20,6 +20,7 @@ from typing import Any
 
 import gradio as gr
 
+from ui.a11y import A11Y_JS, layout_live_regions
 from ui.backend_client import BackendClient
 from ui.battle_page import build_battle_page
 from ui.chat_page import build_chat_page
@@ -116,6 +117,7 @@ def build_app(
     pages: dict[str, Any] = {}  # tab id -> the components its builder returned
     with gr.Blocks(title=TITLE, fill_width=False) as demo:
         gr.Markdown(f"## {TITLE}", elem_id="app-title")
+        layout_live_regions()  # what screen readers hear (ui/a11y.py), before any change
         status = layout_status_bar(ctx)  # the backend's state, above every page
         with gr.Tabs() as tabs:
             for label, tab_id, builder in TABS:
@@ -128,6 +130,7 @@ def build_app(
         demo.load(fn=None, js=NOTE_TOGGLE_JS)  # accessible note toggles (ui/render.py)
         chat, compare = pages["chat"], pages["compare"]
         wire_status_bar(demo, ctx, status, [chat.picker(), compare.picker()])
+        demo.load(fn=None, js=A11Y_JS)  # spoken updates, button names, Escape (ui/a11y.py)
         wire_shared_view(
             demo, shared, tabs, chat.copy_outputs(), compare.copy_outputs(), chat.save_history()
         )

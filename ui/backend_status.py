@@ -226,17 +226,17 @@ class BackendWatch:
         )
 
     def html(self) -> str:
-        """The status line: a polite live region (an assertive one for errors)."""
+        """The status line. Not a live region itself: it is replaced on every refresh and
+        counts seconds; the page script (ui/a11y.py) speaks its changes of phase through
+        the page's live regions (politely; assertively when the backend cannot be used)."""
         view = self.view()
-        error = view.state == "unreachable"
-        live = 'role="alert" aria-live="assertive"' if error else 'role="status" aria-live="polite"'
         detail = (
             f' <span class="backend-status-detail">{html.escape(view.detail)}</span>'
             if view.detail
             else ""
         )
         return (
-            f'<div class="backend-status backend-status-{view.state}" {live} '
+            f'<div class="backend-status backend-status-{view.state}" '
             f'data-state="{view.state}" data-settled="{str(view.settled).lower()}">'
             f'<span class="backend-status-text">{html.escape(view.text)}</span>{detail}</div>'
         )

@@ -35,6 +35,7 @@ from typing import Any
 
 import gradio as gr
 
+from ui.a11y import announce_reply_end
 from ui.battle_token import (
     BattlePairing,
     new_pairing,
@@ -376,6 +377,7 @@ def _wire(page: BattlePage, c: BattleComponents) -> None:
         show_progress="hidden",  # each column has its status line
         concurrency_limit="default",
     )
+    battle_event.then(**announce_reply_end("battle", [*c.heads, *c.statuses]))
     c.stop.click(page.stop, api_name="battle_stop", queue=False, show_progress="hidden").failure(
         fn=None, cancels=[battle_event]
     )

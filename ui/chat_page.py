@@ -30,6 +30,7 @@ from typing import Any
 
 import gradio as gr
 
+from ui.a11y import announce_reply_end
 from ui.chat_history import Message, history_before, parse_history, split_last_user_turn
 from ui.context import AppContext
 from ui.deep_links import chat_link, notice_html, query_params
@@ -329,8 +330,8 @@ class ChatComponents:
 
 def _layout(settings: Settings, page: ChatPage) -> ChatComponents:
     banner = gr.HTML("", label="Status", elem_id="chat-banner", padding=False)
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=3, min_width=360):
+    with gr.Row(equal_height=False, elem_id="chat-layout"):
+        with gr.Column(scale=3, min_width=360, elem_id="chat-main"):
             chatbot = gr.Chatbot(
                 label="Chat",
                 elem_id="chatbot",
@@ -356,7 +357,7 @@ def _layout(settings: Settings, page: ChatPage) -> ChatComponents:
                 )
                 send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
                 stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop")
-        with gr.Column(scale=1, min_width=260):
+        with gr.Column(scale=1, min_width=260, elem_id="chat-side"):
             model = gr.Dropdown(
                 label="Model",
                 choices=[],
@@ -420,7 +421,7 @@ def _wire(demo: gr.Blocks, page: ChatPage, c: ChatComponents) -> None:
         api_visibility="undocumented", **stream_kwargs,
     )  # fmt: skip
     for event in (chat_event, retry_event, edit_event):
-        event.then(**save)
+        event.then(**save).then(**announce_reply_end("chat", [c.chatbot, c.model]))
 
     # Stop ends a running stream gracefully (see ui/stop_signals.py); only when none runs
     # (the request is still queued) does Gradio's cancel remove it from the queue.

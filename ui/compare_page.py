@@ -27,6 +27,7 @@ from typing import Any
 
 import gradio as gr
 
+from ui.a11y import announce_reply_end
 from ui.context import AppContext
 from ui.deep_links import (
     MAX_COMPARE_MODELS,
@@ -340,6 +341,7 @@ def _wire(demo: gr.Blocks, page: ComparePage, c: CompareComponents) -> None:
         show_progress="hidden",
         concurrency_limit="default",
     )
+    compare_event.then(**announce_reply_end("compare", [*c.heads, *c.statuses]))
     c.stop.click(page.stop, api_name="compare_stop", queue=False, show_progress="hidden").failure(
         fn=None, cancels=[compare_event]
     )

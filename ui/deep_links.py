@@ -164,6 +164,5 @@ def notice_html(notices: Sequence[str]) -> str:
         return ""
     text = " ".join(notices)
     return (
-        '<div class="chat-banner chat-banner-warning deep-link-notice" role="status">'
-        f"{html.escape(text)}</div>"
+        f'<div class="chat-banner chat-banner-warning deep-link-notice">{html.escape(text)}</div>'
     )

@@ -56,8 +56,9 @@ NOTE_TOGGLE_JS = """() => {
 
 
 def banner_html(text: str, kind: str = "info") -> str:
-    """A one-line banner above a page's content (kind: info, warning, error)."""
-    return f'<div class="chat-banner chat-banner-{kind}" role="status">{html.escape(text)}</div>'
+    """A one-line banner above a page's content (kind: info, warning, error); ui/a11y.py
+    speaks it (an error assertively)."""
+    return f'<div class="chat-banner chat-banner-{kind}">{html.escape(text)}</div>'
 
 
 # === the columns of Compare, Battle and shared views =====================================
@@ -172,6 +173,30 @@ CSS = """
   color: #5c4400; font-size: 0.9em; }
 .warming-bar { height: 4px; background: rgba(0,0,0,0.1); border-radius: 2px; margin: 4px 0; }
 .warming-bar > div { height: 100%; background: #c08a00; border-radius: 2px; }
+
+/* Accessibility (ui/a11y.py). The live regions are heard, not seen. */
+#a11y-live { position: absolute !important; width: 1px !important; height: 1px !important;
+  overflow: hidden !important; clip-path: inset(50%); white-space: nowrap;
+  margin: -1px !important; padding: 0 !important; border: 0 !important; }
+/* A clear keyboard focus on every control (WCAG 2.4.7), 3:1 against the page in both
+   themes; Chromium's default ring is faint on the Soft theme's tinted buttons. */
+.gradio-container :is(button, a, input, textarea, select, summary, [tabindex]):focus-visible {
+  outline: 3px solid #1d4ed8 !important; outline-offset: 2px !important; }
+.dark :is(button, a, input, textarea, select, summary, [tabindex]):focus-visible {
+  outline-color: #93c5fd !important; }
+/* Phones: the model picker above the conversation (its other settings below it), and a
+   chat short enough that the message box shows too; Compare and Battle stack their
+   columns, each short enough that the next one starts on the same screen. */
+@media (max-width: 640px) {
+  #chat-layout { flex-direction: column; }
+  #chat-side, #chat-side > .form { display: contents; }
+  #chat-side > *, #chat-side > .form > * { order: 1; }
+  #chat-side > .form > #model { order: -1; }
+  #chatbot { height: 42vh !important; }
+  .compare-columns > .column { min-width: 100% !important; }
+  #compare-columns [id^="compare-chat-"], #battle-columns [id^="battle-chat-"],
+  #shared-columns [id^="shared-chat-"] { height: 36vh !important; }
+}
 
 #share-notice:has(.prose:empty), #compare-share-notice:has(.prose:empty),
 #chat-share-notice:has(.prose:empty) { display: none; }

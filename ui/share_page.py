@@ -27,6 +27,7 @@ from typing import Any
 import gradio as gr
 from pydantic import ValidationError
 
+from ui.a11y import COPY_SHARE_LINK_JS
 from ui.chat_history import parse_history
 from ui.context import AppContext
 from ui.deep_links import (
@@ -187,7 +188,7 @@ def wire_chat_share(handlers: ShareHandlers, inputs: list[Any]) -> None:
         api_name="share_chat",
         preprocess=False,
         show_progress="hidden",
-    )
+    ).then(fn=None, js=COPY_SHARE_LINK_JS, inputs=[link])
 
 
 def wire_compare_share(handlers: ShareHandlers, inputs: list[Any], row: gr.Row) -> None:
@@ -201,7 +202,7 @@ def wire_compare_share(handlers: ShareHandlers, inputs: list[Any], row: gr.Row) 
         api_name="share_compare",
         preprocess=False,
         show_progress="hidden",
-    )
+    ).then(fn=None, js=COPY_SHARE_LINK_JS, inputs=[link])
 
 
 # === the read-only view ==================================================================

@@ -5,7 +5,8 @@
 
 The line shows `BackendWatch.html()` (ui/backend_status.py): asleep / starting a GPU
 instance / loading <model> / ready / unreachable, with elapsed and typical seconds and the
-estimated GPU cost. It is a polite live region (an assertive one for errors).
+estimated GPU cost. Screen readers hear its changes of phase through the page's live
+regions (ui/a11y.py; assertively when the backend cannot be used).
 
 Refresh: a small browser script clicks a hidden button, every STATUS_POLL_FAST_MS while
 something is under way (every STATUS_POLL_FIRST_MS for the first few seconds and until

@@ -96,8 +96,7 @@ class WarmingStatus:
             else f"usually ~{self.typical:.0f} s"
         )
         return (
-            f'<div class="warming-banner" role="status" aria-live="polite" '
-            f'data-phase="{self.phase}">'
+            f'<div class="warming-banner" data-phase="{self.phase}">'
             f'<span class="warming-phase">{html.escape(self.text)}…</span> '
             f'<span class="warming-elapsed">{self.elapsed:.0f} s</span> '
             f'<span class="warming-typical">({typical})</span>'
