@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import pytest
+from gradio_client import Client
 from playwright.sync_api import Browser, Page, expect
 
 from devtools.testkit.chat_app import running_app
@@ -138,3 +141,37 @@ def test_unknown_models_in_links_give_a_notice_not_an_error(app_url: str, browse
         expect(page.locator("#chat-banner")).to_be_hidden()
     finally:
         page.close()
+
+
+def refresh_status(app_url: str, pickers_real: bool, chat: object, compare: object) -> list[Any]:
+    """The status line's refresh (ui/status_bar.py) through Gradio's HTTP API, as the
+    page's poll script clicks it, with the pickers' values the browser holds."""
+    config = httpx.get(app_url + "/config", timeout=10).json()
+    button = next(
+        c["id"]
+        for c in config["components"]
+        if c.get("props", {}).get("elem_id") == "backend-status-refresh"
+    )
+    fn = next(
+        int(d.get("id", i))
+        for i, d in enumerate(config["dependencies"])
+        if [button, "click"] in d["targets"]
+    )
+    body = {"data": [pickers_real, chat, compare], "fn_index": fn, "session_hash": "racecheck"}
+    answer = httpx.post(app_url + "/gradio_api/run/predict", json=body, timeout=30)
+    answer.raise_for_status()
+    return list(answer.json()["data"])
+
+
+def test_status_refresh_leaves_pickers_its_page_load_has_not_filled(app_url: str) -> None:
+    """The race behind `?model=` turning into the default: the status line's first refresh
+    (0.5 s after load) read the pickers before the page's load handler had applied the
+    link, and its refill landed after it. Pickers still empty are left to the load."""
+    Client(app_url, verbose=False).predict(api_name="/models")  # the process knows the list
+    _, _, chat, compare = refresh_status(app_url, False, None, [])
+    assert chat.get("value", "unset") == "unset" and "choices" not in chat  # a skip
+    assert compare.get("value", "unset") == "unset" and "choices" not in compare
+    # Filled pickers (a deep link's picks) are kept, in the link's order.
+    linked = ["smollm2:135m", "gemma3:270m"]
+    _, _, chat, compare = refresh_status(app_url, False, "gemma3:270m", linked)
+    assert chat["value"] == "gemma3:270m" and compare["value"] == linked

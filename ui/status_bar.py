@@ -92,7 +92,10 @@ def wire_status_bar(
 ) -> None:
     async def refresh(pickers_real: bool, *values: Any) -> tuple[Any, ...]:
         real = ctx.models.fresh() if not pickers_real else None
-        if real is None or not real.labels:
+        # A picker still empty has not been filled by its page's load handler yet, which
+        # reads the same list and applies a deep link (?model=, ?compare=). Refilling now
+        # would land after that handler and replace the linked pick with the default.
+        if real is None or not real.labels or any(not_filled(v) for v in values):
             line = status_line(ctx, pending=not pickers_real)
             return (line, pickers_real, *[gr.skip()] * len(values))
         updates = [await p.refill(real, v) for p, v in zip(pickers, values, strict=True)]
@@ -108,6 +111,11 @@ def wire_status_bar(
         api_visibility="private",
     )
     demo.load(fn=None, js=STATUS_POLL_JS)
+
+
+def not_filled(value: object) -> bool:
+    """A picker's value before its page's load handler ran (the layout's None or [])."""
+    return value is None or value == [] or value == ""
 
 
 def status_line(ctx: AppContext, *, pending: bool) -> str:
