@@ -16,9 +16,15 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from devtools.cloudrun import RunningEmulator
+from devtools.testkit import google_fakes
 from devtools.testkit.browser import REPLIES, STATS, set_max_tokens
 from devtools.testkit.chat_app import running_app
-from devtools.testkit.google_fakes import emulator, shared_metadata, wait_until
+from devtools.testkit.google_fakes import (
+    chat_posts,
+    cold_start_app,
+    scaled_to_zero,
+    wait_until,
+)
 from devtools.testkit.procs import ARTIFACTS, refusing_url
 
 pytestmark = pytest.mark.browser
@@ -35,42 +41,21 @@ FIGURES: dict[str, float] = {}  # measured here, printed at the end (pytest -s)
 
 @pytest.fixture(scope="module")
 def cold_emulator() -> Iterator[RunningEmulator]:
-    shared_metadata()  # google-auth on both ends talks to the fake metadata server
-    emu = emulator(start_delay=START_DELAY, idle_timeout=IDLE, concurrency=4, queue_timeout=5)
-    try:
+    with google_fakes.cold_emulator(start_delay=START_DELAY, idle_timeout=IDLE) as emu:
         yield emu
-    finally:
-        emu.stop()
 
 
 @pytest.fixture(scope="module")
 def app_url(cold_emulator: RunningEmulator) -> Iterator[str]:
-    metadata = shared_metadata()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GCE_METADATA_IP", metadata.host)
-        mp.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-        with running_app(
-            backend_url=cold_emulator.url,
-            auth="google",  # and no allowed_models: the backend's list is the only list
-            typical_cold_start=20.0,
-            probe_timeout=0.5,
-            cold_start_deadline=90.0,
-            rate_limit_per_minute=1000,
-            gpu_price_per_hour=PRICE_PER_HOUR,
-            gpu_concurrency=CONCURRENCY,
-            backend_idle_timeout=IDLE,  # the status says "asleep" when the emulator is
-        ) as url:
-            yield url
+    with cold_start_app(
+        cold_emulator,  # and no allowed_models: the backend's list is the only list
+        gpu_price_per_hour=PRICE_PER_HOUR,
+        gpu_concurrency=CONCURRENCY,
+        backend_idle_timeout=IDLE,  # the status says "asleep" when the emulator is
+    ) as url:
+        yield url
     if FIGURES:
         print("\nissue 11 figures:", {k: round(v, 2) for k, v in FIGURES.items()})
-
-
-def chat_posts(emu: RunningEmulator) -> int:
-    return int(emu.state()["counters"].get("POST /api/chat", 0))
-
-
-def scaled_to_zero(emu: RunningEmulator) -> None:
-    wait_until(lambda: emu.state()["state"] == "cold", timeout=60, what="scale to zero")
 
 
 def picker_is_real(page: Page) -> bool:

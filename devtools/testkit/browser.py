@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from ui.chat_page import BROWSER_STORAGE_KEY
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -67,3 +69,25 @@ def fight_battle(page: Page, message: str, max_tokens: int) -> None:
     page.locator("#battle-send").click()
     for side in ("a", "b"):  # "Done": no figures, they would hint at the model
         expect(page.locator(f"#battle-status-{side}")).to_have_text("Done", timeout=90_000)
+
+
+def saved_chat(page: Page) -> str | None:
+    """The chat page's conversation as saved in this browser (encrypted, so only compared)."""
+    return page.evaluate("(key) => localStorage.getItem(key)", BROWSER_STORAGE_KEY)
+
+
+def wait_for_chat_saved(page: Page, before: str | None, timeout: float = 30) -> None:
+    """Until the chat page has saved its conversation again since `before` (`saved_chat`).
+    The save runs once a turn has ended (every update of the turn has reached the page by
+    then), after Clear and after "Continue from a copy"."""
+    page.wait_for_function(
+        "([key, before]) => localStorage.getItem(key) !== before",
+        arg=[BROWSER_STORAGE_KEY, before],
+        timeout=timeout * 1000,
+    )
+
+
+def answered_by_app(page: Page) -> None:
+    """A request to this app, sent from the page now, is answered: what the page received
+    before has been handled. Not "network idle": the status line keeps refreshing."""
+    assert page.evaluate("() => fetch('/config').then(r => r.status)") == 200
