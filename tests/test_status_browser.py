@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from devtools.cloudrun import RunningEmulator
 from devtools.testkit import google_fakes
-from devtools.testkit.browser import REPLIES, STATS, set_max_tokens
+from devtools.testkit.browser import REPLIES, STATS, page_wait_until, set_max_tokens
 from devtools.testkit.chat_app import running_app
 from devtools.testkit.google_fakes import (
     chat_posts,
@@ -285,18 +285,27 @@ def test_a_hidden_tab_asks_nothing_and_a_visible_one_refreshes(
             else None
         ),
     )
+    # Count the poll loop's ticks: each one looks up the refresh button (and clicks it when
+    # the tab is visible), so a tick while hidden is the event that would have polled.
+    page.add_init_script(
+        "window.__pollTicks = 0; const byId = document.getElementById.bind(document);"
+        "document.getElementById = (id) => {"
+        "  if (id === 'backend-status-refresh') window.__pollTicks += 1; return byId(id); };"
+    )
     page.goto(app_url)
     try:
         expect(page.locator(STATUS)).to_be_visible(timeout=4_000)
-        page.wait_for_timeout(3_000)  # the page-load events are over; refreshes run
-        assert posts, "an open page should refresh its status"
+        page_wait_until(page, lambda: bool(posts), 10, "a status refresh of the open page")
         page.evaluate(
             "Object.defineProperty(document, 'visibilityState', "
             "{value: 'hidden', configurable: true});"
             "document.dispatchEvent(new Event('visibilitychange'));"
         )
         hidden_at = time.monotonic()
-        page.wait_for_timeout(6_000)  # three fast refresh periods
+        ticks = page.evaluate("() => window.__pollTicks")
+        # Two ticks while hidden (at most a slow period each); a request sent before the
+        # tab was hidden may still show within half a second.
+        page.wait_for_function(f"() => window.__pollTicks >= {ticks + 2}", timeout=30_000)
         assert [t for t in posts if t > hidden_at + 0.5] == [], "a hidden tab must not poll"
         shown_at = time.monotonic()  # before: the refresh is sent within the call
         page.evaluate(
@@ -304,7 +313,6 @@ def test_a_hidden_tab_asks_nothing_and_a_visible_one_refreshes(
             "{value: 'visible', configurable: true});"
             "document.dispatchEvent(new Event('visibilitychange'));"
         )
-        page.wait_for_timeout(1_000)
-        assert [t for t in posts if t > shown_at], "a tab shown again refreshes at once"
+        page_wait_until(page, lambda: any(t > shown_at for t in posts), 5, "a refresh once shown")
     finally:
         page.close()

@@ -7,7 +7,7 @@ package does (the Makefile installs it)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -91,3 +91,32 @@ def answered_by_app(page: Page) -> None:
     """A request to this app, sent from the page now, is answered: what the page received
     before has been handled. Not "network idle": the status line keeps refreshing."""
     assert page.evaluate("() => fetch('/config').then(r => r.status)") == 200
+
+
+def page_wait_until(page: Page, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `predicate` until it holds; the page's event handlers (page.on) run meanwhile,
+    which a plain time.sleep would not let them do."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        page.wait_for_timeout(50)
+
+
+class QueueStreams:
+    """The page's open Gradio queue streams (`/queue/data`). Gradio ends a page's stream
+    once none of its queued events is pending, so none open means every event the page
+    started has ended and sent all its updates. Attach before the page starts events."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.open = 0
+        page.on("request", lambda r: self._count(r.url, 1))
+        page.on("requestfinished", lambda r: self._count(r.url, -1))
+        page.on("requestfailed", lambda r: self._count(r.url, -1))
+
+    def _count(self, url: str, change: int) -> None:
+        if "/queue/data" in url:
+            self.open += change
+
+    def wait_until_idle(self, timeout: float = 30) -> None:
+        page_wait_until(self.page, lambda: self.open == 0, timeout, "the page's events to end")
