@@ -14,6 +14,8 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -141,20 +143,25 @@ def test_a_vote_needs_the_replies_the_server_streamed_and_is_capped_per_day(
         assert "voted 2 times in the last 24 hours" in vote(client, final[2], final[4], final[7])
 
 
-def test_a_battle_whose_reply_names_a_model_gets_no_vote(tmp_path: Any) -> None:
+@contextmanager
+def battle_app(reply: str, tmp_path: Path) -> Iterator[Client]:
+    """A client of an app whose two models both answer `reply`, with a vote store."""
+    names = ("fake-html", "fake-html2")
     with (
-        FixedReplyOllama(
-            "Hello! I am Gemma, a model trained by Google.", names=("fake-html", "fake-html2")
-        ) as fake,
+        FixedReplyOllama(reply, names=names) as fake,
         running_app(
             backend_url=fake.url,
-            allowed_models=["fake-html", "fake-html2"],
+            allowed_models=list(names),
             rate_limit_per_minute=1000,
             share_secret=SECRET,
             votes=f"sqlite:///{tmp_path / 'votes.sqlite3'}",
         ) as url,
     ):
-        client = Client(url, verbose=False)
+        yield Client(url, verbose=False)
+
+
+def test_a_battle_whose_reply_names_a_model_gets_no_vote(tmp_path: Path) -> None:
+    with battle_app("Hello! I am Gemma, a model trained by Google.", tmp_path) as client:
         final, _ = run_battle(client, "Who are you?")
         token, chat_a, chat_b = final[2], final[4], final[7]
         assert "names a model" in html.unescape(final[1]), final[1]
@@ -439,19 +446,9 @@ def test_every_history_message_is_checked_like_a_new_one(fake: FakeOllama) -> No
 INDENTED_REPLY = "\n\n    Indented answer\n      second line  \n"
 
 
-def test_a_reply_gradio_reshapes_can_still_be_voted_on(tmp_path: Any) -> None:
+def test_a_reply_gradio_reshapes_can_still_be_voted_on(tmp_path: Path) -> None:
     """Gradio's Chatbot hands a reply back without its leading blank lines and common
     indentation (inspect.cleandoc); the vote still matches the reply the server streamed."""
-    with (
-        FixedReplyOllama(INDENTED_REPLY, names=("fake-html", "fake-html2")) as fake,
-        running_app(
-            backend_url=fake.url,
-            allowed_models=["fake-html", "fake-html2"],
-            rate_limit_per_minute=1000,
-            share_secret=SECRET,
-            votes=f"sqlite:///{tmp_path / 'votes.sqlite3'}",
-        ) as url,
-    ):  # fmt: skip
-        client = Client(url, verbose=False)
+    with battle_app(INDENTED_REPLY, tmp_path) as client:
         final, _ = run_battle(client)
         assert "Thanks for voting" in vote(client, final[2], final[4], final[7])
