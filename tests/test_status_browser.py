@@ -212,7 +212,9 @@ def test_prewarm_without_allow_list_makes_the_first_reply_warm(
     try:
         expect(page.locator("#model input")).to_have_value(re.compile("SmolLM2"), timeout=4_000)
         set_max_tokens(page, 8)
-        page.wait_for_timeout((START_DELAY + 3) * 1000)  # longer than the start delay
+        # The user types until the status line says the page-load pre-warm is done (the
+        # event that ends the cold start), then sends: "Ready" must mean a warm reply.
+        expect(page.locator(STATUS)).to_have_attribute("data-state", "ready", timeout=60_000)
         question = "Say hello, please."
         page.locator("#message textarea").press_sequentially(question, delay=120)
         state_at_send = page.locator(STATUS).get_attribute("data-state")
@@ -222,8 +224,12 @@ def test_prewarm_without_allow_list_makes_the_first_reply_warm(
         expect(page.locator(STATS)).to_have_count(1, timeout=30_000)
         stats = page.locator(STATS).first.inner_text()
         assert not saw_banner, "a pre-warmed backend should not show the warming banner"
-        assert took < 2.0, f"first token after {took:.2f} s (status: {state_at_send}; {stats})"
         assert "model load" not in stats
+        # Sooner than a cold start could answer (the emulated instance start alone takes
+        # START_DELAY), whatever the machine's load; the usual figures: pytest -s.
+        assert took < START_DELAY, (
+            f"first token after {took:.2f} s (status: {state_at_send}; {stats})"
+        )
         # For comparison: a second message to the same warm backend.
         page.locator("#message textarea").fill("And goodbye.")
         FIGURES["first_token_warm_s"], _ = first_token_after_send_nth(page, 2)
