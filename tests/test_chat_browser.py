@@ -5,10 +5,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from devtools.testkit.browser import REPLIES, STATS, send, set_max_tokens
+from devtools.testkit.browser import (
+    REPLIES,
+    STATS,
+    answered_by_app,
+    saved_chat,
+    send,
+    set_max_tokens,
+    wait_for_chat_saved,
+)
 from devtools.testkit.chat_app import running_app
 from devtools.testkit.procs import ARTIFACTS
 
@@ -22,6 +31,12 @@ GEMMA_LABEL = "Gemma 3 270M (base) — Gemma · 270M · base model, not chat-tun
 def app_url(engine: str) -> Iterator[str]:
     with running_app(backend_url=engine, rate_limit_per_minute=1000, max_tokens_limit=512) as url:
         yield url
+
+
+def fn_index(app_url: str, api_name: str) -> int:
+    """The number Gradio's page sends for the event named `api_name`."""
+    dependencies = httpx.get(app_url + "/config", timeout=10).json()["dependencies"]
+    return next(i for i, d in enumerate(dependencies) if d.get("api_name") == api_name)
 
 
 def pick_model(page: Page, label: str) -> None:
@@ -72,8 +87,13 @@ def test_chat_stream_stop_undo_reload_and_edit(app_url: str, browser: Browser) -
         send(page, too_long)
         expect(page.locator("#chat-banner")).to_contain_text("the limit is 8,000")
         expect(page.locator("#message textarea")).to_have_value(too_long)
-        page.locator("#stop").click()
-        page.wait_for_timeout(500)
+        stop = fn_index(app_url, "stop")
+        with page.expect_response(
+            lambda r: "/run/" in r.url and (r.request.post_data_json or {}).get("fn_index") == stop
+        ) as stopped:
+            page.locator("#stop").click()
+        stopped.value.finished()  # its answer (an error, silent) is in...
+        answered_by_app(page)  # ... and the page has handled it
         expect(page.get_by_text("Error", exact=True)).to_have_count(0)
         expect(page.locator(REPLIES)).to_have_count(1)
 
@@ -86,14 +106,14 @@ def test_chat_stream_stop_undo_reload_and_edit(app_url: str, browser: Browser) -
         while len(replies.nth(1).inner_text()) < 20:
             assert time.monotonic() < deadline, "the second reply did not start"
             page.wait_for_timeout(40)
+        saved = saved_chat(page)
         page.locator("#stop").click()
-        page.wait_for_timeout(1000)
+        expect(page.locator(STATS)).to_have_count(2, timeout=30_000)  # the turn's last update
+        expect(page.locator(STATS).nth(1)).to_contain_text("Stopped")
         stopped_text = replies.nth(1).inner_text()
-        page.wait_for_timeout(2000)
+        wait_for_chat_saved(page, saved)  # the turn has ended: nothing more can come
         assert replies.nth(1).inner_text() == stopped_text, "the reply kept growing after stop"
         assert stopped_text.strip(), "the partial reply stays after stop"
-        expect(page.locator(STATS)).to_have_count(2)
-        expect(page.locator(STATS).nth(1)).to_contain_text("Stopped")
         expect(page.get_by_text("Error", exact=True)).to_have_count(0)
         expect(page.locator("#send")).to_be_enabled()
         expect(page.locator("#chat-banner")).to_be_hidden()  # cleared by the accepted message
@@ -126,9 +146,10 @@ def test_chat_stream_stop_undo_reload_and_edit(app_url: str, browser: Browser) -
         assert page.locator(REPLIES).first.inner_text() != old_reply
 
         # 6. Clear empties the chat, also for the next visit.
+        saved = saved_chat(page)
         page.get_by_role("button", name="Clear").click()
         expect(page.locator('#chatbot [data-testid="user"]')).to_have_count(0)
-        page.wait_for_timeout(300)
+        wait_for_chat_saved(page, saved)
         page.reload()
         expect(page.locator("#model input")).to_have_value(SMOLLM_LABEL, timeout=30_000)
         expect(page.locator('#chatbot [data-testid="user"]')).to_have_count(0)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from gradio_client import Client
+from gradio_client.client import Job
 from gradio_client.exceptions import AppError
 
 from devtools.testkit.chat_app import (
@@ -115,12 +116,20 @@ def test_options_reach_the_backend(client: Client, fake: FakeOllama) -> None:
     assert sent["stream"] is True
 
 
+def wait_for_reply_text(job: Job) -> None:
+    """Until the chat `job` has streamed some of its reply."""
+    deadline = time.monotonic() + 10
+    while not any(isinstance(out[1], list) and replies(out[1]) for out in job.outputs()):
+        assert time.monotonic() < deadline, "the reply did not start streaming"
+        time.sleep(0.05)
+
+
 def test_other_users_are_served_during_a_slow_stream(app_url: str) -> None:
     other_user = Client(app_url, verbose=False)  # connected first: only the chat is timed
     slow = Client(app_url, verbose=False).submit(
         *chat_args("Hi", model="fake-slow", max_tokens=8), api_name="/chat"
     )
-    time.sleep(0.5)  # the slow stream is running
+    wait_for_reply_text(slow)  # the slow stream is running
     _, history, _ = other_user.predict(
         *chat_args("Hi", model="fake-ok", max_tokens=4), api_name="/chat"
     )
@@ -135,12 +144,14 @@ def test_full_queue_says_busy(fake: FakeOllama) -> None:
         # Clients first (each takes 0.1-0.3 s to build), so the three requests arrive while
         # the first one still streams: one runs, one waits, one finds the queue full.
         clients = [Client(url, verbose=False) for _ in range(3)]
-        jobs = []
-        for client in clients:
-            jobs.append(
-                client.submit(*chat_args("Hi", model="fake-slow", max_tokens=2), api_name="/chat")
-            )
-            time.sleep(0.1)
+        before = len(fake.chat_requests())
+        args = chat_args("Hi", model="fake-slow", max_tokens=4)  # 1.6 s: time to join
+        jobs = [clients[0].submit(*args, api_name="/chat")]
+        deadline = time.monotonic() + 10
+        while len(fake.chat_requests()) == before:  # the first one runs (the backend has it)
+            assert time.monotonic() < deadline, "the first chat never reached the backend"
+            time.sleep(0.02)
+        jobs += [client.submit(*args, api_name="/chat") for client in clients[1:]]
         outcomes: list[str] = []
         for job in jobs:
             try:
@@ -216,10 +227,7 @@ def test_stop_ends_the_reply_and_the_backend_stream(app_url: str, fake: FakeOlla
     hangups = fake.hangups
     client = Client(app_url, verbose=False)
     job = client.submit(*chat_args("Hi", model="fake-slow", max_tokens=8), api_name="/chat")
-    deadline = time.monotonic() + 10
-    while not any(isinstance(out[1], list) and replies(out[1]) for out in job.outputs()):
-        assert time.monotonic() < deadline, "the slow stream did not start"
-        time.sleep(0.05)
+    wait_for_reply_text(job)
     client.predict(api_name="/stop")
     _, history, _ = job.result(timeout=10)
     assert replies(history) and len(replies(history)[0].split()) < 8
@@ -241,10 +249,7 @@ def test_cancelled_job_closes_the_backend_stream(app_url: str, fake: FakeOllama)
     job = Client(app_url, verbose=False).submit(
         *chat_args("Hi", model="fake-slow", max_tokens=8), api_name="/chat"
     )
-    deadline = time.monotonic() + 10
-    while not any(isinstance(out[1], list) and replies(out[1]) for out in job.outputs()):
-        assert time.monotonic() < deadline, "the slow stream did not start"
-        time.sleep(0.05)
+    wait_for_reply_text(job)
     job.cancel()
     deadline = time.monotonic() + 10
     while fake.hangups == hangups:

@@ -11,9 +11,14 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from devtools.cloudrun import RunningEmulator
+from devtools.testkit import google_fakes
 from devtools.testkit.browser import REPLIES, STATS, send, set_max_tokens
-from devtools.testkit.chat_app import running_app
-from devtools.testkit.google_fakes import emulator, shared_metadata, wait_until
+from devtools.testkit.google_fakes import (
+    chat_posts,
+    cold_start_app,
+    scaled_to_zero,
+    wait_until,
+)
 from devtools.testkit.procs import ARTIFACTS
 
 pytestmark = pytest.mark.browser
@@ -24,38 +29,15 @@ IDLE = 5.0
 
 @pytest.fixture(scope="module")
 def cold_emulator() -> Iterator[RunningEmulator]:
-    shared_metadata()  # google-auth on both ends talks to the fake metadata server
-    emu = emulator(start_delay=START_DELAY, idle_timeout=IDLE, concurrency=4, queue_timeout=5)
-    try:
+    with google_fakes.cold_emulator(start_delay=START_DELAY, idle_timeout=IDLE) as emu:
         yield emu
-    finally:
-        emu.stop()
 
 
 @pytest.fixture(scope="module")
 def app_url(cold_emulator: RunningEmulator) -> Iterator[str]:
-    metadata = shared_metadata()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GCE_METADATA_IP", metadata.host)
-        mp.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-        with running_app(
-            backend_url=cold_emulator.url,
-            auth="google",
-            allowed_models=["smollm2:135m"],  # the picker works while the backend is cold
-            typical_cold_start=20.0,
-            probe_timeout=0.5,
-            cold_start_deadline=90.0,
-            rate_limit_per_minute=1000,
-        ) as url:
-            yield url
-
-
-def chat_posts(emu: RunningEmulator) -> int:
-    return int(emu.state()["counters"].get("POST /api/chat", 0))
-
-
-def scaled_to_zero(emu: RunningEmulator) -> None:
-    wait_until(lambda: emu.state()["state"] == "cold", timeout=60, what="scale to zero")
+    # An allow-list: the picker works while the backend is cold.
+    with cold_start_app(cold_emulator, allowed_models=["smollm2:135m"]) as url:
+        yield url
 
 
 def open_chat(browser: Browser, url: str) -> Page:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from devtools.testkit.browser import set_number
+from devtools.testkit.browser import QueueStreams, page_wait_until, set_number
 from devtools.testkit.chat_app import running_app
 from devtools.testkit.procs import ARTIFACTS
 
@@ -46,6 +46,7 @@ def test_two_models_stream_side_by_side_show_stats_and_stop_together(
     app_url: str, browser: Browser
 ) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    streams = QueueStreams(page)
     try:
         page.goto(app_url)
         page.get_by_role("tab", name="Compare").click()
@@ -92,7 +93,7 @@ def test_two_models_stream_side_by_side_show_stats_and_stop_together(
         for slot in (1, 2):
             expect(page.locator(f"#compare-status-{slot}")).to_contain_text("Stopped")
         stopped = [page.locator(f"{c} {REPLY}").nth(1).inner_text() for c in COLUMNS]
-        page.wait_for_timeout(1500)
+        streams.wait_until_idle()  # the turn has ended: nothing more can come
         assert [page.locator(f"{c} {REPLY}").nth(1).inner_text() for c in COLUMNS] == stopped
         for column in COLUMNS:
             expect(page.locator(f'{column} [data-testid="user"]')).to_have_count(2)
@@ -103,10 +104,13 @@ def test_two_models_stream_side_by_side_show_stats_and_stop_together(
 
         # 3. On a phone the columns stack instead of squeezing side by side.
         page.set_viewport_size({"width": 390, "height": 844})
-        page.wait_for_timeout(300)
-        first = page.locator("#compare-col-1").bounding_box()
-        second = page.locator("#compare-col-2").bounding_box()
-        assert first and second and second["y"] >= first["y"] + first["height"] - 1
+
+        def stacked() -> bool:
+            first = page.locator("#compare-col-1").bounding_box()
+            second = page.locator("#compare-col-2").bounding_box()
+            return bool(first and second and second["y"] >= first["y"] + first["height"] - 1)
+
+        page_wait_until(page, stacked, 5, "the columns to stack")
         page.screenshot(path=str(ARTIFACTS / "compare-phone.png"), full_page=True)
     finally:
         page.close()

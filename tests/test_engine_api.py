@@ -16,6 +16,7 @@ from devtools.testkit.procs import start_engine
 SMOL = "smollm2:135m"
 GEMMA = "gemma3:270m"
 HELLO = [{"role": "user", "content": "Say hello."}]
+COUNT = [{"role": "user", "content": "Count from 1 to 100."}]
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +57,23 @@ def test_both_models_chat_non_empty(client: ollama.Client, model: str) -> None:
 
 
 def test_chat_streams_chunks_with_final_stats(client: ollama.Client) -> None:
-    chunks = list(client.chat(model=SMOL, messages=HELLO, stream=True, options={"num_predict": 12}))
+    """Greedy decoding of a count to 100 never ends by itself within 12 tokens, so the
+    final chunk must say so exactly: stopped at the limit, 12 tokens generated."""
+    chunks = list(
+        client.chat(
+            model=SMOL, messages=COUNT, stream=True, options={"num_predict": 12, "temperature": 0}
+        )
+    )
     assert len(chunks) >= 3
     assert all(not c.done for c in chunks[:-1])
     last = chunks[-1]
-    assert last.done and last.done_reason in ("stop", "length")
-    assert last.eval_count is not None and 1 <= last.eval_count <= 12
-    if last.done_reason == "length":
-        assert last.eval_count == 12
+    assert last.done and (last.done_reason, last.eval_count) == ("length", 12)
+    assert last.prompt_eval_count and last.prompt_eval_count > 3
+    assert last.eval_duration and last.total_duration and last.total_duration > last.eval_duration
     # At most one text chunk per generated token (a token may show no text yet: part of a
     # UTF-8 character or of a possible stop string), plus one last flush of held text.
     pieces = [c for c in chunks[:-1] if c.message.content]
-    assert 1 <= len(pieces) <= last.eval_count + 1
+    assert 3 <= len(pieces) <= last.eval_count + 1
     text = "".join(c.message.content for c in chunks)
     assert text.strip()
 
@@ -87,7 +93,7 @@ def test_num_predict_caps_eval_count(client: ollama.Client) -> None:
     for n in (1, 5):
         resp = client.chat(
             model=SMOL,
-            messages=[{"role": "user", "content": "Count from 1 to 100."}],
+            messages=COUNT,
             options={"num_predict": n, "temperature": 0},  # greedy: never done in 5 tokens
         )
         assert resp.eval_count == n

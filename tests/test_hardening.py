@@ -14,6 +14,8 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,9 +34,8 @@ from devtools.testkit.chat_app import (
     running_app,
     text_of,
 )
-from devtools.testkit.fake_ollama import FakeOllama
+from devtools.testkit.fake_ollama import FakeOllama, FixedReplyOllama
 from devtools.testkit.google_fakes import emulator
-from tests.test_hostile_browser import HtmlOllama
 from ui.rate_limit import RateLimiter
 from ui.settings import Settings
 from ui.vote_store import AlreadyVoted, SqliteVoteStore, Vote
@@ -75,14 +76,17 @@ def test_on_cloud_run_the_client_is_the_front_ends_last_hop(
         def client(forwarded: str) -> Client:
             return Client(url, verbose=False, headers={"X-Forwarded-For": forwarded})
 
-        _, history, _ = chat(client("198.51.100.1, 203.0.113.5"), "Hi", model="fake-ok")
-        assert eval_count(last_note(history)) == 8
+        def answered(forwarded: str) -> int:
+            _, history, banner = chat(client(forwarded), "Hi", model="fake-ok")
+            assert history != UNCHANGED, f"{forwarded!r} refused: {html.unescape(banner)}"
+            return eval_count(last_note(history))
+
+        assert answered("198.51.100.1, 203.0.113.5") == 8
         # A different made-up first hop, the same real client: refused.
         reason = rejection(chat(client("198.51.100.2, 203.0.113.5"), "Hi", model="fake-ok"))
         assert "Too many messages" in reason
         # Another real client (its last hop differs), even claiming the first's address.
-        _, history, _ = chat(client("203.0.113.5, 203.0.113.6"), "Hi", model="fake-ok")
-        assert eval_count(last_note(history)) == 8
+        assert answered("203.0.113.5, 203.0.113.6") == 8
 
 
 # --- votes --------------------------------------------------------------------------------
@@ -139,20 +143,25 @@ def test_a_vote_needs_the_replies_the_server_streamed_and_is_capped_per_day(
         assert "voted 2 times in the last 24 hours" in vote(client, final[2], final[4], final[7])
 
 
-def test_a_battle_whose_reply_names_a_model_gets_no_vote(tmp_path: Any) -> None:
+@contextmanager
+def battle_app(reply: str, tmp_path: Path) -> Iterator[Client]:
+    """A client of an app whose two models both answer `reply`, with a vote store."""
+    names = ("fake-html", "fake-html2")
     with (
-        HtmlOllama(
-            "Hello! I am Gemma, a model trained by Google.", names=("fake-html", "fake-html2")
-        ) as fake,
+        FixedReplyOllama(reply, names=names) as fake,
         running_app(
             backend_url=fake.url,
-            allowed_models=["fake-html", "fake-html2"],
+            allowed_models=list(names),
             rate_limit_per_minute=1000,
             share_secret=SECRET,
             votes=f"sqlite:///{tmp_path / 'votes.sqlite3'}",
         ) as url,
     ):
-        client = Client(url, verbose=False)
+        yield Client(url, verbose=False)
+
+
+def test_a_battle_whose_reply_names_a_model_gets_no_vote(tmp_path: Path) -> None:
+    with battle_app("Hello! I am Gemma, a model trained by Google.", tmp_path) as client:
         final, _ = run_battle(client, "Who are you?")
         token, chat_a, chat_b = final[2], final[4], final[7]
         assert "names a model" in html.unescape(final[1]), final[1]
@@ -354,6 +363,13 @@ def test_the_rate_limiters_client_table_is_capped() -> None:
     for i in range(100):
         limiter.acquire(f"late{i}", now=100.0 + i * 61)
         assert limiter.tracked() <= 4
+    # ... and only they: the busy ones are still counted (the oldest half is not dropped).
+    limiter = RateLimiter(1, window=60, max_clients=4)
+    limiter.acquire("idle", now=0.0)
+    for i in range(3):
+        limiter.acquire(f"busy{i}", now=70.0 + i)
+    assert limiter.acquire("new", now=100.0) is None
+    assert [limiter.acquire(f"busy{i}", now=101.0) is not None for i in range(3)] == [True] * 3
 
 
 def test_compare_and_battle_share_one_rate_limit(fake: FakeOllama) -> None:
@@ -383,36 +399,11 @@ def test_compare_and_battle_share_one_rate_limit(fake: FakeOllama) -> None:
 class StallingOllama(FakeOllama):
     """FakeOllama plus "fake-stall", which takes a chat request and never answers."""
 
-    def _handler_class(self) -> Any:
-        base: Any = super()._handler_class()
-        fake = self
+    extra_models = ("fake-stall",)
 
-        class Handler(base):  # type: ignore[misc, valid-type]
-            def do_GET(self) -> None:
-                if self.path != "/api/tags":
-                    super().do_GET()
-                    return
-                from ollama import ListResponse
-                from ollama._types import ModelDetails
-                from pydantic import ByteSize
-
-                details = ModelDetails(family="fake")
-                names = ["fake-stall", "fake-ok"]
-                models = [ListResponse.Model(model=m, size=ByteSize(1), details=details)
-                          for m in names]  # fmt: skip
-                self._json(200, ListResponse(models=models))
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if body.get("model") != "fake-stall":
-                    self._json(404, {"error": "not found"})
-                    return
-                fake._record("POST", self.path, body)
-                time.sleep(4)  # longer than the app's read timeout; then hang up
-                self.close_connection = True
-
-        return Handler
+    def answer_chat(self, handler: Any, body: dict[str, Any]) -> None:
+        time.sleep(4)  # longer than the app's read timeout; then hang up
+        handler.close_connection = True
 
 
 def test_a_stalled_request_is_sent_once_with_the_production_retry_window() -> None:
@@ -455,19 +446,9 @@ def test_every_history_message_is_checked_like_a_new_one(fake: FakeOllama) -> No
 INDENTED_REPLY = "\n\n    Indented answer\n      second line  \n"
 
 
-def test_a_reply_gradio_reshapes_can_still_be_voted_on(tmp_path: Any) -> None:
+def test_a_reply_gradio_reshapes_can_still_be_voted_on(tmp_path: Path) -> None:
     """Gradio's Chatbot hands a reply back without its leading blank lines and common
     indentation (inspect.cleandoc); the vote still matches the reply the server streamed."""
-    with (
-        HtmlOllama(INDENTED_REPLY, names=("fake-html", "fake-html2")) as fake,
-        running_app(
-            backend_url=fake.url,
-            allowed_models=["fake-html", "fake-html2"],
-            rate_limit_per_minute=1000,
-            share_secret=SECRET,
-            votes=f"sqlite:///{tmp_path / 'votes.sqlite3'}",
-        ) as url,
-    ):  # fmt: skip
-        client = Client(url, verbose=False)
+    with battle_app(INDENTED_REPLY, tmp_path) as client:
         final, _ = run_battle(client)
         assert "Thanks for voting" in vote(client, final[2], final[4], final[7])

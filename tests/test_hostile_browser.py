@@ -3,27 +3,24 @@ model's reply (a model can be talked into writing anything) and in share links n
 in the page; tampered and oversized share links get a message, not a broken page.
 
 The app runs for real against a protocol-level fake Ollama whose model "fake-html" replies
-with script payloads, streamed in small pieces like tokens.
+with script payloads, streamed in small pieces like tokens (testkit's FixedReplyOllama).
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Literal
 
 import pytest
-from ollama import ChatResponse, ListResponse, Message
-from ollama._types import ModelDetails
 from playwright.sync_api import Browser, Page, expect
-from pydantic import ByteSize
 
+from devtools.testkit.browser import answered_by_app
 from devtools.testkit.chat_app import running_app
-from devtools.testkit.fake_ollama import MODELS, FakeOllama
+from devtools.testkit.fake_ollama import FixedReplyOllama
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
@@ -85,64 +82,6 @@ GIF = base64.b64decode(
 )  # a 1x1 pixel
 
 
-class HtmlOllama(FakeOllama):
-    """FakeOllama plus models (fake-html, or `names`) that reply with `reply` in small
-    pieces."""
-
-    def __init__(self, reply: str, names: tuple[str, ...] = ("fake-html",)) -> None:
-        super().__init__()
-        self.reply = reply
-        self.names = names
-
-    def _handler_class(self) -> Any:
-        base: Any = super()._handler_class()
-        fake = self
-
-        class Handler(base):  # type: ignore[misc, valid-type]
-            def do_GET(self) -> None:
-                if self.path != "/api/tags":
-                    super().do_GET()
-                    return
-                details = ModelDetails(family="fake")
-                models = [
-                    ListResponse.Model(model=m, size=ByteSize(1000), details=details)
-                    for m in [*fake.names, *MODELS]
-                ]
-                self._json(200, ListResponse(models=models))
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if self.path != "/api/chat" or body.get("model") not in fake.names:
-                    self._json(404, {"error": "not found"})
-                    return
-                if not body.get("messages"):  # the pre-warm's load request
-                    loaded = ChatResponse(
-                        model="fake-html", message=Message(role="assistant", content=""),
-                        done=True, done_reason="load",
-                    )  # fmt: skip
-                    self._json(200, loaded)
-                    return
-                self.send_response(200)
-                self.send_header("content-type", "application/x-ndjson")
-                self.send_header("transfer-encoding", "chunked")
-                self.end_headers()
-                pieces = [fake.reply[i : i + 7] for i in range(0, len(fake.reply), 7)]
-                for piece in pieces:
-                    message = Message(role="assistant", content=piece)
-                    self._chunk(ChatResponse(model="fake-html", message=message, done=False))
-                final = ChatResponse(
-                    model="fake-html", message=Message(role="assistant", content=""), done=True,
-                    done_reason="stop", eval_count=len(pieces), eval_duration=10**8,
-                    total_duration=10**8,
-                )  # fmt: skip
-                self._chunk(final)
-                self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-
-        return Handler
-
-
 @pytest.fixture(scope="module")
 def tracker() -> Iterator[Tracker]:
     server = Tracker()
@@ -153,7 +92,7 @@ def tracker() -> Iterator[Tracker]:
 @pytest.fixture(scope="module")
 def app_url(tracker: Tracker) -> Iterator[str]:
     with (
-        HtmlOllama(HOSTILE + " " + tracker.images("reply")) as fake,
+        FixedReplyOllama(HOSTILE + " " + tracker.images("reply")) as fake,
         running_app(
             backend_url=fake.url,
             allowed_models=["fake-html"],
@@ -168,6 +107,14 @@ def new_page(browser: Browser) -> Page:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.on("dialog", lambda dialog: dialog.dismiss())  # an alert() would be a finding too
     return page
+
+
+def settle(page: Page) -> None:
+    """Wait for observable events after which whatever content started has happened: every
+    image in the page has loaded or failed (a remote one would have reached the tracker),
+    and a request to this app, sent after the clicks and renders, is answered."""
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
+    answered_by_app(page)
 
 
 def assert_nothing_ran(page: Page, scope: str) -> None:
@@ -199,7 +146,7 @@ def test_markup_in_messages_and_replies_never_runs(
         # Clicking what looks like a link runs nothing either.
         for link in page.locator("#chatbot a").all():
             link.click(modifiers=["Control"], timeout=5_000, no_wait_after=True)
-        page.wait_for_timeout(300)
+        settle(page)
         assert_nothing_ran(page, "#chatbot")
         # The banner shows markup as text (it is built by the app, escaped).
         page.locator("#message textarea").fill("x" * 9000 + HOSTILE)
@@ -218,8 +165,8 @@ def test_markup_in_messages_and_replies_never_runs(
     try:
         shared.goto(link)
         expect(shared.locator("#shared-chat-1")).to_contain_text("click me", timeout=30_000)
+        settle(shared)
         assert_nothing_ran(shared, ".gradio-container")
-        shared.wait_for_timeout(500)
     finally:
         shared.close()
     # Neither the message's nor the reply's remote images were fetched, in the chat or in
@@ -278,9 +225,11 @@ CONTENT_AREAS = (
 )
 
 
-def crafted_share(action: str) -> str:
-    """A chat and a comparison link whose every text field is hostile, signed with the
-    app's secret as /share_chat would sign whatever a client sends."""
+def crafted_share(action: str, kind: Literal["chat", "compare"]) -> str:
+    """A chat or comparison link whose every text field is hostile (messages, replies, model
+    names, system prompt; the other parameters are numbers, checked as such when a link is
+    read: tests/test_share.py), signed with the app's secret as /share_chat would sign
+    whatever a client sends."""
     from ui.share import (
         ReplyStats,
         SharedColumn,
@@ -299,12 +248,14 @@ def crafted_share(action: str) -> str:
             stats=ReplyStats(ttft_s=0.1, total_s=1, tokens_per_s=10, eval_count=10),
         ),
     ]
+    names = [overlay_html(action)[:190]]  # the chat's model: its summary names it
+    if kind == "compare":
+        names.insert(0, PAYLOADS[0] + "<b>m1</b>")
     return encode_share(
         SharedConversation(
-            kind="compare",
+            kind=kind,
             columns=[
-                SharedColumn(model=name, display_name=name, messages=messages)
-                for name in (PAYLOADS[0] + "<b>m1</b>", overlay_html(action)[:190])
+                SharedColumn(model=name, display_name=name, messages=messages) for name in names
             ],
             parameters=ShareParameters(
                 system_prompt="sys " + hostile, temperature=0.5, top_p=0.9, max_tokens=64
@@ -314,14 +265,15 @@ def crafted_share(action: str) -> str:
     )
 
 
+@pytest.mark.parametrize("kind", ["chat", "compare"])
 def test_a_crafted_overlay_share_link_renders_inert(
-    app_url: str, browser: Browser, tracker: Tracker
+    app_url: str, browser: Browser, tracker: Tracker, kind: Literal["chat", "compare"]
 ) -> None:
     page = new_page(browser)
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
     try:
-        page.goto(f"{app_url}/?share={crafted_share(tracker.url)}")
+        page.goto(f"{app_url}/?share={crafted_share(tracker.url, kind)}")
         columns = page.locator("#shared-columns")
         expect(columns).to_contain_text("Session expired", timeout=30_000)
         expect(page.locator("#shared-summary")).to_contain_text("supplied by whoever shared")
@@ -348,9 +300,7 @@ def test_a_crafted_overlay_share_link_renders_inert(
         page.keyboard.press("Enter")
         # The app's own page still works (the body was not hidden by content CSS).
         expect(page.locator("#shared-continue")).to_be_visible()
-        # Wait for an observable event (a request to this app, answered) before the negative
-        # check. Not "network idle": the status line keeps refreshing while the page is open.
-        assert page.evaluate("() => fetch('/config').then(r => r.status)") == 200
+        settle(page)  # before the negative check below
     finally:
         page.close()
     elsewhere = [u for u in requests if not u.startswith(app_url)]

@@ -20,6 +20,7 @@ from gradio_client import Client
 from devtools.testkit.chat_app import chat_args, running_app
 from devtools.testkit.procs import Proc, refusing_url, start_engine
 from ui.backend_client import BackendClient, ReplyDone, TokenDelta
+from ui.backend_status import BackendWatch, GpuPrice
 from ui.chat_history import ReplyFigures, stats_note
 from ui.errors import BackendBusy
 from ui.settings import Settings
@@ -221,10 +222,11 @@ def test_the_ui_never_overrides_the_images_keep_alive(forever_engine: str) -> No
 
 async def _prewarm(url: str, model: str) -> None:
     client = client_for(url)
-    assert Prewarmer(client).warm(model)
-    for _ in range(300):
-        if model in {m.name for m in await client.running_models()}:
-            break
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.3)  # the load request's end (when Ollama sets expiresAt)
+    # The pre-warm tells its watch the model is ready once its load request has ended
+    # (when Ollama sets expiresAt).
+    watch = BackendWatch(GpuPrice(1.0, 1), idle_timeout=3600, typical=lambda: 5.0)
+    assert Prewarmer(client, watch=watch).warm(model)
+    async with asyncio.timeout(30):
+        while (watch.state, watch.model) != ("ready", model):
+            await asyncio.sleep(0.05)
     await client.aclose()

@@ -24,7 +24,7 @@ from devtools.cloudrun import RunningEmulator
 from devtools.fake_metadata import FakeMetadataServer
 from devtools.testkit.chat_app import chat_args, eval_count, last_note, running_app
 from devtools.testkit.fake_ollama import FakeOllama
-from devtools.testkit.google_fakes import emulator, shared_metadata
+from devtools.testkit.google_fakes import emulator, shared_metadata, wait_until
 from devtools.testkit.procs import Proc, free_port, wait_http
 from ui.warming import WARM_UP_MESSAGES
 
@@ -132,7 +132,13 @@ def test_no_token_or_secret_reaches_pages_api_logs_or_links(guarded_ui: GuardedU
     assert guarded_ui.metadata.issued_tokens >= 2  # tokens were fetched and refreshed
     assert guarded_ui.backend.state()["counters"].get("401", 0) >= 1  # the refresh path ran
     pages = served_pages(guarded_ui.url)
-    time.sleep(0.5)  # let the log catch up
+    # The last call's log line (its failed token fetch) is written before its answer; wait
+    # for it in the file, so every line before it is there too.
+    wait_until(
+        lambda: "Could not get a Google ID token" in guarded_ui.proc.log(),
+        timeout=10,
+        what="the last call's log line",
+    )
     log = guarded_ui.proc.log()
     assert "got a Google ID token" in log  # the fetches were logged...
     sample = guarded_ui.metadata.mint_token(guarded_ui.backend.url)

@@ -5,7 +5,6 @@ link is refused with a message on the page."""
 from __future__ import annotations
 
 import re
-import sys
 import time
 from collections.abc import Iterator
 
@@ -13,10 +12,10 @@ import pytest
 from gradio_client import Client
 from playwright.sync_api import Browser, Page, expect
 
-from devtools.testkit.browser import set_number
+from devtools.testkit.browser import saved_chat, set_number, wait_for_chat_saved
 from devtools.testkit.chat_app import is_note, msg, running_app, text_of
 from devtools.testkit.fake_ollama import FakeOllama
-from devtools.testkit.procs import ARTIFACTS, Proc, free_port, wait_http
+from devtools.testkit.procs import ARTIFACTS, free_port, ui_process
 from ui.model_labels import label_for
 from ui.share import decode_share, encode_share
 
@@ -28,27 +27,6 @@ USER = '[data-testid="user"]'
 STATS = ".thought .title"
 GENERATED = "✓ Generated here by"  # the shared view's mark on a reply this server generated
 NOT_VERIFIED = "Not verified: supplied by whoever shared this"
-
-
-def start_ui(engine: str, port: int, name: str) -> Proc:
-    proc = Proc(
-        name,
-        [sys.executable, "-m", "ui"],
-        env={
-            "PORT": str(port),
-            "LLM_UI_HOST": "127.0.0.1",
-            "LLM_BACKEND_URL": engine,
-            "LLM_SHARE_SECRET": SECRET,
-            "LLM_RATE_LIMIT": "1000",
-            "LLM_AUTH": "none",
-        },
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/", timeout=90, proc=proc.popen)
-    except Exception:
-        proc.stop()
-        raise
-    return proc
 
 
 def texts(page: Page, selector: str) -> list[str]:
@@ -99,8 +77,7 @@ def test_links_survive_a_restart_open_read_only_and_reject_changes(
     base = f"http://127.0.0.1:{port}"
 
     # --- 1. Make a chat link and a comparison link in one browser. ----------------------
-    first = start_ui(engine, port, "ui-share-1")
-    try:
+    with ui_process(engine, "ui-share-1", port=port, LLM_SHARE_SECRET=SECRET):
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
         page.goto(base)
@@ -124,12 +101,9 @@ def test_links_survive_a_restart_open_read_only_and_reject_changes(
         compare_before = [conversation(page, c) for c in chats]
         compare_link = share_link(page, "compare")
         context.close()
-    finally:
-        first.stop()
 
     # --- 2. A new UI process, a new browser context: the links still open. -------------
-    second = start_ui(engine, port, "ui-share-2")
-    try:
+    with ui_process(engine, "ui-share-2", port=port, LLM_SHARE_SECRET=SECRET):
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
         page.goto(chat_link)
@@ -143,12 +117,13 @@ def test_links_survive_a_restart_open_read_only_and_reject_changes(
         page.screenshot(path=str(ARTIFACTS / "shared-chat.png"), full_page=True)
 
         # Continue from a copy: the conversation moves into this browser's chat.
+        saved = saved_chat(page)
         page.get_by_role("button", name="Continue from a copy").click()
         expect(page.get_by_role("tab", name="Chat", selected=True)).to_be_visible()
         expect(page.locator(f"#chatbot {USER}")).to_have_count(1)
         assert conversation(page, "#chatbot") == chat_before
         expect(page.locator("#max-tokens input[type=number]")).to_have_value("12")
-        page.wait_for_timeout(300)
+        wait_for_chat_saved(page, saved)
         page.goto(base)  # the copy was saved in this browser
         expect(page.locator(f"#chatbot {USER}")).to_have_count(1, timeout=30_000)
         assert conversation(page, "#chatbot") == chat_before
@@ -183,8 +158,6 @@ def test_links_survive_a_restart_open_read_only_and_reject_changes(
         expect(page.get_by_text("Error", exact=True)).to_have_count(0)
         page.screenshot(path=str(ARTIFACTS / "shared-tampered.png"), full_page=True)
         context.close()
-    finally:
-        second.stop()
 
 
 # === which replies this server generated (ui/reply_mac.py) =================================

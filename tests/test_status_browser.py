@@ -16,9 +16,15 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from devtools.cloudrun import RunningEmulator
-from devtools.testkit.browser import REPLIES, STATS, set_max_tokens
+from devtools.testkit import google_fakes
+from devtools.testkit.browser import REPLIES, STATS, page_wait_until, set_max_tokens
 from devtools.testkit.chat_app import running_app
-from devtools.testkit.google_fakes import emulator, shared_metadata, wait_until
+from devtools.testkit.google_fakes import (
+    chat_posts,
+    cold_start_app,
+    scaled_to_zero,
+    wait_until,
+)
 from devtools.testkit.procs import ARTIFACTS, refusing_url
 
 pytestmark = pytest.mark.browser
@@ -35,42 +41,21 @@ FIGURES: dict[str, float] = {}  # measured here, printed at the end (pytest -s)
 
 @pytest.fixture(scope="module")
 def cold_emulator() -> Iterator[RunningEmulator]:
-    shared_metadata()  # google-auth on both ends talks to the fake metadata server
-    emu = emulator(start_delay=START_DELAY, idle_timeout=IDLE, concurrency=4, queue_timeout=5)
-    try:
+    with google_fakes.cold_emulator(start_delay=START_DELAY, idle_timeout=IDLE) as emu:
         yield emu
-    finally:
-        emu.stop()
 
 
 @pytest.fixture(scope="module")
 def app_url(cold_emulator: RunningEmulator) -> Iterator[str]:
-    metadata = shared_metadata()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GCE_METADATA_IP", metadata.host)
-        mp.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-        with running_app(
-            backend_url=cold_emulator.url,
-            auth="google",  # and no allowed_models: the backend's list is the only list
-            typical_cold_start=20.0,
-            probe_timeout=0.5,
-            cold_start_deadline=90.0,
-            rate_limit_per_minute=1000,
-            gpu_price_per_hour=PRICE_PER_HOUR,
-            gpu_concurrency=CONCURRENCY,
-            backend_idle_timeout=IDLE,  # the status says "asleep" when the emulator is
-        ) as url:
-            yield url
+    with cold_start_app(
+        cold_emulator,  # and no allowed_models: the backend's list is the only list
+        gpu_price_per_hour=PRICE_PER_HOUR,
+        gpu_concurrency=CONCURRENCY,
+        backend_idle_timeout=IDLE,  # the status says "asleep" when the emulator is
+    ) as url:
+        yield url
     if FIGURES:
         print("\nissue 11 figures:", {k: round(v, 2) for k, v in FIGURES.items()})
-
-
-def chat_posts(emu: RunningEmulator) -> int:
-    return int(emu.state()["counters"].get("POST /api/chat", 0))
-
-
-def scaled_to_zero(emu: RunningEmulator) -> None:
-    wait_until(lambda: emu.state()["state"] == "cold", timeout=60, what="scale to zero")
 
 
 def picker_is_real(page: Page) -> bool:
@@ -227,7 +212,9 @@ def test_prewarm_without_allow_list_makes_the_first_reply_warm(
     try:
         expect(page.locator("#model input")).to_have_value(re.compile("SmolLM2"), timeout=4_000)
         set_max_tokens(page, 8)
-        page.wait_for_timeout((START_DELAY + 3) * 1000)  # longer than the start delay
+        # The user types until the status line says the page-load pre-warm is done (the
+        # event that ends the cold start), then sends: "Ready" must mean a warm reply.
+        expect(page.locator(STATUS)).to_have_attribute("data-state", "ready", timeout=60_000)
         question = "Say hello, please."
         page.locator("#message textarea").press_sequentially(question, delay=120)
         state_at_send = page.locator(STATUS).get_attribute("data-state")
@@ -237,8 +224,12 @@ def test_prewarm_without_allow_list_makes_the_first_reply_warm(
         expect(page.locator(STATS)).to_have_count(1, timeout=30_000)
         stats = page.locator(STATS).first.inner_text()
         assert not saw_banner, "a pre-warmed backend should not show the warming banner"
-        assert took < 2.0, f"first token after {took:.2f} s (status: {state_at_send}; {stats})"
         assert "model load" not in stats
+        # Sooner than a cold start could answer (the emulated instance start alone takes
+        # START_DELAY), whatever the machine's load; the usual figures: pytest -s.
+        assert took < START_DELAY, (
+            f"first token after {took:.2f} s (status: {state_at_send}; {stats})"
+        )
         # For comparison: a second message to the same warm backend.
         page.locator("#message textarea").fill("And goodbye.")
         FIGURES["first_token_warm_s"], _ = first_token_after_send_nth(page, 2)
@@ -301,18 +292,27 @@ def test_a_hidden_tab_asks_nothing_and_a_visible_one_refreshes(
             else None
         ),
     )
+    # Count the poll loop's ticks: each one looks up the refresh button (and clicks it when
+    # the tab is visible), so a tick while hidden is the event that would have polled.
+    page.add_init_script(
+        "window.__pollTicks = 0; const byId = document.getElementById.bind(document);"
+        "document.getElementById = (id) => {"
+        "  if (id === 'backend-status-refresh') window.__pollTicks += 1; return byId(id); };"
+    )
     page.goto(app_url)
     try:
         expect(page.locator(STATUS)).to_be_visible(timeout=4_000)
-        page.wait_for_timeout(3_000)  # the page-load events are over; refreshes run
-        assert posts, "an open page should refresh its status"
+        page_wait_until(page, lambda: bool(posts), 10, "a status refresh of the open page")
         page.evaluate(
             "Object.defineProperty(document, 'visibilityState', "
             "{value: 'hidden', configurable: true});"
             "document.dispatchEvent(new Event('visibilitychange'));"
         )
         hidden_at = time.monotonic()
-        page.wait_for_timeout(6_000)  # three fast refresh periods
+        ticks = page.evaluate("() => window.__pollTicks")
+        # Two ticks while hidden (at most a slow period each); a request sent before the
+        # tab was hidden may still show within half a second.
+        page.wait_for_function(f"() => window.__pollTicks >= {ticks + 2}", timeout=30_000)
         assert [t for t in posts if t > hidden_at + 0.5] == [], "a hidden tab must not poll"
         shown_at = time.monotonic()  # before: the refresh is sent within the call
         page.evaluate(
@@ -320,7 +320,6 @@ def test_a_hidden_tab_asks_nothing_and_a_visible_one_refreshes(
             "{value: 'visible', configurable: true});"
             "document.dispatchEvent(new Event('visibilitychange'));"
         )
-        page.wait_for_timeout(1_000)
-        assert [t for t in posts if t > shown_at], "a tab shown again refreshes at once"
+        page_wait_until(page, lambda: any(t > shown_at for t in posts), 5, "a refresh once shown")
     finally:
         page.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -20,6 +20,14 @@ from ui.stream_pacing import (
 )
 
 INTERVAL = 0.1
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 5) -> None:
+    """Poll `predicate` (an observable event) until it holds, at most `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
 
 
 class Source:
@@ -211,7 +219,10 @@ async def test_under_load_the_next_event_is_read_only_when_the_batch_is_due() ->
     await fed.asked_for(2)  # 1 was asked for ...
     while not fed.queue.empty():  # ... and taken
         await asyncio.sleep(0.001)
-    await asyncio.sleep(0.3)
+    # Every ready task gets many turns of the loop: a pacer that read on at once would
+    # have asked for event 2 in the turn it took event 1 (no wall clock involved).
+    for _ in range(50):
+        await asyncio.sleep(0)
     assert fed.asked == 2, "read on mid-interval instead of waiting for the batch"
     for task in [reader.task, *(r.task for r in idle_readers)]:
         task.cancel()
@@ -245,8 +256,7 @@ async def test_closing_early_closes_the_source() -> None:
     async for _ in stream:
         break
     await stream.aclose()  # type: ignore[attr-defined]
-    await asyncio.sleep(0.05)
-    assert source.closed
+    await until(lambda: source.closed, "the source to be closed")
     assert source.sent < 1000
 
 
@@ -261,7 +271,7 @@ async def test_cancelling_the_reader_closes_the_source(others: int) -> None:
     background = [asyncio.create_task(read(Source(1000, gap=0.01))) for _ in range(others)]
     source = Source(1000, gap=0.01)
     task = asyncio.create_task(read(source))
-    await asyncio.sleep(0.15)
+    await until(lambda: source.sent >= 5, "the reader to be under way")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -11,6 +11,7 @@ import pytest
 
 from devtools.cloudrun import EmulatorConfig, RunningEmulator, start_emulator
 from devtools.testkit.fake_ollama import FakeOllama
+from devtools.testkit.google_fakes import chat_posts
 from devtools.testkit.procs import refusing_url
 from ui.backend_client import BackendClient, ReplyDone, TokenDelta
 from ui.errors import BackendError, BackendTimeout, BackendUnreachable
@@ -71,10 +72,6 @@ async def collect(client: BackendClient, tracker: ColdStartTracker, **kw: object
     ]
 
 
-def chat_requests(emu: RunningEmulator) -> int:
-    return int(emu.state()["counters"].get("POST /api/chat", 0))
-
-
 async def test_cold_start_reports_phases_then_streams_and_sends_once(
     cold_backend_4: RunningEmulator,
 ) -> None:
@@ -100,13 +97,13 @@ async def test_cold_start_reports_phases_then_streams_and_sends_once(
     ready_at = next(i for i, e in enumerate(events) if getattr(e, "phase", "") == "ready")
     assert all(not isinstance(e, WarmingStatus) for e in events[ready_at + 1 :])
     assert tokens and isinstance(events[-1], ReplyDone)
-    assert chat_requests(cold_backend) == 1  # sent once, held by the emulator until ready
+    assert chat_posts(cold_backend) == 1  # sent once, held by the emulator until ready
     assert tracker.observed == 1 and 0 < tracker.typical <= took
 
     # Warm now: no banner at all.
     again = await collect(client, tracker)
     assert not any(isinstance(e, WarmingStatus) for e in again)
-    assert chat_requests(cold_backend) == 2
+    assert chat_posts(cold_backend) == 2
     await client.aclose()
 
 
@@ -172,7 +169,10 @@ async def test_cold_start_deadline_bounds_busy_retries(cold_backend: RunningEmul
     client = BackendClient(settings_for(cold_backend.url))
     await collect(client, ColdStartTracker(5))  # wake it up
     hog = asyncio.create_task(collect_plain(client, "gemma3:270m", {"num_predict": 2000}))
-    await asyncio.sleep(1.0)
+    deadline = time.monotonic() + 30
+    while cold_backend.state()["in_flight"] < 1:  # the hog holds the one request slot
+        assert time.monotonic() < deadline, "the long request never reached the backend"
+        await asyncio.sleep(0.05)
     short = BackendClient(
         settings_for(cold_backend.url).model_copy(update={"cold_start_deadline": 2.5})
     )
@@ -197,7 +197,7 @@ async def test_prewarm_makes_the_first_message_warm(cold_backend_4: RunningEmula
         await asyncio.sleep(0.3)
     events = await collect(client, ColdStartTracker(30))
     assert not any(isinstance(e, WarmingStatus) for e in events)
-    assert chat_requests(cold_backend) == 2  # the load-only request and the message
+    assert chat_posts(cold_backend) == 2  # the load-only request and the message
     await client.aclose()
 
 

@@ -13,6 +13,9 @@ everything that works). The model name picks the behaviour of /api/chat:
     fake-garbage   streams 2 words, then a line that is not JSON
     anything else  HTTP 404 {"error": "model 'x' not found"}
 
+Subclasses add models of their own (`extra_models`, listed first by /api/tags) and answer
+their chats in `answer_chat`: `FixedReplyOllama` below, or a stalling backend in a test.
+
 Every request is recorded in `requests` as (method, path, json body or None); `hangups`
 counts streams the client closed early; `generated` lists the last user message of each
 fake-ok/fake-slow reply in the order it got a slot (started generating). Answers are the
@@ -58,6 +61,8 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class FakeOllama:
+    extra_models: tuple[str, ...] = ()  # a subclass's own models, answered by answer_chat
+
     def __init__(
         self, *, token_delay: float = 0.01, slow_delay: float = 0.5, parallel: int | None = None
     ) -> None:
@@ -86,6 +91,11 @@ class FakeOllama:
         with self._lock:
             return [body for method, path, body in self.requests if path == "/api/chat"]
 
+    def answer_chat(self, handler: Any, body: dict[str, Any]) -> None:
+        """Answer a chat for one of `extra_models` (already recorded) through `handler`
+        (its `_json`, `_chunk`, `send_response`...)."""
+        handler._json(404, {"error": f"model '{body.get('model')}' not found"})
+
     def _record(self, method: str, path: str, body: Any) -> None:
         with self._lock:
             self.requests.append((method, path, body))
@@ -107,7 +117,11 @@ class FakeOllama:
                     self._json(200, {"version": "0.0.0-fake"})
                 elif self.path == "/api/tags":
                     details = ModelDetails(family="fake", parameter_size="1M")
+                    own = ModelDetails(family="fake")
                     models = [
+                        ListResponse.Model(model=m, size=ByteSize(1000), details=own)
+                        for m in fake.extra_models
+                    ] + [
                         ListResponse.Model(model=m, size=ByteSize(1000), details=details)
                         for m in MODELS
                     ]
@@ -125,6 +139,9 @@ class FakeOllama:
                     self._json(404, {"error": "not found"})
                     return
                 model = body.get("model", "")
+                if model in fake.extra_models:
+                    fake.answer_chat(self, body)
+                    return
                 limit = int((body.get("options") or {}).get("num_predict") or 8)
                 if model == "fake-500":
                     self._json(500, {"error": "llama runner process has terminated"})
@@ -308,3 +325,39 @@ class HeldOllama(FakeOllama):
                     self.close_connection = True  # the client hung up (stop pressed)
 
         return Handler
+
+
+class FixedReplyOllama(FakeOllama):
+    """FakeOllama plus models (`names`) that reply with `reply`, streamed in pieces of 7
+    characters like tokens; a chat without messages (a pre-warm's load) only loads."""
+
+    def __init__(self, reply: str, names: tuple[str, ...] = ("fake-html",)) -> None:
+        super().__init__()
+        self.reply = reply
+        self.extra_models = names
+
+    def answer_chat(self, handler: Any, body: dict[str, Any]) -> None:
+        model = str(body.get("model"))
+        if not body.get("messages"):
+            loaded = ChatResponse(
+                model=model, message=Message(role="assistant", content=""), done=True,
+                done_reason="load",
+            )  # fmt: skip
+            handler._json(200, loaded)
+            return
+        handler.send_response(200)
+        handler.send_header("content-type", "application/x-ndjson")
+        handler.send_header("transfer-encoding", "chunked")
+        handler.end_headers()
+        pieces = [self.reply[i : i + 7] for i in range(0, len(self.reply), 7)]
+        for piece in pieces:
+            message = Message(role="assistant", content=piece)
+            handler._chunk(ChatResponse(model=model, message=message, done=False))
+        final = ChatResponse(
+            model=model, message=Message(role="assistant", content=""), done=True,
+            done_reason="stop", eval_count=len(pieces), eval_duration=10**8,
+            total_duration=10**8,
+        )  # fmt: skip
+        handler._chunk(final)
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()

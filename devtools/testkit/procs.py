@@ -104,10 +104,12 @@ def refusing_url() -> Iterator[str]:
 
 
 @contextmanager
-def ui_process(backend_url: str, name: str, **env: str) -> Iterator[str]:
-    """`python -m ui` on a free port against `backend_url` (no auth, a high rate limit,
-    `env` on top); yields its base URL and stops it afterwards."""
-    port = free_port()
+def ui_process(
+    backend_url: str, name: str, *, port: int | None = None, **env: str
+) -> Iterator[str]:
+    """`python -m ui` on `port` (default: a free one) against `backend_url` (no auth, a high
+    rate limit, `env` on top); yields its base URL and stops it afterwards."""
+    port = port or free_port()
     proc = Proc(
         name,
         [sys.executable, "-m", "ui"],
