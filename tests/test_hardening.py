@@ -27,6 +27,7 @@ from devtools.testkit.chat_app import (
     chat,
     chat_args,
     eval_count,
+    first_reply_after,
     is_note,
     last_note,
     msg,
@@ -183,20 +184,6 @@ def test_share_links_use_the_public_url_never_the_request_host(fake: FakeOllama)
 
 
 # --- fair share -----------------------------------------------------------------------------
-def first_reply_after(job: Any, started: float, timeout: float = 30) -> float:
-    """Seconds from `started` until `job` streamed a reply's first text."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for outputs in job.outputs():
-            history = outputs[1]
-            if isinstance(history, list) and any(
-                m["role"] == "assistant" and not is_note(m) and text_of(m) for m in history
-            ):
-                return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError("no reply started")
-
-
 def test_one_client_holding_many_streams_does_not_starve_another() -> None:
     """One client tries to hold 60 long streams; another client's short reply on the same
     model still starts within a few seconds. Loopback only, bounded by the fake's length."""

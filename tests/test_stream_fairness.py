@@ -22,9 +22,15 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from devtools.testkit.chat_app import UNCHANGED, chat, chat_args, rejection, running_app
+from devtools.testkit.chat_app import (
+    UNCHANGED,
+    chat,
+    chat_args,
+    first_reply_after,
+    rejection,
+    running_app,
+)
 from devtools.testkit.fake_ollama import FakeOllama
-from tests.test_hardening import first_reply_after
 from ui.fair_slots import FairSlots
 
 pytestmark = pytest.mark.timeout(120)
@@ -60,6 +66,17 @@ class RawQueue:
         answer = httpx.post(self.prefix + "/queue/join", json=body, timeout=10)
         assert answer.status_code == 200, answer.text
         return str(answer.json()["event_id"])
+
+    def read_then_hang_up(self, session: str, seen: Callable[[dict[str, Any]], bool]) -> None:
+        """Open the session's event stream, read messages until `seen` says yes, hang up."""
+        params = {"session_hash": session}
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream("GET", self.prefix + "/queue/data", params=params) as stream,
+        ):
+            for line in stream.iter_lines():
+                if line.startswith("data:") and seen(json.loads(line[5:])):
+                    return
 
 
 def budget_is_free(client: Client) -> bool:
@@ -112,15 +129,10 @@ def test_a_job_whose_event_stream_is_dropped_is_cancelled(slow: FakeOllama) -> N
         raw = RawQueue(url)
         session = uuid.uuid4().hex
         raw.join("chat", long_chat("Drop me"), session=session)
-        params = {"session_hash": session}
-        with (
-            httpx.Client(timeout=30) as http,
-            http.stream("GET", raw.prefix + "/queue/data", params=params) as stream,
-        ):
-            for line in stream.iter_lines():
-                if line.startswith("data:") and "word0" in line:
-                    assert json.loads(line[5:])["msg"] == "process_generating"
-                    break  # the reply is flowing: hang up
+        # The reply is flowing: hang up.
+        raw.read_then_hang_up(
+            session, lambda m: m["msg"] == "process_generating" and "word0" in json.dumps(m)
+        )
         hung_up = wait_until(lambda: slow.hangups == 1, 4 * TOKEN_S, "the backend saw the hang-up")
         assert hung_up < TOKEN_S / 2, hung_up
         client = Client(url, verbose=False)
@@ -139,14 +151,8 @@ def test_a_reply_dropped_while_waiting_for_a_slot_is_never_sent(slow: FakeOllama
         raw = RawQueue(url)
         session = uuid.uuid4().hex
         raw.join("chat", long_chat("Dropped waiter"), session=session)
-        params = {"session_hash": session}
-        with (
-            httpx.Client(timeout=30) as http,
-            http.stream("GET", raw.prefix + "/queue/data", params=params) as stream,
-        ):
-            for line in stream.iter_lines():
-                if line.startswith("data:") and "Dropped waiter" in line:
-                    break  # its message is shown: the reply waits for the slot; hang up
+        # Its message is shown: the reply waits for the slot; hang up.
+        raw.read_then_hang_up(session, lambda m: "Dropped waiter" in json.dumps(m))
         running.result(timeout=30)
         chat(first, "After", model="fake-slow", max_tokens=1)
         assert "After" in slow.generated

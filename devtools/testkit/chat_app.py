@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -127,3 +128,17 @@ def chat(client: Client, *args: Any, **kwargs: Any) -> tuple[Any, list[dict[str,
     """Call /chat with `chat_args(*args, **kwargs)`: (message box, history, banner)."""
     box, history, banner = client.predict(*chat_args(*args, **kwargs), api_name="/chat")
     return box, history, banner
+
+
+def first_reply_after(job: Any, started: float, timeout: float = 30) -> float:
+    """Seconds from `started` until `job` streamed a reply's first text."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for outputs in job.outputs():
+            history = outputs[1]
+            if isinstance(history, list) and any(
+                m["role"] == "assistant" and not is_note(m) and text_of(m) for m in history
+            ):
+                return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError("no reply started")
