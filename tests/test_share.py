@@ -249,7 +249,7 @@ def test_oversized_token_is_refused_before_any_work(secret: bytes) -> None:
 
 
 def test_decompression_bomb_is_stopped_at_the_cap(secret: bytes) -> None:
-    bomb_size = 16 * 1024 * 1024
+    bomb_size = 8 * 1024 * 1024
     payload = b'{"v":1,"kind":"chat","pad":"' + b" " * bomb_size + b'"}'
     token = seal(payload, secret)
     del payload
@@ -261,7 +261,7 @@ def test_decompression_bomb_is_stopped_at_the_cap(secret: bytes) -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # Bounded decompression: memory stays near the cap, far below the bomb's 16 MiB.
+    # Bounded decompression: memory stays near the cap, far below the bomb's 8 MiB.
     assert peak < 4 * share.MAX_JSON_BYTES
 
 
@@ -293,7 +293,7 @@ def test_a_link_of_the_earlier_format_says_so(secret: bytes) -> None:
 
 def test_the_signature_is_checked_before_decompressing(secret: bytes) -> None:
     """A bomb signed with another key is refused without being inflated at all."""
-    bomb = seal(b" " * (16 * 1024 * 1024), os.urandom(32))
+    bomb = seal(b" " * (8 * 1024 * 1024), os.urandom(32))
     tracemalloc.start()
     try:
         with pytest.raises(ShareLinkTampered):

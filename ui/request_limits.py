@@ -38,8 +38,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # the event stream, heartbeats) is not counted.
 EVENT_PATH_PARTS = ("/queue/join", "/call/", "/run/")
 UPLOAD_PATH_SUFFIXES = ("/upload", "/upload_progress")
-# Above any share link this app reads (ui/share.py: MAX_DECODE_TOKEN_CHARS, 32 768).
-MAX_QUERY_BYTES = 40_000
+# Above any share link this app reads (ui/share.py: MAX_DECODE_TOKEN_CHARS, 13 500), and
+# below what uvicorn's HTTP parser reads reliably: h11 refuses (400, or a reset) a request
+# head over 16 KiB that arrives in more than one read (h11 DEFAULT_MAX_INCOMPLETE_EVENT_SIZE),
+# so only a query under that, with room for a browser's other headers, surely gets this page.
+MAX_QUERY_BYTES = 14_000
 TOO_LONG_PAGE = (
     "<!doctype html><meta charset=utf-8><title>Link too long</title>"
     "<p>This link is too long to be a link of this app (a share link may have been cut "

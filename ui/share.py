@@ -77,9 +77,10 @@ SHARE_QUERY_PARAM = "share"
 MAX_URL_CHARS = 8000
 DEFAULT_MAX_TOKEN_CHARS = 7500
 # What decode accepts. Larger than the encode default so that an operator who raises the
-# encode limit does not break links already handed out; still small enough to be cheap.
-MAX_DECODE_TOKEN_CHARS = 32_768
-# Upper bound on the decompressed JSON: a 32 K-character token holds about 24 KB of zlib
+# encode limit does not break links already handed out; still small enough to be cheap, and
+# below what the UI's HTTP server reliably reads (ui/request_limits.py: MAX_QUERY_BYTES).
+MAX_DECODE_TOKEN_CHARS = 13_500
+# Upper bound on the decompressed JSON: a 13.5 K-character token holds about 10 KB of zlib
 # data, which real chat text never inflates past a few hundred KB. Anything beyond is a bomb.
 MAX_JSON_BYTES = 512 * 1024
 MIN_SECRET_BYTES = 16
