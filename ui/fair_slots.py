@@ -37,8 +37,10 @@ class SlotWait:
     def html(self) -> str:
         if not self.waiting:
             return ""
+        # No live-region role here: the page's persistent live region says it (ui/a11y.py),
+        # as for the warming banner; a role on this replaced element would say it twice.
         return (
-            f'<div class="warming-banner" role="status" aria-live="polite" data-phase="queued">'
+            f'<div class="warming-banner" data-phase="queued">'
             f'<span class="warming-phase">Waiting for {html.escape(self.model)}: its '
             f"{self.capacity} slots are busy ({self.waiting} replies waiting, people served "
             "in turn)…</span><small>Your message is queued and will be sent once; no need "
