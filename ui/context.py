@@ -19,6 +19,7 @@ from ui.event_streams import EventStreams
 from ui.fair_slots import FairSlots
 from ui.model_directory import ModelDirectory
 from ui.rate_limit import RateLimiter, StreamBudget
+from ui.reply_mac import ReplyMacs
 from ui.settings import Settings
 from ui.share import resolve_share_secret
 from ui.stop_signals import StopSignals
@@ -40,6 +41,7 @@ class AppContext:
     tracker: ColdStartTracker  # typical cold start, learned by this process (all pages)
     prewarmer: Prewarmer  # wakes a backend and loads a model in the background
     secret: bytes  # signs share links and seals battle pairings; never leaves the server
+    reply_macs: ReplyMacs  # vouches for the replies this server generated (shared views)
     votes: VoteBook  # the vote store (LLM_VOTES): Battle writes, Leaderboard reads
     watch: BackendWatch  # the backend's state as every page's status line shows it
 
@@ -55,6 +57,7 @@ class AppContext:
         models = ModelDirectory(settings, client)
         models.on_answer.append(watch.answered)
         models.on_held.append(watch.waking)
+        secret = resolve_share_secret(settings)
         return cls(
             settings=settings,
             client=client,
@@ -67,7 +70,8 @@ class AppContext:
             stops=StopSignals(),
             tracker=tracker,
             prewarmer=Prewarmer(client, watch=watch, remember=models.remember),
-            secret=resolve_share_secret(settings),
+            secret=secret,
+            reply_macs=ReplyMacs(secret),
             votes=VoteBook(settings.votes, vote_logger()),
             watch=watch,
         )

@@ -178,10 +178,10 @@ class ShareOutcome:
 class ShareService:
     """Mints share links; holds the signing key (it never leaves the server)."""
 
-    def __init__(self, settings: Settings, secret: bytes) -> None:
+    def __init__(self, settings: Settings, secret: bytes, macs: ReplyMacs) -> None:
         self.settings = settings
         self.secret = secret
-        self.macs = ReplyMacs(secret)  # checks which replies this server generated
+        self.macs = macs  # checks which replies this server generated
 
     def base_url(self, request: Any) -> str:
         if self.settings.public_url:

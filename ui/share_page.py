@@ -63,7 +63,7 @@ class ShareHandlers:
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
-        self.service = ShareService(ctx.settings, ctx.secret)
+        self.service = ShareService(ctx.settings, ctx.secret, ctx.reply_macs)
 
     def _parameters(
         self, system_prompt: object, temperature: object, top_p: object, max_tokens: object

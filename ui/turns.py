@@ -707,10 +707,14 @@ async def stream_turn(
     does too. Either closes the backend requests, so the models stop generating."""
     stop = ctx.stops.register(turn.stop_key) if turn.stop_key else None
     price = ctx.watch.price
-    macs = ReplyMacs(ctx.secret)
     replies = [
         ReplyProgress(
-            column, started=clock(), retry_hint=turn.retry_hint, clock=clock, price=price, macs=macs
+            column,
+            started=clock(),
+            retry_hint=turn.retry_hint,
+            clock=clock,
+            price=price,
+            macs=ctx.reply_macs,
         )
         for column in turn.columns
     ]
