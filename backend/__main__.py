@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 import uvicorn
 
@@ -76,6 +77,13 @@ def main(argv: list[str] | None = None) -> None:
         help="/api/ps while a model loads: list it, as the pinned Ollama 0.24 does, or wait "
         "until it is loaded, as Ollama 0.32.4+ does (env ENGINE_PS_WHILE_LOADING)",
     )
+    parser.add_argument(
+        "--hold-loads-while",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="for tests: while FILE exists, a model load does not finish",
+    )
     args = parser.parse_args(argv)
     try:
         keep_alive = parse_env_keep_alive(args.keep_alive)
@@ -93,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         default_keep_alive=keep_alive,
         default_num_ctx=args.context_length,
         ps_while_loading=args.ps_while_loading,
+        hold_loads_while=args.hold_loads_while,
     )
     logging.getLogger("backend").info(
         "local engine on http://%s:%d (models: %s)",

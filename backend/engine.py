@@ -29,6 +29,7 @@ import time
 import traceback
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import llama_cpp
@@ -240,6 +241,7 @@ class Engine:
         default_num_ctx: int = DEFAULT_NUM_CTX,
         n_threads: int | None = None,
         ps_while_loading: PsWhileLoading = "list",
+        hold_loads_while: Path | None = None,
     ) -> None:
         self.num_parallel = max(1, num_parallel)
         self.max_queue = max_queue
@@ -247,6 +249,9 @@ class Engine:
         self.default_num_ctx = default_num_ctx
         self.n_threads = n_threads or usable_cores()
         self.ps_while_loading = ps_while_loading
+        # Tests only: while this file exists a load does not finish, so a test can see a load
+        # in progress however fast the machine loads (it removes the file to let it end).
+        self.hold_loads_while = hold_loads_while
         self.loaded: dict[str, _LoadedModel] = {}
         self.loading: dict[str, Loading] = {}
         self._loads_done = asyncio.Event()
@@ -334,6 +339,7 @@ class Engine:
         try:
             model = await asyncio.to_thread(_LoadedModel, spec, self.num_parallel, self.n_threads)
             slot = await asyncio.to_thread(self._new_slot, spec, self.default_num_ctx)
+            await self._held_load()
         finally:
             del self.loading[spec.tag]
             if not self.loading:
@@ -343,6 +349,10 @@ class Engine:
         self.loaded[spec.tag] = model
         log.info("loaded %s in %.2fs", spec.tag, (time.perf_counter_ns() - t0) / 1e9)
         return model
+
+    async def _held_load(self) -> None:
+        while self.hold_loads_while is not None and self.hold_loads_while.exists():
+            await asyncio.sleep(0.02)
 
     async def loads_finished(self) -> None:
         """Return once no model is loading (what /api/ps waits for in "wait" mode)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from gradio_client import Client
@@ -13,13 +14,27 @@ from devtools.testkit.procs import Proc, free_port, start_engine, wait_http
 
 
 @pytest.fixture(scope="session")
-def engine_proc() -> Iterator[tuple[Proc, str]]:
+def load_hold(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """While this file exists, the shared engine's model loads do not finish (a test creates
+    it to see a load in progress however fast this machine loads, then removes it)."""
+    return tmp_path_factory.mktemp("engine") / "hold-loads"
+
+
+@pytest.fixture(scope="session")
+def engine_proc(load_hold: Path) -> Iterator[tuple[Proc, str]]:
     """One real local engine shared by all tests (both models bundled), and its URL.
 
     Ten parallel slots per model so that concurrency tests interleave streams.
     """
     proc, url = start_engine(
-        None, "--num-parallel", "10", "--max-queue", "64", name="engine-session"
+        None,
+        "--num-parallel",
+        "10",
+        "--max-queue",
+        "64",
+        "--hold-loads-while",
+        str(load_hold),
+        name="engine-session",
     )
     try:
         yield proc, url

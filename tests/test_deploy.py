@@ -244,12 +244,14 @@ def test_ui_image_is_slim_non_root_and_exec_form() -> None:
 def test_ui_image_installs_runtime_dependencies_only_before_the_code() -> None:
     steps = instructions("Dockerfile.ui")
     runs = [r for kw, r in steps if kw == "RUN"]
-    (install,) = [r for r in runs if "pip install" in r]
-    assert "['project']['dependencies']" in install
+    (install,) = [r for r in runs if "--require-hashes" in r]
+    assert "uv export --frozen" in install and "--extra" not in install, install
     assert "local" not in install and "llama-cpp" not in install.lower()
     assert not re.search(r"pip install[^&]*\s\.(\[|\s|$)", install), "installs the project"
     order = [kw + " " + r for kw, r in steps]
-    install_at = next(i for i, s in enumerate(order) if "pip install" in s)
+    install_at = next(i for i, s in enumerate(order) if "--require-hashes" in s)
+    lock_copy = next(i for i, s in enumerate(order) if s.startswith("COPY") and "uv.lock" in s)
+    assert lock_copy < install_at, "the install must read the lock"
     first_code_copy = next(i for i, s in enumerate(order) if s.startswith("COPY ui"))
     assert install_at < first_code_copy, "dependencies must be their own cached layer"
     copies = args_of("Dockerfile.ui", "COPY")
@@ -789,3 +791,39 @@ def test_ui_starts_with_deploy_settings_against_the_emulator() -> None:
     finally:
         proc.stop()
         emu.stop()
+
+
+def _uv_pins() -> dict[str, str]:
+    """uv's version as the Makefile, Dockerfile.ui and the dev extra pin it."""
+    make = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    docker = re.search(
+        r"pip install --no-cache-dir uv==(\S+)", (ROOT / "Dockerfile.ui").read_text()
+    )
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (extra,) = [r for r in dev["dev"] if r.startswith("uv==")]
+    assert make and docker
+    return {"Makefile": make[1], "Dockerfile.ui": docker[1], "dev extra": extra[4:]}
+
+
+def test_one_uv_version_everywhere() -> None:
+    assert len(set(_uv_pins().values())) == 1, _uv_pins()
+
+
+def test_the_ui_image_installs_the_locked_runtime_versions_only() -> None:
+    """Run the image's own `uv export` step (with the locked uv) on this checkout: the
+    requirements carry hashes and pins that match uv.lock, and nothing of `local` or `dev`."""
+    uv = Path(sys.executable).with_name("uv")
+    result = subprocess.run(
+        [str(uv), "export", "--frozen", "--no-emit-project", "--no-header"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    pins = dict(re.findall(r"^([a-z0-9_.-]+)==(\S+)", result.stdout, re.M))
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    locked = {(p["name"], p["version"]) for p in lock["package"] if "version" in p}
+    assert pins and all((name, version) in locked for name, version in pins.items()), pins
+    assert "gradio" in pins and "ollama" in pins and "google-auth" in pins
+    for name in ("llama-cpp-python", "pytest", "playwright", "uv", "starlette-context"):
+        assert name not in pins, name
+    assert "--hash=sha256:" in result.stdout

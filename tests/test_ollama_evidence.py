@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import ollama
@@ -33,7 +34,13 @@ TWO = {"num_predict": 2, "temperature": 0}
 
 
 @pytest.fixture(scope="module")
-def forever_engine() -> Iterator[str]:
+def forever_hold(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """While this file exists, forever_engine's loads do not finish (see `load_hold`)."""
+    return tmp_path_factory.mktemp("forever") / "hold-loads"
+
+
+@pytest.fixture(scope="module")
+def forever_engine(forever_hold: Path) -> Iterator[str]:
     """The GPU image's settings (OLLAMA_KEEP_ALIVE=-1), one slot and a queue of one, and
     /api/ps held during loads as in Ollama 0.32.4+."""
     proc: Proc
@@ -47,6 +54,8 @@ def forever_engine() -> Iterator[str]:
         "1",
         "--ps-while-loading",
         "wait",
+        "--hold-loads-while",
+        str(forever_hold),
         name="engine-forever",
     )
     try:
@@ -66,17 +75,25 @@ async def _unload(url: str, model: str) -> None:
         await c.post("/api/chat", json={"model": model, "messages": [], "keep_alive": 0})
 
 
-async def _phases_during_a_load(url: str) -> list[str | None]:
+async def _phases_during_a_load(url: str, hold: Path) -> list[str | None]:
     """PhaseDetector's findings, looked up every 0.1 s while a request loads Gemma, then
-    twice after the model has served it."""
+    twice after the model has served it. The load is held (the engine's --hold-loads-while)
+    until the detector has said "loading" or 30 s of looks have passed, so the outcome does
+    not depend on how fast this machine loads a model."""
     await _unload(url, GEMMA)
     client = client_for(url)
     detector = PhaseDetector(client, GEMMA)
-    chat = asyncio.ensure_future(_plain_reply(client, GEMMA))
-    seen: list[str | None] = []
-    while not chat.done():
-        seen.append(await detector.detect())
-        await asyncio.sleep(0.1)
+    hold.touch()
+    try:
+        chat = asyncio.ensure_future(_plain_reply(client, GEMMA))
+        seen: list[str | None] = []
+        for _ in range(300):
+            seen.append(await detector.detect())
+            if seen[-1] == "loading" or chat.done():
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        hold.unlink(missing_ok=True)
     await chat
     seen += ["|", await detector.detect()]
     await asyncio.sleep(0.2)
@@ -89,8 +106,8 @@ async def _plain_reply(client: BackendClient, model: str) -> list:
     return [e async for e in client.chat_stream(model, HELLO, options=TWO)]
 
 
-async def test_loading_then_warm_when_ps_lists_loading_models(engine: str) -> None:
-    seen = await _phases_during_a_load(engine)
+async def test_loading_then_warm_when_ps_lists_loading_models(engine: str, load_hold: Path) -> None:
+    seen = await _phases_during_a_load(engine, load_hold)
     during, after = seen[: seen.index("|")], seen[seen.index("|") + 1 :]
     assert "loading" in during, seen
     # Served a request: expires_at is set (the look across that change may still see it
@@ -98,8 +115,10 @@ async def test_loading_then_warm_when_ps_lists_loading_models(engine: str) -> No
     assert after[-1] is None, seen
 
 
-async def test_loading_then_warm_when_ps_waits_for_loads(forever_engine: str) -> None:
-    seen = await _phases_during_a_load(forever_engine)
+async def test_loading_then_warm_when_ps_waits_for_loads(
+    forever_engine: str, forever_hold: Path
+) -> None:
+    seen = await _phases_during_a_load(forever_engine, forever_hold)
     during, after = seen[: seen.index("|")], seen[seen.index("|") + 1 :]
     assert "loading" in during, seen
     assert after[-1] is None, seen

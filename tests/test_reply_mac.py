@@ -178,14 +178,14 @@ def test_the_key_is_apart_from_the_share_and_battle_keys_and_figures_count_as_sh
     import hashlib
     import hmac
 
-    from ui import battle_token, share
+    from ui import share
     from ui.reply_mac import ReplyClaim, ReplyMacs
 
     secret = SECRET.encode()
     claim = ReplyClaim("fake-ok", "", "Q?", "A.", {"total_s": 1.234, "eval_count": 3})
     mac = ReplyMacs(secret).mac(claim)
     assert len(mac) == 22
-    battle_key = battle_token._fernet(secret)._signing_key
+    battle_key = _battle_signing_key(secret)
     share_key = share._signer(secret).derive_key()
     for key in (secret, battle_key, share_key):
         other = hmac.new(key, claim.message(), hashlib.sha256).digest()[:16]
@@ -209,3 +209,29 @@ def test_texts_are_taken_as_gradio_ends_up_showing_them() -> None:
     assert inspect.cleandoc(once) != once
     assert shown_text(text) == shown_text(once) == shown_text(inspect.cleandoc(once))
     assert shown_text("a\n  b") != shown_text("a\n  c")
+
+
+def _battle_signing_key(secret: bytes) -> bytes:
+    """The key that signs battle tokens, found from a real token and Fernet's public spec.
+
+    A Fernet key is a 16-byte signing key then a 16-byte encryption key, and a token ends in
+    HMAC-SHA256(signing key, everything before it) (github.com/fernet/spec, Spec.md). The
+    candidate is derived as battle_token documents (HKDF-SHA256, info=KEY_LABEL) and accepted
+    only if it signs a token that `seal_pairing` made, so no library internals are read.
+    """
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from ui import battle_token
+
+    token = battle_token.seal_pairing(
+        battle_token.BattlePairing("a", "b", "id", issued_at=1_700_000_000), secret
+    )
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    key = HKDF(hashes.SHA256(), length=32, salt=None, info=battle_token.KEY_LABEL).derive(secret)
+    signing_key = key[:16]
+    assert hmac.compare_digest(hmac.new(signing_key, raw[:-32], hashlib.sha256).digest(), raw[-32:])
+    return signing_key

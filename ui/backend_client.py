@@ -51,10 +51,20 @@ logger = logging.getLogger(__name__)
 
 NS_PER_S = 1_000_000_000
 # A load_duration above this means the request waited for a model to load. Ollama measures it
-# from request start to the model being ready (server/routes.go ChatHandler, v0.24.0): a few
-# milliseconds of scheduling when the model is loaded, the whole load (seconds on a GPU, at
-# least ~0.15 s for the local engine's smallest model) otherwise.
-MODEL_LOAD_MIN_S = 0.1
+# from request start to the model being ready (server/routes.go ChatHandler, v0.24.0): only
+# scheduling when the model is loaded, the whole load (seconds on a GPU) otherwise. Measured
+# with the real engine (`python -m bench.load_duration`, 2026-12-07, 2 cores): a loaded model
+# 0.10-0.49 ms quiet, at most 4.3 ms with another process keeping a core busy; a real load
+# 117-392 ms for smollm2:135m (91 ms seen once on a quiet machine), 413-1687 ms for
+# gemma3:270m. 20 ms sits 4x above the slowest warm value and 4x below the fastest load.
+MODEL_LOAD_MIN_S = 0.020
+
+
+def was_a_model_load(load_seconds: float | None) -> bool:
+    """Whether a reply with this load_duration (in seconds) waited for its model to load."""
+    return load_seconds is not None and load_seconds > MODEL_LOAD_MIN_S
+
+
 # Ollama's 503 when OLLAMA_MAX_QUEUE requests already wait (server/sched.go ErrMaxQueue).
 OLLAMA_QUEUE_FULL = "maximum pending requests exceeded"
 BODY_END_GRACE_S = 1.0  # how long a finished reply's body may take to end
@@ -93,8 +103,7 @@ class ReplyStats:
     @property
     def model_was_loaded(self) -> bool:
         """Whether this reply waited for its model to load (see MODEL_LOAD_MIN_S)."""
-        load = self.load_seconds
-        return load is not None and load > MODEL_LOAD_MIN_S
+        return was_a_model_load(self.load_seconds)
 
     @property
     def total_seconds(self) -> float | None:

@@ -17,15 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ui.backend_client import MODEL_LOAD_MIN_S
+from ui.backend_client import was_a_model_load
 from ui.errors import InputRejected
 from ui.reply_mac import MAX_TAG_CHARS
 
 CHARS_PER_TOKEN = 4  # rough average for English text with these tokenizers
 TOKENS_PER_MESSAGE = 4  # role markers and separators of chat templates
 MAX_HISTORY_MESSAGES = 500  # far more than any context holds; bounds the work per request
-# A load_duration at or below this means "model was already loaded" (see MODEL_LOAD_MIN_S).
-LOAD_SHOWN_ABOVE_S = MODEL_LOAD_MIN_S
 WARNING_SIGN = "⚠"  # U+26A0 without the emoji selector: common text fonts have it
 
 Message = dict[str, Any]
@@ -198,11 +196,7 @@ def stats_note(figures: ReplyFigures) -> Message:
         f"{figures.ttft_s:.2f} s to first token" if figures.ttft_s is not None else None,
         f"{figures.tokens_per_s:.1f} tokens/s" if figures.tokens_per_s is not None else None,
         f"{figures.total_s:.2f} s total" if figures.total_s is not None else None,
-        (
-            f"model load {figures.load_s:.2f} s"
-            if figures.load_s is not None and figures.load_s > LOAD_SHOWN_ABOVE_S
-            else None
-        ),
+        (f"model load {figures.load_s:.2f} s" if was_a_model_load(figures.load_s) else None),
         figures.cost,
     ]
     details = []

@@ -10,7 +10,8 @@ from __future__ import annotations
 import html
 
 from catalog import find
-from ui.chat_history import LOAD_SHOWN_ABOVE_S, ReplyFigures
+from ui.backend_client import was_a_model_load
+from ui.chat_history import ReplyFigures
 from ui.model_labels import label_for
 from ui.share import SharedConversation
 from ui.turns import ColumnView
@@ -80,7 +81,7 @@ def figures_html(figures: ReplyFigures) -> str:
         parts.append(f"{figures.tokens_per_s:.1f} tokens/s")
     if figures.eval_count is not None:
         parts.append(f"{figures.eval_count} token{'' if figures.eval_count == 1 else 's'}")
-    if figures.load_s is not None and figures.load_s > LOAD_SHOWN_ABOVE_S:
+    if was_a_model_load(figures.load_s):
         parts.append(f"model load {figures.load_s:.2f} s")
     else:
         parts.append("model already loaded")
