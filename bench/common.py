@@ -9,7 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from devtools.testkit.procs import Proc, free_port, wait_http
@@ -139,3 +139,17 @@ def git_revision() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+BUSY_LOOP = [sys.executable, "-c", "while True: pass"]
+
+
+@contextlib.contextmanager
+def busy_core() -> Iterator[None]:
+    """Another process keeping one core busy (a plain busy loop) for the block's duration."""
+    hog = subprocess.Popen(BUSY_LOOP)
+    try:
+        yield
+    finally:
+        hog.kill()
+        hog.wait()

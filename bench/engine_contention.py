@@ -12,19 +12,15 @@ noisy neighbour). Prints tokens/s medians and each path's ratio busy / idle.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 
 from llama_cpp import Llama
 
 from backend import model_files
 from backend.engine import usable_cores
-from bench.common import load_note, median, table
+from bench.common import busy_core, load_note, median, table
 from bench.engine_vs_inprocess import run_http, run_inprocess
 from catalog import find
 from devtools.testkit.procs import start_engine
-
-BUSY_LOOP = [sys.executable, "-c", "while True: pass"]
 
 
 def main() -> None:
@@ -63,13 +59,9 @@ def main() -> None:
         note = load_note()
         for i in range(args.runs):
             one_round("idle", i)
-        hog = subprocess.Popen(BUSY_LOOP)
-        try:
+        with busy_core():
             for i in range(args.runs):
                 one_round("busy", i)
-        finally:
-            hog.kill()
-            hog.wait()
     finally:
         proc.stop()
         for llama in contexts.values():

@@ -11,36 +11,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
 import statistics
-from collections.abc import Iterator
 
 import httpx
 
+from bench.common import busy_core
 from devtools.testkit.procs import start_engine
 
 MODELS = ("smollm2:135m", "gemma3:270m")
 HELLO = [{"role": "user", "content": "Hi"}]
-
-
-def _spin() -> None:
-    while True:
-        pass
-
-
-@contextlib.contextmanager
-def busy_core(on: bool) -> Iterator[None]:
-    """Another process keeping one core busy (a plain busy loop), when `on`."""
-    if not on:
-        yield
-        return
-    proc = multiprocessing.Process(target=_spin, daemon=True)
-    proc.start()
-    try:
-        yield
-    finally:
-        proc.terminate()
-        proc.join()
 
 
 def load_ms(client: httpx.Client, model: str, keep_alive: float | None = None) -> float:
@@ -74,7 +53,7 @@ def main() -> None:
     rows = []
     try:
         for busy in (False, True):
-            with busy_core(busy):
+            with busy_core() if busy else contextlib.nullcontext():
                 for (model, state), values in measure(url, args.rounds).items():
                     rows.append((model, state, "one core busy" if busy else "quiet", values))
     finally:
