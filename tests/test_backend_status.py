@@ -13,6 +13,7 @@ from ui.backend_client import BackendClient, ModelInfo
 from ui.backend_status import BackendWatch, GpuPrice, money, reply_cost_text
 from ui.model_directory import ModelDirectory
 from ui.settings import Settings
+from ui.view.render import backend_status_html
 
 
 class Clock:
@@ -102,9 +103,10 @@ def test_unreachable_says_why_without_addresses_and_assertively() -> None:
     assert "https://" not in view.detail and "secret-backend" not in view.detail
     # The page script (ui/a11y.py) speaks it assertively from this state; the line itself
     # is no live region (it is replaced on every refresh: it would not be heard reliably).
-    assert 'data-state="unreachable"' in watch.html() and "role=" not in watch.html()
+    line = backend_status_html(watch.view())
+    assert 'data-state="unreachable"' in line and "role=" not in line
     watch.ready("m")
-    assert 'data-state="ready"' in watch.html()
+    assert 'data-state="ready"' in backend_status_html(watch.view())
 
 
 def test_picker_offers_the_catalog_meanwhile_then_the_last_list_seen() -> None:
@@ -166,7 +168,7 @@ def test_the_refresh_takes_only_a_list_the_backend_gave_recently() -> None:
 
 def test_a_reply_is_costed_by_the_backends_time_less_its_model_load() -> None:
     from ui.backend_client import ReplyStats
-    from ui.turns import gpu_seconds
+    from ui.turn.reply import gpu_seconds
 
     ns = 1_000_000_000
     assert gpu_seconds(ReplyStats(total_duration=5 * ns, load_duration=3 * ns), 9.0) == 2.0

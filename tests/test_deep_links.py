@@ -17,8 +17,8 @@ from ui.deep_links import (
     compare_link,
     initial_tab,
     match_models,
-    notice_html,
 )
+from ui.view.render import notice_html
 
 OFFERED = ["gemma3:270m", "smollm2:135m"]
 SMOLLM_LABEL = "SmolLM2 135M Instruct — Llama · 135M"

@@ -231,13 +231,13 @@ def crafted_share(action: str, kind: Literal["chat", "compare"]) -> str:
     read: tests/test_share.py), signed with the app's secret as /share_chat would sign
     whatever a client sends."""
     from ui.share import (
-        ReplyStats,
         SharedColumn,
         SharedConversation,
         SharedMessage,
         ShareParameters,
         encode_share,
     )
+    from ui.turn.figures import ReplyFigures
 
     hostile = HOSTILE + overlay_html(action)
     messages = [
@@ -245,7 +245,7 @@ def crafted_share(action: str, kind: Literal["chat", "compare"]) -> str:
         SharedMessage(
             role="assistant",
             content="reply " + hostile,
-            stats=ReplyStats(ttft_s=0.1, total_s=1, tokens_per_s=10, eval_count=10),
+            stats=ReplyFigures(ttft_s=0.1, total_s=1, tokens_per_s=10, eval_count=10),
         ),
     ]
     names = [overlay_html(action)[:190]]  # the chat's model: its summary names it

@@ -22,9 +22,10 @@ from devtools.testkit.chat_app import chat_args, running_app
 from devtools.testkit.procs import Proc, refusing_url, start_engine
 from ui.backend_client import BackendClient, ReplyDone, TokenDelta
 from ui.backend_status import BackendWatch, GpuPrice
-from ui.chat_history import ReplyFigures, stats_note
 from ui.errors import BackendBusy
 from ui.settings import Settings
+from ui.turn.figures import ReplyFigures
+from ui.view.notes import stats_note
 from ui.warming import ColdStartTracker, PhaseDetector, Prewarmer, WarmingStatus, stream_with_warmup
 
 GEMMA = "gemma3:270m"

@@ -25,7 +25,6 @@ from itsdangerous import Signer
 from ui import share
 from ui.settings import Settings
 from ui.share import (
-    ReplyStats,
     SharedColumn,
     SharedConversation,
     SharedMessage,
@@ -42,6 +41,7 @@ from ui.share import (
     resolve_share_secret,
     share_url,
 )
+from ui.turn.figures import ReplyFigures
 
 ALPHABET = string.ascii_letters + string.digits + "-_."  # URL-safe base64 and the separator
 TAMPER_TEXT = "This share link is invalid or was changed: it was not signed by this app"
@@ -79,7 +79,7 @@ def make_conversation(
                 SharedMessage(
                     role="assistant",
                     content=f"answer {turn} from {model}: {_words(rng, words_per_reply)}",
-                    stats=ReplyStats(
+                    stats=ReplyFigures(
                         ttft_s=0.25,
                         tokens_per_s=31.5,
                         eval_count=40 + turn,
@@ -124,7 +124,7 @@ def test_round_trip_keeps_everything(kind: Literal["chat", "compare"], secret: b
     assert set(token) <= set(ALPHABET)
     decoded = decode_share(token, secret)
     assert decoded == conv
-    assert decoded.columns[0].messages[2].stats == ReplyStats(
+    assert decoded.columns[0].messages[2].stats == ReplyFigures(
         ttft_s=0.25, tokens_per_s=31.5, eval_count=40, total_s=1.5, load_s=0.0
     )
     assert decoded.parameters.system_prompt == "You are terse."
@@ -360,7 +360,7 @@ def test_integer_json_numbers_are_accepted_for_float_stats(secret: bytes) -> Non
         make_conversation(), {"role": "assistant", "content": "x", "stats": {"total_s": 2}}
     )
     decoded = decode_share(seal(json.dumps(data).encode(), secret), secret)
-    assert decoded.columns[0].messages[0].stats == ReplyStats(total_s=2.0)
+    assert decoded.columns[0].messages[0].stats == ReplyFigures(total_s=2.0)
 
 
 @pytest.mark.parametrize(
@@ -380,13 +380,13 @@ def test_signed_but_broken_payload_is_malformed(body: bytes, expected: str, secr
 
 def test_schema_is_enforced_when_building_too() -> None:
     with pytest.raises(ValueError, match="only assistant messages carry stats"):
-        SharedMessage(role="user", content="hi", stats=ReplyStats(ttft_s=1))
+        SharedMessage(role="user", content="hi", stats=ReplyFigures(ttft_s=1))
     with pytest.raises(ValueError, match="exactly one column"):
         SharedConversation(kind="chat", columns=[SharedColumn(model="a"), SharedColumn(model="b")])
     with pytest.raises(ValueError, match="at least two columns"):
         SharedConversation(kind="compare", columns=[SharedColumn(model="a")])
     with pytest.raises(ValueError):
-        ReplyStats(tokens_per_s=float("nan"))
+        ReplyFigures(tokens_per_s=float("nan"))
 
 
 # --- share the last N turns ----------------------------------------------------------------

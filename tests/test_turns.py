@@ -1,4 +1,4 @@
-"""The turn pipeline (ui/turns.py) on its own: no Gradio app, the real engine behind it.
+"""The turn pipeline (ui/turn/) on its own: no Gradio app, the real engine behind it.
 
 A request is the shape Gradio hands the handlers (a session hash and the client address);
 everything else is the real code: checks, rate limit, context fitting, the N-column
@@ -16,29 +16,22 @@ from typing import Any
 import pytest
 
 from ui.backend_client import ReplyDone, ReplyStats, TokenDelta
-from ui.chat_history import WARNING_SIGN
 from ui.context import AppContext
 from ui.errors import InputRejected
 from ui.model_directory import ModelRejected
-from ui.render import column_status_html
+from ui.reply_mac import ReplyClaim, ReplyMacs
 from ui.settings import Settings
-from ui.turns import (
-    Column,
-    ColumnRequest,
-    ColumnView,
-    Failed,
-    PreparedTurn,
-    ReplyProgress,
-    check_message,
-    check_models,
-    check_parameters,
-    parse_histories,
-    prepare,
-    stop_turn,
-    stream_turn,
-    turn_running,
-)
+from ui.turn.checks import check_message, check_models, check_parameters, parse_histories
+from ui.turn.figures import NoteData, read_note_data
+from ui.turn.prepare import Column, ColumnRequest, PreparedTurn, prepare
+from ui.turn.reply import ColumnView, Failed, ReplyProgress
+from ui.turn.scope import CHAT, COMPARE, Scope
+from ui.turn.stream import stop_turn, stream_turn, turn_running
+from ui.view.notes import WARNING_SIGN, column_messages
+from ui.view.render import column_status_html, waiting_html
 from ui.warming import WarmingStatus
+
+TEST_SCOPE = Scope("test", rate_group="test")
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -88,7 +81,7 @@ async def turn_for(
     *,
     max_tokens: int = 8,
     req: Any = None,
-    scope: str = "test",
+    scope: Scope = TEST_SCOPE,
     blind: bool = False,
 ) -> PreparedTurn:
     params = check_parameters(ctx, "", 0.0, 0.9, max_tokens)
@@ -157,7 +150,7 @@ def test_prepare_fits_each_column_and_says_what_was_left_out(ctx: AppContext) ->
     params = check_parameters(ctx, "Be brief.", 5.0, 0.9, 8)
     turn = prepare(
         ctx, "Summarize.", params, [Column(SMOL, long_history), Column(GEMMA, [])],
-        request=request(), scope="test",
+        request=request(), scope=TEST_SCOPE,
     )  # fmt: skip
     long, short = turn.columns
     assert long.display == [*long_history, {"role": "user", "content": "Summarize."}]
@@ -175,12 +168,12 @@ def test_rate_limit_counts_per_client_and_scope(engine: str) -> None:
     ctx = make_ctx(engine, rate_limit_per_minute=1)
     params = check_parameters(ctx, "", 0.7, 0.9, 8)
     column = [Column(SMOL, [])]
-    prepare(ctx, "Hi", params, column, request=request("192.0.2.7"), scope="chat")
+    prepare(ctx, "Hi", params, column, request=request("192.0.2.7"), scope=CHAT)
     with pytest.raises(InputRejected, match="Too many messages: the limit is 1 per minute"):
-        prepare(ctx, "Hi", params, column, request=request("192.0.2.7"), scope="chat")
+        prepare(ctx, "Hi", params, column, request=request("192.0.2.7"), scope=CHAT)
     # Another client, and the same client on a page with its own count, are served.
-    prepare(ctx, "Hi", params, column, request=request("192.0.2.8"), scope="chat")
-    prepare(ctx, "Hi", params, column, request=request("192.0.2.7"), scope="columns")
+    prepare(ctx, "Hi", params, column, request=request("192.0.2.8"), scope=CHAT)
+    prepare(ctx, "Hi", params, column, request=request("192.0.2.7"), scope=COMPARE)
 
 
 # === one reply and its timings =============================================================
@@ -197,14 +190,14 @@ def test_reply_timings_come_from_the_clock_and_warming_goes_with_the_first_token
     display = [{"role": "user", "content": "Hi"}]
     column = ColumnRequest(GEMMA, display, display, label="Model A", blind=False)
     reply = ReplyProgress(column, started=clock(), clock=clock)
-    assert reply.view().phase == "waiting" and reply.view().history == display
+    assert reply.view().phase == "waiting" and column_messages(reply.view()) == display
     assert reply.apply(WarmingStatus("loading", GEMMA, elapsed=1.0, typical=5.0))
-    assert "Loading Gemma 3 270M (base) into GPU memory" in reply.view().warming
+    assert "Loading Gemma 3 270M (base) into GPU memory" in waiting_html(reply.view().waiting)
     clock.now = 102.5
     assert reply.apply(TokenDelta("Hel"))
     clock.now = 103.0
     assert reply.apply(TokenDelta("lo"))
-    assert reply.view().warming == "" and reply.view().phase == "answering"
+    assert reply.view().waiting is None and reply.view().phase == "answering"
     stats = ReplyStats(eval_count=2, eval_duration=500_000_000, load_duration=1_200_000_000)
     assert not reply.apply(ReplyDone(stats))  # nothing new to show until it is finished
     clock.now = 104.0
@@ -214,11 +207,30 @@ def test_reply_timings_come_from_the_clock_and_warming_goes_with_the_first_token
     assert view.figures is not None
     assert (view.figures.ttft_s, view.figures.total_s) == (2.5, 4.0)
     assert (view.figures.tokens_per_s, view.figures.load_s) == (4.0, 1.2)
-    assert view.history[:-1] == [*display, {"role": "assistant", "content": "Hello"}]
-    title = view.history[-1]["metadata"]["title"]
+    assert column_messages(view)[:-1] == [*display, {"role": "assistant", "content": "Hello"}]
+    title = column_messages(view)[-1]["metadata"]["title"]
     assert title == "2.50 s to first token · 4.0 tokens/s · 4.00 s total · model load 1.20 s"
-    assert "2 tokens generated by gemma3:270m" in view.history[-1]["content"]
+    assert "2 tokens generated by gemma3:270m" in column_messages(view)[-1]["content"]
     assert "model load 1.20 s" in column_status_html(view)
+
+
+def test_a_finished_reply_carries_its_figures_as_data_bound_by_its_mac() -> None:
+    clock = Clock()
+    display = [{"role": "user", "content": "Hi"}]
+    column = ColumnRequest(GEMMA, display, display, label="Gemma", blind=False)
+    macs = ReplyMacs(b"turns-test-secret-0123456789abcdef")
+    reply = ReplyProgress(column, started=clock(), clock=clock, macs=macs)
+    reply.apply(TokenDelta("Hello"))
+    reply.apply(ReplyDone(ReplyStats(eval_count=1, eval_duration=10**8, load_duration=10**5)))
+    clock.now = 101.0
+    reply.finish()
+    view = reply.view()
+    data = read_note_data(column_messages(view)[-1])
+    assert data == NoteData(figures=view.figures, model=GEMMA, mac=view.mac)
+    assert data.figures.total_s == 1.0 and data.figures.eval_count == 1
+    assert macs.verify(ReplyClaim(GEMMA, "", "Hi", "Hello", data.figures), data.mac)
+    slower = data.figures.model_copy(update={"total_s": 2.0})
+    assert not macs.verify(ReplyClaim(GEMMA, "", "Hi", "Hello", slower), data.mac)
 
 
 def test_a_blind_reply_hides_the_model_in_banners_errors_and_figures() -> None:
@@ -227,18 +239,18 @@ def test_a_blind_reply_hides_the_model_in_banners_errors_and_figures() -> None:
     column = ColumnRequest(GEMMA, display, display, label="Model B", blind=True)
     reply = ReplyProgress(column, started=clock(), clock=clock)
     reply.apply(WarmingStatus("loading", GEMMA, elapsed=1.0, typical=5.0))
-    assert "Loading Model B into GPU memory" in reply.view().warming
-    assert "Gemma" not in reply.view().warming
+    assert "Loading Model B into GPU memory" in waiting_html(reply.view().waiting)
+    assert "Gemma" not in waiting_html(reply.view().waiting)
     reply.apply(TokenDelta("Hi"))
     reply.apply(Failed("The model “gemma3:270m” is not available (Gemma 3 270M (base))."))
     reply.finish()
     view = reply.view()
     assert view.phase == "failed" and view.figures is None
     assert view.error == "The model “Model B” is not available (Model B)."
-    assert "gemma" not in str(view.history).lower()
-    assert "The reply above is incomplete." in view.history[-1]["content"]
+    assert "gemma" not in str(column_messages(view)).lower()
+    assert "The reply above is incomplete." in column_messages(view)[-1]["content"]
     # Only the Chat has a retry button: only its error notes point at it.
-    assert "retry" not in view.history[-1]["content"]
+    assert "retry" not in column_messages(view)[-1]["content"]
 
 
 # === streaming from the real engine =======================================================
@@ -246,16 +258,17 @@ async def test_one_column_streams_a_timed_reply(ctx: AppContext) -> None:
     turn = await turn_for(ctx, "Name a colour.", [SMOL], max_tokens=6)
     updates = await run(ctx, turn)
     first, final = updates[0][0], updates[-1][0]
-    assert first.history == [{"role": "user", "content": "Name a colour."}]
+    assert column_messages(first) == [{"role": "user", "content": "Name a colour."}]
     assert first.phase == "waiting"
     assert final.phase == "done" and final.figures is not None
     assert final.figures.eval_count == 6
     assert final.figures.ttft_s is not None and final.figures.total_s is not None
     assert 0 < final.figures.ttft_s <= final.figures.total_s
-    assert final.history[1]["role"] == "assistant" and final.history[1]["content"]
-    assert " s total" in final.history[-1]["metadata"]["title"]
+    assert column_messages(final)[1]["role"] == "assistant" and column_messages(final)[1]["content"]
+    assert " s total" in column_messages(final)[-1]["metadata"]["title"]
     # The reply grows through the updates; each one is new (no update without a change).
-    texts = [u[0].history[1]["content"] for u in updates[1:-1] if len(u[0].history) > 1]
+    shown = [column_messages(u[0]) for u in updates[1:-1]]
+    texts = [messages[1]["content"] for messages in shown if len(messages) > 1]
     assert texts == sorted(texts, key=len)
 
 
@@ -267,7 +280,7 @@ async def test_columns_stream_concurrently_and_a_failing_one_ends_alone(
     smol, ghost, gemma = final
     assert smol.phase == "done" and gemma.phase == "done"
     assert ghost.phase == "failed" and ghost.error is not None and GHOST in ghost.error
-    assert ghost.history[-1]["metadata"]["title"].startswith(WARNING_SIGN)
+    assert column_messages(ghost)[-1]["metadata"]["title"].startswith(WARNING_SIGN)
     assert "compare-status-error" in column_status_html(ghost)
 
 
@@ -276,7 +289,7 @@ async def test_blind_columns_show_no_figures(ctx: AppContext) -> None:
     final = (await run(ctx, turn))[-1]
     for view in final:
         assert view.phase == "done" and view.figures is None
-        assert "tokens/s" not in str(view.history)
+        assert "tokens/s" not in str(column_messages(view))
         assert "Done" in column_status_html(view)
 
 
@@ -291,15 +304,16 @@ async def test_stop_ends_every_column_of_the_session_only(ctx: AppContext) -> No
         async for views in stream_turn(ctx, turn):
             updates.append(views)
             if not stopped_at and any(v.phase == "answering" for v in views):
-                assert turn_running(ctx, req, "test")
-                assert stop_turn(ctx, req, "test")
+                assert turn_running(ctx, req, TEST_SCOPE)
+                assert stop_turn(ctx, req, TEST_SCOPE)
                 stopped_at.append(len(updates))
         return updates
 
     updates, other_updates = await asyncio.gather(watch(), run(ctx, other))
     assert [v.phase for v in updates[-1]] == ["stopped", "stopped"]
-    assert all(v.history[-1]["metadata"]["title"].startswith("Stopped") for v in updates[-1])
-    assert not turn_running(ctx, req, "test"), "the stop signal is released"
-    assert not stop_turn(ctx, req, "test")
+    for view in updates[-1]:
+        assert column_messages(view)[-1]["metadata"]["title"].startswith("Stopped")
+    assert not turn_running(ctx, req, TEST_SCOPE), "the stop signal is released"
+    assert not stop_turn(ctx, req, TEST_SCOPE)
     assert other_updates[-1][0].phase == "done", "another session's turn went on"
     assert other_updates[-1][0].figures.eval_count == 12  # type: ignore[union-attr]

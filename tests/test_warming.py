@@ -16,6 +16,7 @@ from devtools.testkit.procs import refusing_url
 from ui.backend_client import BackendClient, ReplyDone, TokenDelta
 from ui.errors import BackendError, BackendTimeout, BackendUnreachable
 from ui.settings import Settings
+from ui.view.render import warming_html, warming_text
 from ui.warming import (
     ColdStartTracker,
     PhaseDetector,
@@ -90,9 +91,8 @@ async def test_cold_start_reports_phases_then_streams_and_sends_once(
     assert len(waiting) >= 4  # ticks every 0.25 s during >= 2 s of start
     elapsed = [s.elapsed for s in waiting]
     assert elapsed == sorted(elapsed) and elapsed[-1] >= START_DELAY - 0.5
-    assert (
-        "GPU instance" in waiting[0].text and f"{waiting[-1].elapsed:.0f} s" in waiting[-1].html()
-    )
+    assert "GPU instance" in warming_text(waiting[0])
+    assert f"{waiting[-1].elapsed:.0f} s" in warming_html(waiting[-1])
     # The banner's last word before the first token is "ready", then only tokens follow.
     ready_at = next(i for i, e in enumerate(events) if getattr(e, "phase", "") == "ready")
     assert all(not isinstance(e, WarmingStatus) for e in events[ready_at + 1 :])
@@ -122,7 +122,7 @@ async def test_busy_backend_retries_until_capacity_frees(cold_backend: RunningEm
     phases = [e.phase for e in events if isinstance(e, WarmingStatus)]
     assert "busy" in phases
     busy = next(e for e in events if isinstance(e, WarmingStatus) and e.phase == "busy")
-    assert "busy, retrying" in busy.text
+    assert "busy, retrying" in warming_text(busy)
     assert isinstance(events[-1], ReplyDone)
     assert cold_backend.state()["counters"].get("429", 0) >= 1
     await long_reply
@@ -160,7 +160,7 @@ async def _refused_then_named(url: str) -> None:
     assert 3.0 < time.monotonic() - t0 < 7  # retried after 1 s and 2 s, then gave up
     assert "cannot be reached" in err.value.user_message
     retrying = [e for e in seen if isinstance(e, WarmingStatus) and e.phase == "unreachable"]
-    assert retrying and "connection refused), retrying in" in retrying[0].text
+    assert retrying and "connection refused), retrying in" in warming_text(retrying[0])
     await client.aclose()
 
 
@@ -225,7 +225,8 @@ async def test_busy_answers_are_retried_on_the_backoff_schedule_then_named() -> 
         await client.aclose()
         assert len(fake.chat_requests()) == 3
     waits = [e for e in seen if isinstance(e, WarmingStatus) and e.retry_in]
-    assert waits and all(e.phase == "busy" and "busy, retrying in" in e.text for e in waits)
+    assert waits
+    assert all(e.phase == "busy" and "busy, retrying in" in warming_text(e) for e in waits)
     assert not [e for e in seen if not isinstance(e, WarmingStatus)], "no reply events"
     # Two countdowns: from 1 s and from 2 s, each going down tick by tick.
     countdown = [e.retry_in for e in waits if e.retry_in is not None]

@@ -23,7 +23,7 @@ Escape stops the reply streaming on the visible tab (it presses that tab's Stop,
 does nothing when no reply runs); pressing a Send button puts the focus back in the
 message box (not after a tap: a phone's on-screen keyboard would cover the reply); Share
 link also copies the link (`COPY_SHARE_LINK_JS`). Focus outlines and the phone layout are
-CSS (ui/render.py).
+CSS (ui/view/render.py).
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ from ui.context import AppContext
 from ui.deep_links import TAB_SHARED
 from ui.event_streams import EventStreams, event_streams_middleware
 from ui.leaderboard_page import build_leaderboard_page
-from ui.render import CSS, NOTE_TOGGLE_JS
 from ui.request_limits import request_limits_middleware
 from ui.security_headers import security_headers_middleware
 from ui.settings import Settings
@@ -42,6 +41,7 @@ from ui.share_page import (
     wire_shared_view,
 )
 from ui.status_bar import layout_status_bar, wire_status_bar
+from ui.view.render import CSS, NOTE_TOGGLE_JS
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def build_app(
             with gr.Tab("Shared", id=TAB_SHARED, visible=False) as shared_tab:
                 shared = SharedView(share.service)
                 layout_shared_view(shared, shared_tab)
-        demo.load(fn=None, js=NOTE_TOGGLE_JS)  # accessible note toggles (ui/render.py)
+        demo.load(fn=None, js=NOTE_TOGGLE_JS)  # accessible note toggles (ui/view/render.py)
         chat, compare = pages["chat"], pages["compare"]
         wire_status_bar(demo, ctx, status, [chat.picker(), compare.picker()])
         demo.load(fn=None, js=A11Y_JS)  # spoken updates, button names, Escape (ui/a11y.py)

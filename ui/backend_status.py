@@ -1,6 +1,7 @@
 """What the backend is doing right now, as every open page shows it, and what GPU time costs.
 
-`BackendWatch` is one per process (in AppContext). It is told what happened by the code
+`BackendWatch` is one per process (in AppContext); `view()` is what it shows, as data
+(ui/view/render.py `backend_status_html` draws it). It is told what happened by the code
 that talks to the backend: the pre-warm (ui/warming.py `Prewarmer`: waking, listing,
 loading, done or failed), the chat turns (ui/turns.py: warming phases seen by the
 `PhaseDetector` from /api/version and /api/ps, first tokens, replies and their timings,
@@ -22,7 +23,6 @@ reply's share divided by the requests one instance serves at once
 
 from __future__ import annotations
 
-import html
 import logging
 import re
 import time
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from catalog import find
+from ui.model_labels import display_name
 
 log = logging.getLogger(__name__)
 RECENT_S = 30.0  # a backend that answered this recently is not starting an instance
@@ -207,7 +207,7 @@ class BackendWatch:
                 f"{cold_start_cost_text(price, typical)} (estimate)",
             )
         if state == "loading":
-            name = _name(self.model) if self.model else "the model"
+            name = display_name(self.model) if self.model else "the model"
             return StatusView(
                 state,
                 f"Loading {name} into GPU memory… {elapsed:.0f} s",
@@ -222,26 +222,7 @@ class BackendWatch:
             parts.append(f"last reply {money(price.reply_cost(self.last_reply[0]))}")
         parts.append(f"GPU at {money(price.per_hour)}/h ÷ {price.concurrency} (estimates)")
         return StatusView(
-            state, f"Ready: {_name(self.model)}" if self.model else "Ready", " · ".join(parts)
+            state,
+            f"Ready: {display_name(self.model)}" if self.model else "Ready",
+            " · ".join(parts),
         )
-
-    def html(self) -> str:
-        """The status line. Not a live region itself: it is replaced on every refresh and
-        counts seconds; the page script (ui/a11y.py) speaks its changes of phase through
-        the page's live regions (politely; assertively when the backend cannot be used)."""
-        view = self.view()
-        detail = (
-            f' <span class="backend-status-detail">{html.escape(view.detail)}</span>'
-            if view.detail
-            else ""
-        )
-        return (
-            f'<div class="backend-status backend-status-{view.state}" '
-            f'data-state="{view.state}" data-settled="{str(view.settled).lower()}">'
-            f'<span class="backend-status-text">{html.escape(view.text)}</span>{detail}</div>'
-        )
-
-
-def _name(model: str) -> str:
-    spec = find(model)
-    return spec.display_name if spec else model

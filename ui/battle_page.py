@@ -48,26 +48,24 @@ from ui.chat_history import Message, has_reply, is_note, parse_history
 from ui.context import AppContext
 from ui.errors import BackendError, InputRejected
 from ui.model_directory import ModelRejected
-from ui.model_labels import label_for
-from ui.render import banner_html, blind_head_html, column_status_html
+from ui.model_labels import display_name
 from ui.settings import Settings
-from ui.turns import (
+from ui.turn.checks import (
     DEFAULT_COLUMNS_MAX_TOKENS,
     DEFAULT_TOP_P,
     EMPTY_MESSAGE_HINT,
     MODEL_LIST_DEADLINE_S,
-    Column,
-    ColumnView,
-    PreparedTurn,
     check_message,
     check_parameters,
     check_rate,
     check_vote_quota,
-    prepare,
-    stop_turn,
-    stream_turn,
-    turn_running,
 )
+from ui.turn.prepare import Column, PreparedTurn, prepare
+from ui.turn.reply import ColumnView
+from ui.turn.scope import BATTLE
+from ui.turn.stream import stop_turn, stream_turn, turn_running
+from ui.view.notes import column_messages
+from ui.view.render import banner_html, blind_head_html, column_status_html
 from ui.votes import (
     NAMES_A_MODEL_MESSAGE,
     VALID_CHOICES,
@@ -79,8 +77,6 @@ from ui.widgets import RAW_HTML_SHOWN_AS_TEXT, max_tokens_slider, prompt_row, te
 
 logger = logging.getLogger(__name__)
 
-SCOPE = "battle"  # this page's stop signals (ui/turns.py)
-RATE_SCOPE = "columns"  # Compare and Battle count against one per-client limit
 SIDES = ("Model A", "Model B")
 CHOICE_TEXT = {
     "a": "Model A is better",
@@ -153,9 +149,7 @@ class BattlePage:
             Column(model, history, label=side, blind=True)
             for model, side, history in zip((model_a, model_b), SIDES, histories, strict=True)
         ]
-        turn = prepare(
-            ctx, text, params, columns, request=request, scope=SCOPE, rate_scope=RATE_SCOPE
-        )
+        turn = prepare(ctx, text, params, columns, request=request, scope=BATTLE)
         return replace(pairing, replies=None), turn
 
     async def battle(
@@ -196,9 +190,9 @@ class BattlePage:
             box = banner = gr.skip()
         # Both replies streamed to their end: the token is bound to them, and a vote is
         # taken (unless a reply names a model: the battle is no longer blind).
-        ended = [_last_reply(v.history) for v in views if v.phase == "done"]
+        ended = [_last_reply(column_messages(v)) for v in views if v.phase == "done"]
         if len(ended) == 2 and all(ended):
-            names = {m: label_for(m).display_name for m in (pairing.model_a, pairing.model_b)}
+            names = {m: display_name(m) for m in (pairing.model_a, pairing.model_b)}
             if names_a_model(ended, names):
                 logger.info("battle %s names a model: no vote", pairing.battle_id)
                 yield (box, banner_html(NAMES_A_MODEL_MESSAGE, "warning"), token,
@@ -221,7 +215,7 @@ class BattlePage:
             valid = ", ".join(VALID_CHOICES)
             return (banner_html(f"Unknown vote {choice!r}: use one of {valid}.", "error"),
                     *unchanged)  # fmt: skip
-        if turn_running(self.ctx, request, SCOPE):
+        if turn_running(self.ctx, request, BATTLE):
             # The running stream would overwrite the revealed names with "Model A/B".
             text = "Wait until both answers are complete (or press Stop) before voting."
             return (banner_html(text, "error"), *unchanged)
@@ -235,7 +229,7 @@ class BattlePage:
                     "These answers are not the ones this battle streamed, so the vote "
                     "cannot be counted. Press “New battle” to start another one."
                 )
-            check_rate(self.ctx, request, RATE_SCOPE)
+            check_rate(self.ctx, request, BATTLE)
             check_vote_quota(self.ctx, request)
         except InputRejected as exc:
             return (banner_html(exc.user_message, "error"), *unchanged)
@@ -253,8 +247,8 @@ class BattlePage:
         except (InputRejected, VoteNotSaved) as exc:  # AlreadyVoted is an InputRejected
             # Not saved: the token stays, so the same vote can be sent again.
             return (banner_html(exc.user_message, "error"), *unchanged)
-        name_a = label_for(pairing.model_a).display_name
-        name_b = label_for(pairing.model_b).display_name
+        name_a = display_name(pairing.model_a)
+        name_b = display_name(pairing.model_b)
         text = (
             f"Thanks for voting: {CHOICE_TEXT[choice]}. Model A was {name_a} and "
             f"Model B was {name_b}. Send a new prompt for the next battle."
@@ -267,7 +261,7 @@ class BattlePage:
         )
 
     async def stop(self, request: gr.Request) -> None:
-        if not stop_turn(self.ctx, request, SCOPE):
+        if not stop_turn(self.ctx, request, BATTLE):
             raise gr.Error("No battle is running.", visible=False, print_exception=False)
 
 
@@ -282,7 +276,7 @@ def _last_reply(history: Sequence[Message]) -> str:
 def _battle_columns(views: Sequence[ColumnView], heads: tuple[str, str]) -> list[Any]:
     outputs: list[Any] = []
     for view, head in zip(views, heads, strict=True):
-        outputs += [head, view.history, column_status_html(view)]
+        outputs += [head, column_messages(view), column_status_html(view)]
     return outputs
 
 

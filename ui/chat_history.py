@@ -6,25 +6,24 @@ comes back with every request, so it is untrusted input: `parse_history` checks 
 Display messages are Gradio message dicts. Two kinds of assistant messages:
 - replies: `{"role": "assistant", "content": "..."}` - part of the conversation;
 - notes: messages with `metadata["title"]` (Gradio shows them as a small collapsible line):
-  the stats line under a reply, or an error line. Notes are never sent to the model.
+  the figures under a reply, or an error line (made by ui/view/notes.py). Notes are never
+  sent to the model.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ui.backend_client import was_a_model_load
 from ui.errors import InputRejected
-from ui.reply_mac import MAX_TAG_CHARS
+
+MAX_NOTE_ID_CHARS = 600  # a note's data (ui/turn/figures.py NoteData): figures, model, MAC
 
 CHARS_PER_TOKEN = 4  # rough average for English text with these tokenizers
 TOKENS_PER_MESSAGE = 4  # role markers and separators of chat templates
 MAX_HISTORY_MESSAGES = 500  # far more than any context holds; bounds the work per request
-WARNING_SIGN = "⚠"  # U+26A0 without the emoji selector: common text fonts have it
 
 Message = dict[str, Any]
 
@@ -66,10 +65,10 @@ def parse_history(raw: object) -> list[Message]:
                 for k, v in metadata.items()
                 if k in ("title", "status", "log", "duration") and v is not None
             }
-            # A stats note's id carries the server's MAC over its reply (ui/reply_mac.py).
-            tag = metadata.get("id")
-            if isinstance(tag, str) and len(tag) <= MAX_TAG_CHARS:
-                message["metadata"]["id"] = tag
+            # A reply's note carries its figures and MAC as data (ui/turn/figures.py).
+            data = metadata.get("id")
+            if isinstance(data, str) and len(data) <= MAX_NOTE_ID_CHARS:
+                message["metadata"]["id"] = data
         history.append(message)
     return history
 
@@ -172,104 +171,3 @@ def history_before(history: Sequence[Message], index: int) -> list[Message]:
     if not 0 <= index < len(history):
         raise HistoryRejected(f"There is no message number {index + 1} to edit.")
     return list(history[:index])
-
-
-# === notes ==============================================================================
-@dataclass
-class ReplyFigures:
-    """What the stats line under a reply shows."""
-
-    ttft_s: float | None = None  # time to first token, measured by the UI
-    total_s: float | None = None  # send to last token, measured by the UI
-    tokens_per_s: float | None = None  # from Ollama's eval_count / eval_duration
-    eval_count: int | None = None
-    prompt_tokens: int | None = None
-    load_s: float | None = None  # Ollama's load_duration, when a load happened
-    done_reason: str | None = None
-    model: str | None = None
-    notices: list[str] = field(default_factory=list)
-    cost: str | None = None  # the estimated GPU cost (ui/backend_status.py), said as such
-
-
-def stats_note(figures: ReplyFigures) -> Message:
-    title = [
-        f"{figures.ttft_s:.2f} s to first token" if figures.ttft_s is not None else None,
-        f"{figures.tokens_per_s:.1f} tokens/s" if figures.tokens_per_s is not None else None,
-        f"{figures.total_s:.2f} s total" if figures.total_s is not None else None,
-        (f"model load {figures.load_s:.2f} s" if was_a_model_load(figures.load_s) else None),
-        figures.cost,
-    ]
-    details = []
-    if figures.eval_count is not None:
-        by = f" by {figures.model}" if figures.model else ""
-        noun = "token" if figures.eval_count == 1 else "tokens"
-        details.append(f"{figures.eval_count} {noun} generated{by}")
-    if figures.prompt_tokens is not None:
-        details.append(f"prompt {figures.prompt_tokens} tokens")
-    if figures.done_reason == "length":
-        details.append("stopped at the max-tokens limit")
-    lines = [" · ".join(details)] if details else []
-    lines += [f"{WARNING_SIGN} {notice}" for notice in figures.notices]
-    metadata: dict[str, Any] = {"title": " · ".join(t for t in title if t)}
-    if not figures.notices:
-        metadata["status"] = "done"  # collapsed; notices keep it open so they are seen
-    return {"role": "assistant", "content": "\n".join(lines), "metadata": metadata}
-
-
-def stopped_note(figures: ReplyFigures) -> Message:
-    """The note under a reply the user stopped (no Ollama stats: the stream was cut)."""
-    title = ["Stopped"]
-    if figures.ttft_s is not None:
-        title.append(f"{figures.ttft_s:.2f} s to first token")
-    if figures.total_s is not None:
-        title.append(f"{figures.total_s:.2f} s total")
-    lines = ["You stopped this reply, so it is incomplete."]
-    lines += [f"{WARNING_SIGN} {notice}" for notice in figures.notices]
-    return {
-        "role": "assistant",
-        "content": "\n".join(lines),
-        "metadata": {"title": " · ".join(title), "status": "done"},
-    }
-
-
-def error_note(
-    user_message: str, *, partial: bool, notices: Sequence[str] = (), retry_hint: bool = True
-) -> Message:
-    """The note under a reply that failed. `retry_hint`: the page has a retry button."""
-    lines = []
-    if partial:
-        lines.append("The reply above is incomplete.")
-    if retry_hint:
-        lines.append("Your message is kept: press ↻ (retry) to send it again.")
-    lines += [f"{WARNING_SIGN} {notice}" for notice in notices]
-    return {
-        "role": "assistant",
-        "content": "\n".join(lines),
-        "metadata": {"title": f"{WARNING_SIGN} {user_message}"},
-    }
-
-
-_FIGURE_PATTERNS = {
-    "ttft_s": re.compile(r"([\d.]+) s to first token"),
-    "tokens_per_s": re.compile(r"([\d.]+) tokens/s"),
-    "total_s": re.compile(r"([\d.]+) s total"),
-    "load_s": re.compile(r"model load ([\d.]+) s"),
-}
-_EVAL_COUNT = re.compile(r"(\d+) tokens? generated")
-
-
-def read_stats_note(message: Message) -> dict[str, float | int] | None:
-    """The figures of a stats note (keys: ttft_s, tokens_per_s, total_s, load_s,
-    eval_count), or None if the message is not one. Inverse of `stats_note`."""
-    if not is_note(message):
-        return None
-    title = str(message["metadata"]["title"])
-    if title.startswith(WARNING_SIGN) or not _FIGURE_PATTERNS["total_s"].search(title):
-        return None
-    figures: dict[str, float | int] = {}
-    for key, pattern in _FIGURE_PATTERNS.items():
-        if match := pattern.search(title):
-            figures[key] = float(match.group(1))
-    if match := _EVAL_COUNT.search(message.get("content") or ""):
-        figures["eval_count"] = int(match.group(1))
-    return figures

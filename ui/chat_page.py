@@ -33,29 +33,35 @@ import gradio as gr
 from ui.a11y import announce_reply_end
 from ui.chat_history import Message, history_before, parse_history, split_last_user_turn
 from ui.context import AppContext
-from ui.deep_links import chat_link, notice_html, query_params
+from ui.deep_links import chat_link, query_params
 from ui.errors import InputRejected
 from ui.model_directory import ModelChoices, ModelRejected
-from ui.render import RESTORE_HISTORY_JS, SAVE_HISTORY_JS, banner_html, model_info_markdown
 from ui.settings import Settings
 from ui.status_bar import Picker
-from ui.turns import (
+from ui.turn.checks import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_TOP_P,
     EMPTY_MESSAGE_HINT,
     MODEL_LIST_DEADLINE_S,
     TOP_P_RANGE,
-    Column,
     check_message,
     check_models,
     check_parameters,
-    prepare,
-    stop_turn,
-    stream_turn,
+)
+from ui.turn.prepare import Column, prepare
+from ui.turn.scope import CHAT
+from ui.turn.stream import stop_turn, stream_turn
+from ui.view.notes import column_messages
+from ui.view.render import (
+    RESTORE_HISTORY_JS,
+    SAVE_HISTORY_JS,
+    banner_html,
+    model_info_markdown,
+    notice_html,
+    waiting_html,
 )
 from ui.widgets import RAW_HTML_SHOWN_AS_TEXT, max_tokens_slider, temperature_slider
 
-SCOPE = "chat"  # this page's rate-limit count and stop signals (ui/turns.py)
 BROWSER_STORAGE_KEY = "serverless-llm-chat/history"
 # BrowserState encrypts localStorage with a key that is sent to the page anyway, so it is
 # not a secret; it must only be the same on every instance and after restarts, or a
@@ -168,7 +174,7 @@ class ChatPage:
             names = await check_models(self.ctx, model, several=False)
             turn = prepare(
                 self.ctx, text, params, [Column(names[0], earlier)],
-                request=request, scope=SCOPE, retry_hint=True,
+                request=request, scope=CHAT, retry_hint=True,
             )  # fmt: skip
         except InputRejected as exc:
             yield gr.skip(), history, banner_html(exc.user_message, "error")
@@ -179,7 +185,7 @@ class ChatPage:
         # banner shows the warming state until the first token.
         box = "" if clear_box else gr.skip()
         async for views in stream_turn(self.ctx, turn):
-            yield box, views[0].history, views[0].warming
+            yield box, column_messages(views[0]), waiting_html(views[0].waiting)
 
     async def undo(self, history: object) -> tuple[Any, Any]:
         """Remove the last message and its reply; give the message back for editing."""
@@ -193,7 +199,7 @@ class ChatPage:
     async def stop(self, request: gr.Request) -> None:
         """Stop this page's running reply. Raises (silently) when none is running, so the
         wiring can fall back to cancelling a request that is still waiting in the queue."""
-        if not stop_turn(self.ctx, request, SCOPE):
+        if not stop_turn(self.ctx, request, CHAT):
             raise gr.Error("No reply is being generated.", visible=False, print_exception=False)
 
     async def prewarm(self, model: object) -> None:

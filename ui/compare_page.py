@@ -34,35 +34,32 @@ from ui.deep_links import (
     MIN_COMPARE_MODELS,
     PARAM_COMPARE,
     compare_link,
-    notice_html,
     query_params,
 )
 from ui.errors import InputRejected
 from ui.model_directory import ModelChoices, ModelRejected
 from ui.model_labels import ModelLabel
-from ui.render import banner_html, column_head_html, column_status_html
 from ui.settings import Settings
 from ui.status_bar import Picker
-from ui.turns import (
+from ui.turn.checks import (
     DEFAULT_COLUMNS_MAX_TOKENS,
     DEFAULT_TOP_P,
     EMPTY_MESSAGE_HINT,
     MODEL_LIST_DEADLINE_S,
-    Column,
-    ColumnView,
     check_message,
     check_models,
     check_parameters,
     parse_histories,
     parse_model_list,
-    prepare,
-    stop_turn,
-    stream_turn,
 )
+from ui.turn.prepare import Column, prepare
+from ui.turn.reply import ColumnView
+from ui.turn.scope import COMPARE
+from ui.turn.stream import stop_turn, stream_turn
+from ui.view.notes import column_messages
+from ui.view.render import banner_html, column_head_html, column_status_html, notice_html
 from ui.widgets import RAW_HTML_SHOWN_AS_TEXT, max_tokens_slider, prompt_row, temperature_slider
 
-SCOPE = "compare"  # this page's stop signals (ui/turns.py)
-RATE_SCOPE = "columns"  # Compare and Battle count against one per-client limit
 COLUMN_SLOTS = MAX_COMPARE_MODELS  # columns laid out; unused ones are hidden
 
 
@@ -113,9 +110,7 @@ class ComparePage:
             params = check_parameters(ctx, system_prompt, temperature, DEFAULT_TOP_P, max_tokens)
             histories = parse_histories([history_1, history_2, history_3][: len(names)])
             columns = [Column(n, h) for n, h in zip(names, histories, strict=True)]
-            turn = prepare(
-                ctx, text, params, columns, request=request, scope=SCOPE, rate_scope=RATE_SCOPE
-            )
+            turn = prepare(ctx, text, params, columns, request=request, scope=COMPARE)
         except InputRejected as exc:
             # Nothing changes but the banner (not gr.Error: it would cover the columns).
             yield (gr.skip(), banner_html(exc.user_message, "error"), *_unchanged_columns())
@@ -128,7 +123,7 @@ class ComparePage:
 
     async def stop(self, request: gr.Request) -> None:
         """Stop every column of this page's running comparison (as the chat's Stop does)."""
-        if not stop_turn(self.ctx, request, SCOPE):
+        if not stop_turn(self.ctx, request, COMPARE):
             raise gr.Error("No comparison is running.", visible=False, print_exception=False)
 
     async def prewarm(self, models: object) -> None:
@@ -213,7 +208,7 @@ def _column_outputs(views: Sequence[ColumnView]) -> list[Any]:
     outputs: list[Any] = []
     for slot in range(COLUMN_SLOTS):
         if slot < len(views):
-            outputs += [views[slot].history, column_status_html(views[slot])]
+            outputs += [column_messages(views[slot]), column_status_html(views[slot])]
         else:
             outputs += [[], ""]
     return outputs

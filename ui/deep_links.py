@@ -12,7 +12,6 @@ fail. The page's query string reaches the server with each event (Gradio's clien
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -156,13 +155,3 @@ def compare_link(
         )
     prompt, prompt_notices = link_prompt(params, max_chars)
     return LinkChoice(models, prompt, notices + prompt_notices)
-
-
-def notice_html(notices: Sequence[str]) -> str:
-    """Notices as one warning line for a banner slot ("" when there are none)."""
-    if not notices:
-        return ""
-    text = " ".join(notices)
-    return (
-        f'<div class="chat-banner chat-banner-warning deep-link-notice">{html.escape(text)}</div>'
-    )

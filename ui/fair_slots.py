@@ -17,7 +17,6 @@ shares out its own slots. Runs on the server's one event loop.
 from __future__ import annotations
 
 import asyncio
-import html
 import itertools
 from collections import deque
 from collections.abc import AsyncIterator
@@ -28,24 +27,11 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class SlotWait:
     """A reply waits for one of its model's slots (an event of its stream, shown as a
-    banner until the reply starts)."""
+    banner until the reply starts: ui/view/render.py)."""
 
     model: str  # the model's name as the user may see it (a blind battle: its label)
     waiting: int  # replies waiting for this model's slots, this one included; 0: served
     capacity: int
-
-    def html(self) -> str:
-        if not self.waiting:
-            return ""
-        # No live-region role here: the page's persistent live region says it (ui/a11y.py),
-        # as for the warming banner; a role on this replaced element would say it twice.
-        return (
-            f'<div class="warming-banner" data-phase="queued">'
-            f'<span class="warming-phase">Waiting for {html.escape(self.model)}: its '
-            f"{self.capacity} slots are busy ({self.waiting} replies waiting, people served "
-            "in turn)…</span><small>Your message is queued and will be sent once; no need "
-            "to press again.</small></div>"
-        )
 
 
 @dataclass

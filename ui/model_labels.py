@@ -57,3 +57,9 @@ def label_for(
         # Unknown models are assumed to be chat models: Ollama's library tags mostly are.
         chat_tuned=True,
     )
+
+
+def display_name(tag: str) -> str:
+    """How every text shown to users names a model: the catalog's name, else the tag."""
+    spec = find(tag)
+    return spec.display_name if spec else tag

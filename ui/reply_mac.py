@@ -8,8 +8,8 @@ what a reader of the shared view would take as this server's word:
     the model tag, the system prompt, the question (the user message the reply answers),
     the reply's text, and its figures as the stats note shows them
 
-and puts it, with the model, in the `id` of the stats note's metadata (a field Gradio's
-Chatbot keeps and the browser sends back with the history; it is shown nowhere). /share_chat
+and puts it, with the model and the figures, in the data of the note under the reply
+(ui/turn/figures.py `NoteData`: the browser sends it back with the history). /share_chat
 keeps the MACs that verify and drops the others; the shared view checks them again and
 marks each reply "generated here" or "not verified" (ui/share_links.py).
 
@@ -34,7 +34,6 @@ import hmac
 import inspect
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,6 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from catalog import normalize_tag
+from ui.turn.figures import ReplyFigures
 
 KEY_LABEL: Final = b"serverless-llm-chat/reply-mac/hmac-sha256"
 MAC_BYTES: Final = 16  # 128 bits: 22 URL-safe base64 characters
@@ -49,11 +49,11 @@ MAC_CHARS: Final = 22
 MAC_PATTERN: Final = r"^[A-Za-z0-9_-]{22}$"
 MAC_SHAPE: Final = re.compile(MAC_PATTERN)
 FORMAT: Final = 1  # in the MAC'd message, so a later layout never verifies as this one
-MAX_TAG_CHARS: Final = 300  # the note id: a MAC, ".", a model name (at most 200 characters)
 MIN_SECRET_BYTES: Final = 16
 
-# How the stats note shows each figure (ui/chat_history.py `stats_note`): a figure is
-# bound as shown, so 1.234 s and 1.23 s are the same claim and 1.24 s another one.
+# How the note under a reply shows each figure it binds (ui/view/notes.py `stats_note`): a
+# figure is bound as shown, so 1.234 s and 1.23 s are the same claim and 1.24 s another one.
+# Its keys are ui/turn/figures.py's BOUND_FIELDS (a test holds them equal).
 FIGURE_FORMATS: Final = {
     "ttft_s": ".2f",
     "tokens_per_s": ".1f",
@@ -88,15 +88,16 @@ class ReplyClaim:
     system_prompt: str
     question: str
     reply: str
-    figures: Mapping[str, float | int]  # keys of FIGURE_FORMATS; absent = not shown
+    figures: ReplyFigures  # only its bound figures count (ReplyFigures.bound)
 
     def message(self) -> bytes:
         """The bytes the MAC is made over: one JSON array, so no field can run into
         another."""
+        bound = self.figures.bound()
         figures = {
             name: _figure(name, value)
-            for name, value in sorted(self.figures.items())
-            if name in FIGURE_FORMATS and value is not None
+            for name in sorted(FIGURE_FORMATS)
+            if (value := getattr(bound, name)) is not None
         }
         system = self.system_prompt if self.system_prompt.strip() else ""
         fields = [
@@ -131,19 +132,3 @@ class ReplyMacs:
         if not isinstance(mac, str) or not MAC_SHAPE.fullmatch(mac):
             return False
         return hmac.compare_digest(self.mac(claim), mac)
-
-
-# === where a MAC travels: the stats note's metadata id ===================================
-def note_tag(mac: str, model: str) -> str:
-    """The stats note's metadata `id`: the MAC and the model that wrote the reply."""
-    return f"{mac}.{model}"
-
-
-def read_note_tag(value: object) -> tuple[str, str] | None:
-    """(MAC, model) from a stats note's `id`, or None if it is not one."""
-    if not isinstance(value, str) or len(value) > MAX_TAG_CHARS:
-        return None
-    mac, dot, model = value[:MAC_CHARS], value[MAC_CHARS : MAC_CHARS + 1], value[MAC_CHARS + 1 :]
-    if dot != "." or not model or not MAC_SHAPE.fullmatch(mac):
-        return None
-    return mac, model

@@ -16,7 +16,7 @@ Links of format 1 (a hand-written HMAC layout) are refused with a message saying
 
 Public API::
 
-    SharedConversation, SharedColumn, SharedMessage, ReplyStats, ShareParameters
+    SharedConversation, SharedColumn, SharedMessage, ShareParameters (figures: ui/turn/figures.py)
     encode_share(conv, secret, *, max_chars=DEFAULT_MAX_TOKEN_CHARS) -> str
     decode_share(token, secret, *, max_chars=MAX_DECODE_TOKEN_CHARS) -> SharedConversation
     fit_to_share_limit(conv, secret, limit=DEFAULT_MAX_TOKEN_CHARS) -> (token, kept, dropped)
@@ -60,6 +60,7 @@ from pydantic import (
 
 from ui.errors import InputRejected
 from ui.reply_mac import MAC_PATTERN
+from ui.turn.figures import ReplyFigures
 
 logger = logging.getLogger(__name__)
 
@@ -135,35 +136,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-def _rounded(value: float | None, digits: int) -> float | None:
-    # Stats are for display; rounding keeps links short (ms precision is plenty).
-    return None if value is None else round(value, digits)
-
-
-class ReplyStats(_Strict):
-    """Timing of one assistant reply as the UI measured it. All optional."""
-
-    ttft_s: float | None = Field(default=None, ge=0)
-    tokens_per_s: float | None = Field(default=None, ge=0)
-    eval_count: int | None = Field(default=None, ge=0)
-    total_s: float | None = Field(default=None, ge=0)
-    load_s: float | None = Field(default=None, ge=0)
-
-    @field_validator("ttft_s", "total_s", "load_s")
-    @classmethod
-    def _round_seconds(cls, value: float | None) -> float | None:
-        return _rounded(value, 3)
-
-    @field_validator("tokens_per_s")
-    @classmethod
-    def _round_rate(cls, value: float | None) -> float | None:
-        return _rounded(value, 2)
-
-
 class SharedMessage(_Strict):
     role: Literal["user", "assistant", "system"]
     content: str = Field(max_length=MAX_MESSAGE_CHARS)
-    stats: ReplyStats | None = None
+    stats: ReplyFigures | None = None  # the figures a MAC binds (ReplyFigures.bound)
     # A reply this server generated: its MAC (ui/reply_mac.py), checked again when shown,
     # and the model that wrote it when that is not the column's.
     mac: str | None = Field(default=None, pattern=MAC_PATTERN)

@@ -6,10 +6,11 @@ of the link is LLM_PUBLIC_URL when set, else the address the browser used (Gradi
 reading of the request, which honours X-Forwarded-Host/-Proto behind a proxy). A link that
 is too long for a URL is made for the last turns that fit, and the notice says so.
 
-This module converts between the Chatbot's display messages (replies with stats notes) and
-the share format (replies carrying their stats and, when it verifies, the MAC of a reply
-this server generated: ui/reply_mac.py), and mints links; ui/share_page.py lays out
-the Share buttons and the read-only view.
+This module converts between the Chatbot's display messages (replies with notes that carry
+their figures as data: ui/turn/figures.py `NoteData`) and the share format (replies carrying
+their figures and, when it verifies, the MAC of a reply this server generated:
+ui/reply_mac.py), and mints links; ui/share_page.py lays out the Share buttons and the
+read-only view.
 """
 
 from __future__ import annotations
@@ -22,13 +23,10 @@ from urllib.parse import urlsplit
 from gradio import route_utils
 
 from catalog import find
-from ui.chat_history import Message, ReplyFigures, is_note, read_stats_note, stats_note
-from ui.model_labels import label_for
-from ui.render import banner_html as notice
-from ui.reply_mac import ReplyClaim, ReplyMacs, note_tag, read_note_tag
+from ui.chat_history import Message, is_note
+from ui.reply_mac import ReplyClaim, ReplyMacs
 from ui.settings import Settings
 from ui.share import (
-    ReplyStats,
     SharedColumn,
     SharedConversation,
     SharedMessage,
@@ -37,20 +35,15 @@ from ui.share import (
     fit_to_share_limit,
     share_url,
 )
+from ui.turn.figures import NoteData, ReplyFigures, read_note_data
+from ui.view.notes import shared_reply_note
+
 
 # === conversions between the Chatbot's messages and the share format ====================
-VERIFIED_MARK = "✓ Generated here by {model}"  # before a verified reply's figures
-NOT_VERIFIED_TITLE = "Not verified: supplied by whoever shared this"
-NOT_VERIFIED_TEXT = (
-    "This site has no record of generating this reply as shown: whoever shared the link "
-    "supplied it, and may have written or edited it."
-)
-
-
 def _claim(
-    model: str, system_prompt: str, question: str, reply: str, stats: ReplyStats
+    model: str, system_prompt: str, question: str, reply: str, figures: ReplyFigures
 ) -> ReplyClaim:
-    return ReplyClaim(model, system_prompt, question, reply, stats.model_dump(exclude_none=True))
+    return ReplyClaim(model, system_prompt, question, reply, figures)
 
 
 def to_shared_messages(
@@ -60,25 +53,24 @@ def to_shared_messages(
     system_prompt: str = "",
     macs: ReplyMacs | None = None,
 ) -> list[SharedMessage]:
-    """Display messages (with stats notes) as shared messages (stats on their replies).
-    Error and "stopped" notes are left out: they are about this browser's session. A
-    reply keeps the MAC of its stats note only if it verifies against what is shared
-    (`model`: the column's; `system_prompt`: the shared one)."""
+    """Display messages (replies with their notes) as shared messages (figures on their
+    replies). Error and "stopped" notes are left out: they are about this browser's session
+    (they carry no data). A reply keeps the MAC in its note's data only if it verifies
+    against what is shared (`model`: the column's; `system_prompt`: the shared one)."""
     shared: list[SharedMessage] = []
     question = ""
     for message in history:
         if is_note(message):
-            figures = read_stats_note(message)
+            data = read_note_data(message)
             last = shared[-1] if shared else None
-            if figures and last is not None and last.role == "assistant" and last.stats is None:
-                stats = ReplyStats(**figures)  # type: ignore[arg-type]
-                update: dict[str, object] = {"stats": stats}
-                tag = read_note_tag(message["metadata"].get("id"))
-                if macs is not None and tag is not None:
-                    mac, writer = tag
-                    claim = _claim(writer, system_prompt, question, last.content, stats)
-                    if macs.verify(claim, mac):
-                        update |= {"mac": mac, "model": None if writer == model else writer}
+            if data and last is not None and last.role == "assistant" and last.stats is None:
+                figures = data.figures.bound()  # what a share carries and a MAC binds
+                update: dict[str, object] = {"stats": figures}
+                if macs is not None and data.mac is not None:
+                    claim = _claim(data.model, system_prompt, question, last.content, figures)
+                    if macs.verify(claim, data.mac):
+                        writer = data.model
+                        update |= {"mac": data.mac, "model": None if writer == model else writer}
                 shared[-1] = last.model_copy(update=update)
             continue
         if message["role"] == "system":
@@ -96,9 +88,9 @@ def to_display_messages(
     macs: ReplyMacs | None = None,
     marked: bool = False,
 ) -> list[Message]:
-    """The Chatbot messages for a shared column: replies get their stats line back, and
-    those whose MAC verifies keep it (a copy shared again stays verified). `marked` (the
-    shared view): each reply says whether this server generated it."""
+    """The Chatbot messages for a shared column: replies get their note back, and those
+    whose MAC verifies keep it (a copy shared again stays verified). `marked` (the shared
+    view): each reply says whether this server generated it."""
     shown: list[Message] = []
     question = ""
     for message in column.messages:
@@ -108,32 +100,17 @@ def to_display_messages(
         if message.role != "assistant":
             continue
         writer = message.model or column.model
-        s = message.stats
-        claim = _claim(writer, system_prompt, question, message.content, s) if s else None
+        figures = message.stats
+        claim = (
+            _claim(writer, system_prompt, question, message.content, figures) if figures else None
+        )
         verified = macs is not None and claim is not None and macs.verify(claim, message.mac)
-        note = None
-        if s is not None:
-            figures = ReplyFigures(
-                ttft_s=s.ttft_s,
-                total_s=s.total_s,
-                tokens_per_s=s.tokens_per_s,
-                eval_count=s.eval_count,
-                load_s=s.load_s,
-                model=writer,
-            )
-            note = stats_note(figures)
-            if verified and message.mac is not None:
-                note["metadata"]["id"] = note_tag(message.mac, writer)
-        if marked and verified and note is not None:
-            mark = VERIFIED_MARK.format(model=label_for(writer).display_name)
-            note["metadata"]["title"] = f"{mark} · {note['metadata']['title']}"
-        elif marked:
-            claimed = f"\n\nFigures given with it: {note['metadata']['title']}." if note else ""
-            note = {
-                "role": "assistant",
-                "content": NOT_VERIFIED_TEXT + claimed,
-                "metadata": {"title": NOT_VERIFIED_TITLE, "status": "done"},
-            }
+        data = (
+            NoteData(figures=figures, model=writer, mac=message.mac if verified else None)
+            if figures is not None
+            else None
+        )
+        note = shared_reply_note(data, verified=verified, marked=marked)
         if note is not None:
             shown.append(note)
     return shown
@@ -146,6 +123,7 @@ def shared_column(
     system_prompt: str = "",
     macs: ReplyMacs | None = None,
 ) -> SharedColumn:
+    # The catalog's name, when it has one (a reader of the link may run another catalog).
     spec = find(model)
     return SharedColumn(
         model=model,
@@ -172,7 +150,8 @@ def request_base_url(request: Any) -> str | None:
 @dataclass(frozen=True)
 class ShareOutcome:
     url: str
-    notice_html: str
+    notice: str  # what the page says about the link
+    kind: str = "info"  # the banner's kind: info, or warning when turns were left out
 
 
 class ShareService:
@@ -205,9 +184,9 @@ class ShareService:
                 f"This {what} is too long to fit in one link ({total} turns), so this link "
                 f"shares only the last {kept} turn{'s' if kept != 1 else ''}."
             )
-            return ShareOutcome(url, notice(text, "warning"))
+            return ShareOutcome(url, text, "warning")
         text = (
             f"Link ready: whoever opens it sees this {what} read-only and can continue "
             "from a copy. The link itself holds the text, so anyone with it can read it."
         )
-        return ShareOutcome(url, notice(text))
+        return ShareOutcome(url, text)

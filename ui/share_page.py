@@ -39,8 +39,6 @@ from ui.deep_links import (
     query_params,
 )
 from ui.errors import InputRejected
-from ui.render import banner_html as notice
-from ui.render import column_head_html, summary_html
 from ui.share import (
     SharedColumn,
     SharedConversation,
@@ -49,7 +47,15 @@ from ui.share import (
     decode_share,
 )
 from ui.share_links import ShareService, shared_column, to_display_messages
-from ui.turns import DEFAULT_TOP_P, TEMPERATURE_RANGE, TOP_P_RANGE, check_models, check_parameters
+from ui.turn.checks import (
+    DEFAULT_TOP_P,
+    TEMPERATURE_RANGE,
+    TOP_P_RANGE,
+    check_models,
+    check_parameters,
+)
+from ui.view.render import banner_html as notice
+from ui.view.render import column_head_html, summary_html
 from ui.widgets import RAW_HTML_SHOWN_AS_TEXT
 
 logger = logging.getLogger(__name__)
@@ -94,7 +100,7 @@ class ShareHandlers:
             return "", notice(f"This cannot be shared: {first['msg']}.", "error")
         except ValueError as exc:  # e.g. a malformed LLM_PUBLIC_URL
             return "", notice(str(exc), "error")
-        return outcome.url, outcome.notice_html
+        return outcome.url, notice(outcome.notice, outcome.kind)
 
     async def share_chat(
         self,

@@ -3,10 +3,10 @@
     status = layout_status_bar(ctx)                     # in ui/app.py, above the tabs
     wire_status_bar(demo, ctx, status, [chat.picker(), compare.picker()])
 
-The line shows `BackendWatch.html()` (ui/backend_status.py): asleep / starting a GPU
-instance / loading <model> / ready / unreachable, with elapsed and typical seconds and the
-estimated GPU cost. Screen readers hear its changes of phase through the page's live
-regions (ui/a11y.py; assertively when the backend cannot be used).
+The line shows `BackendWatch.view()` (ui/backend_status.py), drawn by ui/view/render.py:
+asleep / starting a GPU instance / loading <model> / ready / unreachable, with elapsed and
+typical seconds and the estimated GPU cost. Screen readers hear its changes of phase
+through the page's live regions (ui/a11y.py; assertively when the backend cannot be used).
 
 Refresh: a small browser script clicks a hidden button, every STATUS_POLL_FAST_MS while
 something is under way (every STATUS_POLL_FIRST_MS for the first few seconds and until
@@ -27,6 +27,7 @@ import gradio as gr
 
 from ui.context import AppContext
 from ui.model_directory import ModelChoices
+from ui.view.render import backend_status_html
 
 STATUS_POLL_FIRST_MS = 1000  # the first seconds after page load, and until a state is known
 STATUS_POLL_FIRST_TICKS = 4
@@ -79,7 +80,7 @@ class StatusBar:
 
 
 def layout_status_bar(ctx: AppContext) -> StatusBar:
-    line = gr.HTML(ctx.watch.html(), elem_id="backend-status", padding=False)
+    line = gr.HTML(backend_status_html(ctx.watch.view()), elem_id="backend-status", padding=False)
     refresh = gr.Button(
         "Refresh status",
         elem_id="backend-status-refresh",
@@ -120,5 +121,4 @@ def not_filled(value: object) -> bool:
 
 def status_line(ctx: AppContext, *, pending: bool) -> str:
     """The watch's line; `pending` marks provisional pickers (the page polls fast)."""
-    line = ctx.watch.html()
-    return line.replace("<div ", f'<div data-provisional-pickers="{str(pending).lower()}" ', 1)
+    return backend_status_html(ctx.watch.view(), provisional_pickers=pending)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import html
 import logging
 import random
 import statistics
@@ -44,7 +43,6 @@ from tenacity import (
     wait_exponential,
 )
 
-from catalog import find
 from ui.backend_client import BackendClient, ChatEvent, ModelInfo, ReplyDone
 from ui.backend_status import BackendWatch
 from ui.errors import (
@@ -64,51 +62,13 @@ Phase = Literal["starting", "loading", "busy", "unreachable", "ready"]
 
 @dataclass(frozen=True)
 class WarmingStatus:
+    """Where a cold request stands (ui/view/render.py draws it as the warming banner)."""
+
     phase: Phase
     model: str
     elapsed: float  # seconds since the user sent the message
     typical: float  # typical cold start seen by this process (or the configured default)
     retry_in: float | None = None  # seconds until the next attempt (phase "busy")
-
-    @property
-    def text(self) -> str:
-        name = display_name(self.model)
-        if self.phase == "starting":
-            return "Starting a GPU instance (the backend was scaled to zero)"
-        if self.phase == "loading":
-            return f"Loading {name} into GPU memory"
-        wait = f" in {self.retry_in:.0f} s" if self.retry_in else ""
-        if self.phase == "busy":
-            return f"All GPU instances are busy, retrying{wait}"
-        if self.phase == "unreachable":
-            return f"The model backend does not answer (connection refused), retrying{wait}"
-        return "Ready"
-
-    def html(self) -> str:
-        """The warming banner: phase, elapsed seconds, typical duration."""
-        if self.phase == "ready":
-            return ""
-        pct = min(100, int(100 * self.elapsed / max(self.typical, 1)))
-        over = self.elapsed > self.typical
-        typical = (
-            f"taking longer than the usual ~{self.typical:.0f} s"
-            if over
-            else f"usually ~{self.typical:.0f} s"
-        )
-        return (
-            f'<div class="warming-banner" data-phase="{self.phase}">'
-            f'<span class="warming-phase">{html.escape(self.text)}…</span> '
-            f'<span class="warming-elapsed">{self.elapsed:.0f} s</span> '
-            f'<span class="warming-typical">({typical})</span>'
-            f'<div class="warming-bar"><div style="width:{pct}%"></div></div>'
-            "<small>Your message is queued and will be sent once; no need to press again."
-            "</small></div>"
-        )
-
-
-def display_name(model: str) -> str:
-    spec = find(model)
-    return spec.display_name if spec else model
 
 
 class ColdStartTracker:
@@ -219,6 +179,107 @@ def _parse_time(text: str | None) -> dt.datetime | None:
         return None
 
 
+class _Opening:
+    """One message's way to its first event, in tenacity's task: the attempts (each sends
+    the message and waits for the reply's first event, with the cold-start detector beside
+    it), what the detector found (`phase`), and the retry waits to count down."""
+
+    def __init__(
+        self,
+        client: BackendClient,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        options: Mapping[str, Any] | None,
+        keep_alive: str | float | None,
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.messages = messages
+        self.options = options
+        self.keep_alive = keep_alive
+        self.t0 = time.monotonic()
+        self.phase: Phase | None = None  # what the detector found; None = warm or unknown
+        self.attempts = 0
+        # A retry wait (its phase and when it ends), then None once the first event came.
+        self.updates: asyncio.Queue[tuple[Phase, float] | None] = asyncio.Queue()
+
+    def start(self) -> asyncio.Task[tuple[AsyncGenerator[ChatEvent, None], ChatEvent | None]]:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_RETRYABLE),
+            wait=BACKOFF,
+            stop=self._out_of_time,
+            before_sleep=self._announce_wait,
+            reraise=True,
+        )
+        task: asyncio.Task[tuple[AsyncGenerator[ChatEvent, None], ChatEvent | None]]
+        task = asyncio.create_task(retrying(self._first_event))
+        task.add_done_callback(lambda _: self.updates.put_nowait(None))
+        return task
+
+    def _out_of_time(self, state: RetryCallState) -> bool:
+        """Stop rather than wait past the deadline (for refused connections, the shorter
+        connect_retry_window: Cloud Run holds cold requests instead of refusing them)."""
+        settings = self.client.settings
+        window = settings.cold_start_deadline
+        if not isinstance(_failure(state), BackendBusy):
+            window = min(window, settings.connect_retry_window)
+        return time.monotonic() - self.t0 + state.upcoming_sleep > window
+
+    def _announce_wait(self, state: RetryCallState) -> None:
+        waiting: Phase = "busy" if isinstance(_failure(state), BackendBusy) else "unreachable"
+        self.phase = waiting
+        self.updates.put_nowait((waiting, time.monotonic() + state.upcoming_sleep))
+
+    async def _first_event(self) -> tuple[AsyncGenerator[ChatEvent, None], ChatEvent | None]:
+        """One attempt: send the message and wait for the reply's first event."""
+        self.attempts += 1
+        chat = self.client.chat_stream(
+            self.model, self.messages, options=self.options, keep_alive=self.keep_alive
+        )
+        detector = asyncio.create_task(_detect(self.client, self.model, self))
+        try:
+            return chat, await anext(chat, None)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await chat.aclose()
+            raise
+        finally:
+            detector.cancel()
+            await asyncio.gather(detector, return_exceptions=True)
+
+    async def statuses(
+        self, tracker: ColdStartTracker, tick: float
+    ) -> AsyncGenerator[WarmingStatus, None]:
+        """What to show until the first event: the phase every `tick` seconds, and a retry
+        wait as a countdown ("retrying in N s")."""
+        retry_at: tuple[Phase, float] | None = None  # the countdown under way
+        while True:
+            left = retry_at[1] - time.monotonic() if retry_at else tick
+            try:
+                # asyncio.timeout, not wait_for: see PhaseDetector.detect (a lost cancel).
+                async with asyncio.timeout(max(min(tick, left), 0)):
+                    update = await self.updates.get()
+            except TimeoutError:
+                pass
+            else:
+                if update is None:
+                    return
+                retry_at = update
+            if retry_at is not None and (left := retry_at[1] - time.monotonic()) > 0:
+                yield self.status(tracker, retry_at[0], retry_in=left)
+                continue
+            retry_at = None
+            if self.phase is not None:
+                yield self.status(tracker, self.phase)
+
+    def status(
+        self, tracker: ColdStartTracker, phase: Phase, retry_in: float | None = None
+    ) -> WarmingStatus:
+        elapsed = time.monotonic() - self.t0
+        return WarmingStatus(phase, self.model, elapsed, tracker.typical, retry_in)
+
+
 async def stream_with_warmup(
     client: BackendClient,
     model: str,
@@ -237,92 +298,29 @@ async def stream_with_warmup(
     Raises `ui.errors.BackendError`.
 
     Retries: tenacity sends the message again, with BACKOFF, only while no reply has begun
-    and only after an error in _RETRYABLE; the wait runs in tenacity's task, and this
-    generator shows it as a countdown ("retrying in N s") meanwhile.
+    and only after an error in _RETRYABLE; the wait runs in tenacity's task (`_Opening`),
+    and this generator shows it as a countdown meanwhile.
     """
-    settings = client.settings
-    t0 = time.monotonic()
-    phase: list[Phase | None] = [None]  # what the detector found; None = warm or unknown
-    updates: asyncio.Queue[tuple[Phase, float] | None] = asyncio.Queue()  # waits, then None
-    attempts = 0
-
-    def status(p: Phase, retry_in: float | None = None) -> WarmingStatus:
-        return WarmingStatus(p, model, time.monotonic() - t0, tracker.typical, retry_in)
-
-    def out_of_time(state: RetryCallState) -> bool:
-        """Stop rather than wait past the deadline (for refused connections, the shorter
-        connect_retry_window: Cloud Run holds cold requests instead of refusing them)."""
-        window = settings.cold_start_deadline
-        if not isinstance(_failure(state), BackendBusy):
-            window = min(window, settings.connect_retry_window)
-        return time.monotonic() - t0 + state.upcoming_sleep > window
-
-    def announce_wait(state: RetryCallState) -> None:
-        waiting: Phase = "busy" if isinstance(_failure(state), BackendBusy) else "unreachable"
-        phase[0] = waiting
-        updates.put_nowait((waiting, time.monotonic() + state.upcoming_sleep))
-
-    async def first_event() -> tuple[AsyncGenerator[ChatEvent, None], ChatEvent | None]:
-        """One attempt: send the message and wait for the reply's first event."""
-        nonlocal attempts
-        attempts += 1
-        chat = client.chat_stream(model, messages, options=options, keep_alive=keep_alive)
-        detector = asyncio.create_task(_detect(client, model, phase))
-        try:
-            return chat, await anext(chat, None)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await chat.aclose()
-            raise
-        finally:
-            detector.cancel()
-            await asyncio.gather(detector, return_exceptions=True)
-
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type(_RETRYABLE),
-        wait=BACKOFF,
-        stop=out_of_time,
-        before_sleep=announce_wait,
-        reraise=True,
-    )
-    opening: asyncio.Task[tuple[AsyncGenerator[ChatEvent, None], ChatEvent | None]]
-    opening = asyncio.create_task(retrying(first_event))
-    opening.add_done_callback(lambda _: updates.put_nowait(None))
+    opening = _Opening(client, model, messages, options=options, keep_alive=keep_alive)
+    first_event = opening.start()
     chat: AsyncGenerator[ChatEvent, None] | None = None
     try:
-        retry_at: tuple[Phase, float] | None = None  # the countdown under way
-        while True:
-            left = retry_at[1] - time.monotonic() if retry_at else tick
-            try:
-                # asyncio.timeout, not wait_for: see PhaseDetector.detect (a lost cancel).
-                async with asyncio.timeout(max(min(tick, left), 0)):
-                    update = await updates.get()
-            except TimeoutError:
-                pass
-            else:
-                if update is None:
-                    break
-                retry_at = update
-            if retry_at is not None and (left := retry_at[1] - time.monotonic()) > 0:
-                yield status(retry_at[0], retry_in=left)
-                continue
-            retry_at = None
-            if phase[0] is not None:
-                yield status(phase[0])
+        async for status in opening.statuses(tracker, tick):
+            yield status
         try:
-            chat, first = opening.result()
+            chat, first = first_event.result()
         except BackendBusy as exc:
             raise BackendTimeout(
                 f"The model backend did not become ready within "
-                f"{settings.cold_start_deadline:.0f} s ({exc.user_message})"
+                f"{client.settings.cold_start_deadline:.0f} s ({exc.user_message})"
             ) from exc
         if first is None:
             return
-        first_token_after = time.monotonic() - t0
-        cold = phase[0] is not None or attempts > 1
+        first_token_after = time.monotonic() - opening.t0
+        cold = opening.phase is not None or opening.attempts > 1
         if cold:
             _record_cold_start(tracker, model, first_token_after)
-            yield status("ready")
+            yield opening.status(tracker, "ready")
         elif _waited_for_a_load(first):  # an empty reply: its end came first
             _record_cold_start(tracker, model, first_token_after)
         yield first
@@ -335,8 +333,8 @@ async def stream_with_warmup(
                 _record_cold_start(tracker, model, first_token_after)
             yield value
     finally:
-        opening.cancel()
-        await asyncio.gather(opening, return_exceptions=True)
+        first_event.cancel()
+        await asyncio.gather(first_event, return_exceptions=True)
         if chat is not None:
             with contextlib.suppress(Exception):
                 await chat.aclose()  # closes the HTTP stream if the reply was cut short
@@ -355,7 +353,7 @@ def _record_cold_start(tracker: ColdStartTracker, model: str, took: float) -> No
     log.info("cold start of %s took %.1f s", model, took)
 
 
-async def _detect(client: BackendClient, model: str, phase: list[Phase | None]) -> None:
+async def _detect(client: BackendClient, model: str, opening: _Opening) -> None:
     """Find the cold phase, and look again every second until the first token (which
     cancels this): "starting" moves on to "loading", and a model listed in /api/ps needs
     three looks to tell loading from warm (PhaseDetector). Once a cold phase was seen, a
@@ -368,9 +366,9 @@ async def _detect(client: BackendClient, model: str, phase: list[Phase | None]) 
     while True:
         found = await detector.detect()
         if found is not None:
-            phase[0] = found
-        elif phase[0] in ("starting", "busy"):
-            phase[0] = "loading"
+            opening.phase = found
+        elif opening.phase in ("starting", "busy"):
+            opening.phase = "loading"
         # About a second apart, not exactly: looks in step with periodic traffic could
         # see expires_at keep its distance to the clock (PhaseDetector).
         await asyncio.sleep(random.uniform(0.75, 1.25))

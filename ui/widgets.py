@@ -9,7 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ui.settings import Settings
-from ui.turns import DEFAULT_TEMPERATURE, TEMPERATURE_RANGE
+from ui.turn.checks import DEFAULT_TEMPERATURE, TEMPERATURE_RANGE
 
 # Raw HTML tags that Markdown never produces: every Chatbot shows them as text, so a
 # message, a reply or a shared link cannot lay a form, a password box, a button or an

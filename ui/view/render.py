@@ -1,20 +1,24 @@
 """How the pages draw things: banners, column headers and status lines, CSS, browser JS.
 
 Pure functions from data to HTML (no Gradio import), shared by every page so that no page
-imports another. The pipeline (ui/turns.py) says what happened; this module says how it
-looks; the pages (ui/*_page.py) put it into their components.
+imports another. The pipeline (ui/turn/) says what happened, as data; this module and
+ui/view/notes.py (the notes under replies) say how it looks; the pages put it into their
+components. No other module makes HTML.
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 
 from catalog import find
-from ui.backend_client import was_a_model_load
-from ui.chat_history import ReplyFigures
-from ui.model_labels import label_for
+from ui.backend_status import StatusView, reply_cost_text
+from ui.fair_slots import SlotWait
+from ui.model_labels import display_name, label_for
 from ui.share import SharedConversation
-from ui.turns import ColumnView
+from ui.turn.figures import ReplyCost, ReplyFigures
+from ui.turn.reply import ColumnView, Waiting
+from ui.warming import WarmingStatus
 
 # Run in the browser: copy the chat into the BrowserState and back (no server round trip).
 # A js function's returned array is read as one value per output, hence the extra [...].
@@ -62,6 +66,103 @@ def banner_html(text: str, kind: str = "info") -> str:
     return f'<div class="chat-banner chat-banner-{kind}">{html.escape(text)}</div>'
 
 
+def notice_html(notices: Sequence[str]) -> str:
+    """Notices (e.g. a deep link's values that were not used) as one warning line for a
+    banner slot ("" when there are none)."""
+    if not notices:
+        return ""
+    text = " ".join(notices)
+    return (
+        f'<div class="chat-banner chat-banner-warning deep-link-notice">{html.escape(text)}</div>'
+    )
+
+
+# === waiting: the warming banner and the slot wait =======================================
+QUEUED_ONCE = "Your message is queued and will be sent once; no need to press again."
+
+
+def warming_text(status: WarmingStatus) -> str:
+    """The phase of a cold start in words (the banner's first part)."""
+    if status.phase == "starting":
+        return "Starting a GPU instance (the backend was scaled to zero)"
+    if status.phase == "loading":
+        return f"Loading {display_name(status.model)} into GPU memory"
+    wait = f" in {status.retry_in:.0f} s" if status.retry_in else ""
+    if status.phase == "busy":
+        return f"All GPU instances are busy, retrying{wait}"
+    if status.phase == "unreachable":
+        return f"The model backend does not answer (connection refused), retrying{wait}"
+    return "Ready"
+
+
+def warming_html(status: WarmingStatus) -> str:
+    """The warming banner: phase, elapsed seconds, typical duration."""
+    if status.phase == "ready":
+        return ""
+    pct = min(100, int(100 * status.elapsed / max(status.typical, 1)))
+    over = status.elapsed > status.typical
+    typical = (
+        f"taking longer than the usual ~{status.typical:.0f} s"
+        if over
+        else f"usually ~{status.typical:.0f} s"
+    )
+    return (
+        f'<div class="warming-banner" data-phase="{status.phase}">'
+        f'<span class="warming-phase">{html.escape(warming_text(status))}…</span> '
+        f'<span class="warming-elapsed">{status.elapsed:.0f} s</span> '
+        f'<span class="warming-typical">({typical})</span>'
+        f'<div class="warming-bar"><div style="width:{pct}%"></div></div>'
+        f"<small>{QUEUED_ONCE}</small></div>"
+    )
+
+
+def slot_wait_html(wait: SlotWait) -> str:
+    """A reply waits for one of its model's slots (ui/fair_slots.py)."""
+    if not wait.waiting:
+        return ""
+    # No live-region role here: the page's persistent live region says it (ui/a11y.py),
+    # as for the warming banner; a role on this replaced element would say it twice.
+    return (
+        f'<div class="warming-banner" data-phase="queued">'
+        f'<span class="warming-phase">Waiting for {html.escape(wait.model)}: its '
+        f"{wait.capacity} slots are busy ({wait.waiting} replies waiting, people served "
+        f"in turn)…</span><small>{QUEUED_ONCE}</small></div>"
+    )
+
+
+def waiting_html(waiting: Waiting | None) -> str:
+    """Why a reply has no token yet, as a banner ("" when there is nothing to say)."""
+    if waiting is None:
+        return ""
+    if isinstance(waiting, SlotWait):
+        return slot_wait_html(waiting)
+    return warming_html(waiting)
+
+
+# === the backend status line above every page (ui/status_bar.py) ========================
+def backend_status_html(view: StatusView, *, provisional_pickers: bool | None = None) -> str:
+    """The status line. Not a live region itself: it is replaced on every refresh and
+    counts seconds; the page script (ui/a11y.py) speaks its changes of phase through
+    the page's live regions (politely; assertively when the backend cannot be used).
+    `provisional_pickers`: the page's pickers still hold a provisional list (it polls
+    fast meanwhile); None leaves the attribute out."""
+    detail = (
+        f' <span class="backend-status-detail">{html.escape(view.detail)}</span>'
+        if view.detail
+        else ""
+    )
+    pickers = (
+        f'data-provisional-pickers="{str(provisional_pickers).lower()}" '
+        if provisional_pickers is not None
+        else ""
+    )
+    return (
+        f'<div {pickers}class="backend-status backend-status-{view.state}" '
+        f'data-state="{view.state}" data-settled="{str(view.settled).lower()}">'
+        f'<span class="backend-status-text">{html.escape(view.text)}</span>{detail}</div>'
+    )
+
+
 # === the columns of Compare, Battle and shared views =====================================
 def status_html(text: str, kind: str) -> str:
     return f'<div class="compare-status compare-status-{kind}">{html.escape(text)}</div>'
@@ -72,7 +173,7 @@ ANSWERING_HTML = status_html("Answering…", "wait")
 DONE_HTML = status_html("Done", "wait")
 
 
-def figures_html(figures: ReplyFigures) -> str:
+def figures_html(figures: ReplyFigures, cost: ReplyCost | None = None) -> str:
     """The status line under a finished reply: first token, speed, tokens, load time."""
     parts = []
     if figures.ttft_s is not None:
@@ -81,29 +182,29 @@ def figures_html(figures: ReplyFigures) -> str:
         parts.append(f"{figures.tokens_per_s:.1f} tokens/s")
     if figures.eval_count is not None:
         parts.append(f"{figures.eval_count} token{'' if figures.eval_count == 1 else 's'}")
-    if was_a_model_load(figures.load_s):
+    if figures.model_loaded and figures.load_s is not None:
         parts.append(f"model load {figures.load_s:.2f} s")
     else:
         parts.append("model already loaded")
     parts.append(f"{figures.total_s or 0.0:.2f} s total")
     if figures.done_reason == "length":
         parts.append("max tokens reached")
-    if figures.cost:
-        parts.append(figures.cost)
+    if cost is not None:
+        parts.append(reply_cost_text(cost.price, cost.seconds))
     return status_html(" · ".join(parts), "stats")
 
 
 def column_status_html(view: ColumnView) -> str:
     """A column's status slot: the warming banner, progress, then figures or what ended
     the reply (a blind reply shows "Done": its figures would hint at the model)."""
-    if view.warming:
-        return view.warming
+    if view.waiting is not None:
+        return waiting_html(view.waiting)
     if view.phase == "failed":
         return status_html(view.error or "", "error")
     if view.phase == "stopped":
         return status_html("Stopped", "stopped")
     if view.phase == "done":
-        return figures_html(view.figures) if view.figures is not None else DONE_HTML
+        return figures_html(view.figures, view.cost) if view.figures is not None else DONE_HTML
     return ANSWERING_HTML if view.phase == "answering" else WAITING_HTML
 
 
