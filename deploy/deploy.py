@@ -327,6 +327,22 @@ class Config:
         """Where `gcloud builds submit` uploads the source; only the build may read it."""
         return f"gs://{self.project}-{self.prefix}-build"
 
+    @property
+    def project_flag(self) -> str:
+        return f"--project={self.project}"
+
+    @property
+    def region_flag(self) -> str:
+        return f"--region={self.region}"
+
+    @property
+    def ui_service(self) -> str:
+        return f"{self.prefix}-ui"
+
+    @property
+    def ui_image(self) -> str:
+        return f"{self.registry}/ui:{self.tag}"
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -403,148 +419,245 @@ def model_substitutions(models: Sequence[str]) -> str:
     return ",".join(f"_MODEL_{i}={tag}" for i, tag in enumerate(slots, start=1))
 
 
+# --- the deploy, step by step -------------------------------------------------------------
+
+
 def build_plan(config: Config) -> Plan:
-    p, r = f"--project={config.project}", f"--region={config.region}"
-    plan = Plan()
-    ui_sa = config.service_account("ui")
-    backend_sa = config.service_account("backend")
-    build_sa = config.service_account("build")
+    """The deploy's steps in order; each step function returns its gcloud commands."""
     targets = backends(config)
+    return Plan(
+        steps=[
+            *check_billing_and_gpu_quota(config, targets),
+            *enable_apis(config),
+            *create_image_repository(config),
+            *create_build_bucket(config),
+            *create_service_accounts(config),
+            *grant_build_account(config),
+            *build_backend_images(config, targets),
+            *build_ui_image(config),
+            *deploy_backends(config, targets),
+            *create_vote_store(config),
+            *create_share_secret(config),
+            *deploy_ui(config, targets),
+            *set_ui_public_url(config),
+            Say("Demo URL: ${UI_URL}"),
+        ]
+    )
 
-    # Preflight: nothing is built before the project can run what the build produces (a
-    # missing GPU quota would otherwise surface only at the backend deploy, after an hour of
-    # builds). The region itself was checked against L4_REGIONS when parsing the arguments.
-    plan.run("gcloud", "services", "enable", *PREFLIGHT_APIS, p)
-    plan.run(
-        "gcloud", "billing", "projects", "describe", config.project, "--format=json",
-        preflight=("billing", p),
-    )  # fmt: skip
-    plan.run(
-        "gcloud", "beta", "quotas", "info", "describe", GPU_QUOTA_ID,
-        f"--service={GPU_QUOTA_SERVICE}", p, "--format=json",
-        # Every GPU service of the deploy draws from the same regional quota.
-        preflight=("gpu-quota", p, r, f"--need={config.max_instances * len(targets)}"),
-    )  # fmt: skip
 
-    plan.run("gcloud", "services", "enable", *APIS, p)
-    plan.run(
-        "gcloud", "artifacts", "repositories", "create", config.prefix,
-        "--repository-format=docker", f"--location={config.region}",
-        "--description=serverless-llm-chat images", p,
-        unless=("gcloud", "artifacts", "repositories", "describe", config.prefix,
-                f"--location={config.region}", p),
-    )  # fmt: skip
-    plan.run(
-        "gcloud", "storage", "buckets", "create", config.build_bucket,
-        f"--location={config.region}", "--uniform-bucket-level-access", p,
-        unless=("gcloud", "storage", "buckets", "describe", config.build_bucket, p),
-    )  # fmt: skip
-    # Service accounts first: IAM needs a moment to know them before the bindings below.
-    for role, name in SERVICE_ACCOUNTS:
-        plan.run(
-            "gcloud", "iam", "service-accounts", "create", f"{config.prefix}-{role}",
-            f"--display-name={name}", p,
+def check_billing_and_gpu_quota(config: Config, targets: Sequence[Backend]) -> list[Step]:
+    """Preflight: nothing is built before the project can run what the build produces (a
+    missing GPU quota would otherwise surface only at the backend deploy, after an hour of
+    builds). The region itself was checked against L4_REGIONS when parsing the arguments."""
+    p, r = config.project_flag, config.region_flag
+    return [
+        Step(("gcloud", "services", "enable", *PREFLIGHT_APIS, p)),
+        Step(
+            ("gcloud", "billing", "projects", "describe", config.project, "--format=json"),
+            preflight=("billing", p),
+        ),
+        Step(
+            ("gcloud", "beta", "quotas", "info", "describe", GPU_QUOTA_ID,
+             f"--service={GPU_QUOTA_SERVICE}", p, "--format=json"),
+            # Every GPU service of the deploy draws from the same regional quota.
+            preflight=("gpu-quota", p, r, f"--need={config.max_instances * len(targets)}"),
+        ),
+    ]  # fmt: skip
+
+
+def enable_apis(config: Config) -> list[Step]:
+    return [Step(("gcloud", "services", "enable", *APIS, config.project_flag))]
+
+
+def create_image_repository(config: Config) -> list[Step]:
+    p = config.project_flag
+    return [
+        Step(
+            ("gcloud", "artifacts", "repositories", "create", config.prefix,
+             "--repository-format=docker", f"--location={config.region}",
+             "--description=serverless-llm-chat images", p),
+            unless=("gcloud", "artifacts", "repositories", "describe", config.prefix,
+                    f"--location={config.region}", p),
+        )
+    ]  # fmt: skip
+
+
+def create_build_bucket(config: Config) -> list[Step]:
+    p = config.project_flag
+    return [
+        Step(
+            ("gcloud", "storage", "buckets", "create", config.build_bucket,
+             f"--location={config.region}", "--uniform-bucket-level-access", p),
+            unless=("gcloud", "storage", "buckets", "describe", config.build_bucket, p),
+        )
+    ]  # fmt: skip
+
+
+def create_service_accounts(config: Config) -> list[Step]:
+    """Service accounts first: IAM needs a moment to know them before the role bindings of
+    the later steps."""
+    p = config.project_flag
+    return [
+        Step(
+            ("gcloud", "iam", "service-accounts", "create", f"{config.prefix}-{role}",
+             f"--display-name={name}", p),
             unless=("gcloud", "iam", "service-accounts", "describe",
                     config.service_account(role), p),
-        )  # fmt: skip
-    # Cloud Build runs as its own account with three narrow grants, instead of a default
-    # account whose roles differ between projects (deploy/README.md, "Cloud Build").
-    build_member = f"--member=serviceAccount:{build_sa}"
-    plan.run(
-        "gcloud", "storage", "buckets", "add-iam-policy-binding", config.build_bucket,
-        build_member, f"--role={BUILD_ROLE_BUCKET}", p,
-    )  # fmt: skip
-    plan.run(
-        "gcloud", "artifacts", "repositories", "add-iam-policy-binding", config.prefix,
-        f"--location={config.region}", build_member, f"--role={BUILD_ROLE_REPOSITORY}", p,
-    )  # fmt: skip
-    for role in BUILD_ROLES_PROJECT:
-        plan.run(
-            "gcloud", "projects", "add-iam-policy-binding", config.project, build_member,
-            f"--role={role}", "--condition=None", "--quiet",
-        )  # fmt: skip
-    build_flags = (
+        )
+        for role, name in SERVICE_ACCOUNTS
+    ]  # fmt: skip
+
+
+def grant_build_account(config: Config) -> list[Step]:
+    """Cloud Build runs as its own account with three narrow grants, instead of a default
+    account whose roles differ between projects (deploy/README.md, "Cloud Build")."""
+    p = config.project_flag
+    build_member = f"--member=serviceAccount:{config.service_account('build')}"
+    return [
+        Step(
+            ("gcloud", "storage", "buckets", "add-iam-policy-binding", config.build_bucket,
+             build_member, f"--role={BUILD_ROLE_BUCKET}", p),
+        ),
+        Step(
+            ("gcloud", "artifacts", "repositories", "add-iam-policy-binding", config.prefix,
+             f"--location={config.region}", build_member, f"--role={BUILD_ROLE_REPOSITORY}", p),
+        ),
+        *(
+            Step(
+                ("gcloud", "projects", "add-iam-policy-binding", config.project, build_member,
+                 f"--role={role}", "--condition=None", "--quiet"),
+            )
+            for role in BUILD_ROLES_PROJECT
+        ),
+    ]  # fmt: skip
+
+
+def build_flags(config: Config) -> tuple[str, ...]:
+    """Every image build runs as the build account, its source staged in the build bucket."""
+    build_sa = config.service_account("build")
+    return (
         f"--service-account=projects/{config.project}/serviceAccounts/{build_sa}",
         f"--gcs-source-staging-dir={config.build_bucket}/source",
     )
 
+
+def build_backend_images(config: Config, targets: Sequence[Backend]) -> list[Step]:
+    """One GPU image per backend with its models baked in (deploy/cloudbuild-llm.yaml)."""
+    steps: list[Step] = []
     for backend in targets:
         substitutions = (
             f"_IMAGE={backend.image},_CACHE={backend.cache_image},"
             f"{model_substitutions(backend.models)},_NUM_PARALLEL={OLLAMA_NUM_PARALLEL}"
         )
-        plan.run(
-            "gcloud", "builds", "submit", str(REPO_ROOT),
-            f"--config={REPO_ROOT / 'deploy' / 'cloudbuild-llm.yaml'}",
-            f"--substitutions={substitutions}", *build_flags, p,
+        steps.append(
+            Step(
+                ("gcloud", "builds", "submit", str(REPO_ROOT),
+                 f"--config={REPO_ROOT / 'deploy' / 'cloudbuild-llm.yaml'}",
+                 f"--substitutions={substitutions}", *build_flags(config), config.project_flag),
+                timeout=BUILD_TIMEOUT_SECONDS,
+            )
+        )  # fmt: skip
+    return steps
+
+
+def build_ui_image(config: Config) -> list[Step]:
+    return [
+        Step(
+            ("gcloud", "builds", "submit", str(REPO_ROOT),
+             f"--config={REPO_ROOT / 'deploy' / 'cloudbuild-ui.yaml'}",
+             f"--substitutions=_IMAGE={config.ui_image}", *build_flags(config),
+             config.project_flag),
             timeout=BUILD_TIMEOUT_SECONDS,
-        )  # fmt: skip
-    ui_image = f"{config.registry}/ui:{config.tag}"
-    plan.run(
-        "gcloud", "builds", "submit", str(REPO_ROOT),
-        f"--config={REPO_ROOT / 'deploy' / 'cloudbuild-ui.yaml'}",
-        f"--substitutions=_IMAGE={ui_image}", *build_flags, p,
-        timeout=BUILD_TIMEOUT_SECONDS,
-    )  # fmt: skip
+        )
+    ]  # fmt: skip
 
-    for backend in targets:
-        plan.run(
-            "gcloud", "run", "deploy", backend.service, f"--image={backend.image}", p, r,
-            "--gpu=1", "--gpu-type=nvidia-l4", "--no-gpu-zonal-redundancy",
-            "--cpu=8", "--memory=32Gi", "--no-cpu-throttling",
-            f"--concurrency={OLLAMA_NUM_PARALLEL}",
-            f"--max-instances={config.max_instances}",
-            f"--min-instances={config.min_instances}",
-            f"--timeout={REQUEST_TIMEOUT_SECONDS}",
-            f"--port={SERVING_PORT}", startup_probe(),
-            "--no-allow-unauthenticated", f"--service-account={backend_sa}",
-            f"--labels=app={config.prefix},component=backend", "--quiet",
+
+def deploy_backends(config: Config, targets: Sequence[Backend]) -> list[Step]:
+    return [step for backend in targets for step in deploy_backend(config, backend)]
+
+
+def deploy_backend(config: Config, backend: Backend) -> list[Step]:
+    """The private GPU service, its URL for the UI, and the UI's right to call it."""
+    p, r = config.project_flag, config.region_flag
+    return [
+        Step(
+            ("gcloud", "run", "deploy", backend.service, f"--image={backend.image}", p, r,
+             "--gpu=1", "--gpu-type=nvidia-l4", "--no-gpu-zonal-redundancy",
+             "--cpu=8", "--memory=32Gi", "--no-cpu-throttling",
+             f"--concurrency={OLLAMA_NUM_PARALLEL}",
+             f"--max-instances={config.max_instances}",
+             f"--min-instances={config.min_instances}",
+             f"--timeout={REQUEST_TIMEOUT_SECONDS}",
+             f"--port={SERVING_PORT}", startup_probe(),
+             "--no-allow-unauthenticated",
+             f"--service-account={config.service_account('backend')}",
+             f"--labels=app={config.prefix},component=backend", "--quiet"),
             timeout=DEPLOY_TIMEOUT_SECONDS,
-        )  # fmt: skip
-        plan.run(
-            "gcloud", "run", "services", "describe", backend.service, p, r,
-            "--format=value(status.url)",
-            capture=backend.url_variable,
-        )  # fmt: skip
-        # Only the UI's identity may call the GPU service; nobody else, not even allUsers.
-        plan.run(
-            "gcloud", "run", "services", "add-iam-policy-binding", backend.service, p, r,
-            f"--member=serviceAccount:{ui_sa}", "--role=roles/run.invoker", "--quiet",
-        )  # fmt: skip
-
-    # Votes: Firestore's (default) database in Native mode, in the services' region (every
-    # L4 region is a Firestore location), created once and kept across deploys.
-    plan.run(
-        "gcloud", "firestore", "databases", "create", f"--location={config.region}",
-        "--type=firestore-native", p,
-        unless=("gcloud", "firestore", "databases", "describe", "--database=(default)", p),
-    )  # fmt: skip
-    plan.run(
-        "gcloud", "projects", "add-iam-policy-binding", config.project,
-        f"--member=serviceAccount:{ui_sa}", f"--role={UI_ROLE_FIRESTORE}",
-        "--condition=None", "--quiet",
-    )  # fmt: skip
-
-    # The share-link signing key: created once, kept across deploys (rotating it invalidates
-    # every link already shared) unless --rotate-share-secret asks for a new version.
-    plan.run(
-        "gcloud", "secrets", "create", config.secret, "--replication-policy=automatic", p,
-        unless=("gcloud", "secrets", "describe", config.secret, p),
-    )  # fmt: skip
-    plan.run(
-        "gcloud", "secrets", "versions", "add", config.secret, "--data-file=-", p,
-        unless=None if config.rotate_share_secret else (
-            "gcloud", "secrets", "versions", "describe", "latest",
-            f"--secret={config.secret}", p,
         ),
-        secret_stdin=True,
-    )  # fmt: skip
-    plan.run(
-        "gcloud", "secrets", "add-iam-policy-binding", config.secret, p,
-        f"--member=serviceAccount:{ui_sa}", "--role=roles/secretmanager.secretAccessor",
-        "--quiet",
+        service_url(config, backend.service, backend.url_variable),
+        # Only the UI's identity may call the GPU service; nobody else, not even allUsers.
+        Step(
+            ("gcloud", "run", "services", "add-iam-policy-binding", backend.service, p, r,
+             f"--member=serviceAccount:{config.service_account('ui')}",
+             "--role=roles/run.invoker", "--quiet"),
+        ),
+    ]  # fmt: skip
+
+
+def service_url(config: Config, service: str, variable: str) -> Step:
+    """A deployed service's URL, captured into ${variable} for later steps."""
+    return Step(
+        ("gcloud", "run", "services", "describe", service, config.project_flag,
+         config.region_flag, "--format=value(status.url)"),
+        capture=variable,
     )  # fmt: skip
 
+
+def create_vote_store(config: Config) -> list[Step]:
+    """Votes: Firestore's (default) database in Native mode, in the services' region (every
+    L4 region is a Firestore location), created once and kept across deploys."""
+    p = config.project_flag
+    return [
+        Step(
+            ("gcloud", "firestore", "databases", "create", f"--location={config.region}",
+             "--type=firestore-native", p),
+            unless=("gcloud", "firestore", "databases", "describe", "--database=(default)", p),
+        ),
+        Step(
+            ("gcloud", "projects", "add-iam-policy-binding", config.project,
+             f"--member=serviceAccount:{config.service_account('ui')}",
+             f"--role={UI_ROLE_FIRESTORE}", "--condition=None", "--quiet"),
+        ),
+    ]  # fmt: skip
+
+
+def create_share_secret(config: Config) -> list[Step]:
+    """The share-link signing key: created once, kept across deploys (rotating it invalidates
+    every link already shared) unless --rotate-share-secret asks for a new version."""
+    p = config.project_flag
+    return [
+        Step(
+            ("gcloud", "secrets", "create", config.secret, "--replication-policy=automatic", p),
+            unless=("gcloud", "secrets", "describe", config.secret, p),
+        ),
+        Step(
+            ("gcloud", "secrets", "versions", "add", config.secret, "--data-file=-", p),
+            unless=None if config.rotate_share_secret else (
+                "gcloud", "secrets", "versions", "describe", "latest",
+                f"--secret={config.secret}", p,
+            ),
+            secret_stdin=True,
+        ),
+        Step(
+            ("gcloud", "secrets", "add-iam-policy-binding", config.secret, p,
+             f"--member=serviceAccount:{config.service_account('ui')}",
+             "--role=roles/secretmanager.secretAccessor", "--quiet"),
+        ),
+    ]  # fmt: skip
+
+
+def ui_environment(config: Config, targets: Sequence[Backend]) -> dict[str, str]:
+    """The UI service's environment: auth, models, vote store and where the backends are."""
     # The UI offers exactly the baked models: it can fill its picker from this list while
     # a GPU backend is still scaled to zero.
     baked = [m.tag for m in production_models()]
@@ -566,32 +679,39 @@ def build_plan(config: Config) -> Plan:
         # Every family has its own route; the default URL only keeps the UI from ever
         # falling back to an embedded engine, which the UI image does not have.
         env["LLM_BACKEND_URL"] = f"${{{targets[0].url_variable}}}"
-    ui_service = f"{config.prefix}-ui"
-    plan.run(
-        "gcloud", "run", "deploy", ui_service, f"--image={ui_image}", p, r,
-        "--allow-unauthenticated", f"--service-account={ui_sa}",
-        env_vars_flag(env), f"--set-secrets=LLM_SHARE_SECRET={config.secret}:latest",
-        "--cpu=1", "--memory=1Gi", f"--concurrency={UI_CONCURRENCY}",
-        f"--max-instances={config.ui_max_instances}", "--min-instances=0",
-        # Gradio keeps each session's queue and event stream in one process.
-        "--session-affinity", f"--timeout={REQUEST_TIMEOUT_SECONDS}", "--cpu-boost",
-        f"--labels=app={config.prefix},component=ui", "--quiet",
-        timeout=DEPLOY_TIMEOUT_SECONDS,
-    )  # fmt: skip
-    plan.run(
-        "gcloud", "run", "services", "describe", ui_service, p, r,
-        "--format=value(status.url)",
-        capture="UI_URL",
-    )  # fmt: skip
-    # Share links carry the public URL (TLS ends at Google's front end, so the request the
-    # UI sees may not say https).
-    plan.run(
-        "gcloud", "run", "services", "update", ui_service, p, r,
-        "--update-env-vars=LLM_PUBLIC_URL=${UI_URL}", "--quiet",
-        timeout=DEPLOY_TIMEOUT_SECONDS,
-    )  # fmt: skip
-    plan.say("Demo URL: ${UI_URL}")
-    return plan
+    return env
+
+
+def deploy_ui(config: Config, targets: Sequence[Backend]) -> list[Step]:
+    """The public UI service and its URL."""
+    p, r = config.project_flag, config.region_flag
+    return [
+        Step(
+            ("gcloud", "run", "deploy", config.ui_service, f"--image={config.ui_image}", p, r,
+             "--allow-unauthenticated", f"--service-account={config.service_account('ui')}",
+             env_vars_flag(ui_environment(config, targets)),
+             f"--set-secrets=LLM_SHARE_SECRET={config.secret}:latest",
+             "--cpu=1", "--memory=1Gi", f"--concurrency={UI_CONCURRENCY}",
+             f"--max-instances={config.ui_max_instances}", "--min-instances=0",
+             # Gradio keeps each session's queue and event stream in one process.
+             "--session-affinity", f"--timeout={REQUEST_TIMEOUT_SECONDS}", "--cpu-boost",
+             f"--labels=app={config.prefix},component=ui", "--quiet"),
+            timeout=DEPLOY_TIMEOUT_SECONDS,
+        ),
+        service_url(config, config.ui_service, "UI_URL"),
+    ]  # fmt: skip
+
+
+def set_ui_public_url(config: Config) -> list[Step]:
+    """Share links carry the public URL (TLS ends at Google's front end, so the request the
+    UI sees may not say https)."""
+    return [
+        Step(
+            ("gcloud", "run", "services", "update", config.ui_service, config.project_flag,
+             config.region_flag, "--update-env-vars=LLM_PUBLIC_URL=${UI_URL}", "--quiet"),
+            timeout=DEPLOY_TIMEOUT_SECONDS,
+        )
+    ]  # fmt: skip
 
 
 def backend_services(config: Config) -> list[str]:
@@ -605,7 +725,7 @@ def teardown_plan(config: Config) -> Plan:
     """Delete everything build_plan creates; each step runs only if its resource exists."""
     p, r = f"--project={config.project}", f"--region={config.region}"
     plan = Plan()
-    for service in [f"{config.prefix}-ui", *backend_services(config)]:
+    for service in [config.ui_service, *backend_services(config)]:
         plan.run(
             "gcloud", "run", "services", "delete", service, p, r, "--quiet",
             only_if=("gcloud", "run", "services", "describe", service, p, r),
