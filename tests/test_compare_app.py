@@ -31,6 +31,8 @@ from devtools.testkit.chat_app import (
 from ui.compare_page import default_models
 from ui.model_labels import label_for
 from ui.share import SharedConversation, decode_share
+from ui.turn.figures import NoteData, ReplyFigures
+from ui.view.notes import stats_note
 
 SMOL, GEMMA = "smollm2:135m", "gemma3:270m"
 ALLOWED = [SMOL, GEMMA, "ghost:1b"]  # ghost: allowed, but no backend has it
@@ -239,7 +241,10 @@ def test_share_a_comparison_then_continue_from_a_copy(client: Client, app_url: s
 
 
 def test_share_chat_and_too_long_conversations(client: Client, app_url: str) -> None:
-    reply_note = msg("assistant", "", title="0.10 s to first token · 50.0 tokens/s · 0.30 s total")
+    figures = ReplyFigures(ttft_s=0.1, tokens_per_s=50.0, total_s=0.3)
+    note = stats_note(figures, data=NoteData(figures=figures, model=SMOL))
+    reply_note = msg("assistant", note["content"], title=note["metadata"]["title"])
+    reply_note["metadata"]["id"] = note["metadata"]["id"]  # the figures, as data
     history = [msg("user", "Hi"), msg("assistant", "Hello!"), reply_note]
     link, notice = client.predict(history, SMOL, "", 0.5, 0.9, 16, api_name="/share_chat")
     conv = decode_share(token_of(link), SECRET.encode())
