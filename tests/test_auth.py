@@ -20,6 +20,7 @@ from devtools.fake_metadata import FakeMetadataServer
 from devtools.testkit.google_fakes import emulator, metadata_for_test
 from devtools.testkit.procs import free_port
 from ui.auth import GoogleIdTokenAuth, auth_for, denied_message, root_url
+from ui.backend_client import BackendClient
 from ui.errors import BackendAuthError
 from ui.settings import Settings
 
@@ -264,6 +265,51 @@ def test_missing_key_file_is_named(
     with pytest.raises(BackendAuthError, match="setup problem on the server"):
         auth.get_token()
     assert "GOOGLE_APPLICATION_CREDENTIALS path" in caplog.text  # for the operator
+
+
+# --- the backend client: chats and probes carry the token ----------------------------------
+
+
+def test_backend_client_probe_and_lists_pass_with_one_token(
+    metadata: FakeMetadataServer, guarded: RunningEmulator
+) -> None:
+    async def calls() -> tuple[str, list[str], list[str]]:
+        client = BackendClient(Settings(backend_url=guarded.url, auth="google"))
+        try:
+            version = await client.probe()  # its own httpx client, the same auth
+            listed = [m.name for m in await client.list_models()]
+            running = [m.name for m in await client.running_models()]
+            return version, listed, running
+        finally:
+            await client.aclose()
+
+    version, listed, running = asyncio.run(calls())
+    assert version and version != "unknown"
+    assert "smollm2:135m" in listed
+    assert isinstance(running, list)
+    # One token cache for both clients (none fetched if this process's shared auth for the
+    # audience already holds one).
+    assert metadata.issued_for(guarded.url) <= 1
+
+
+def test_backend_client_denied_probe_is_a_setup_problem(
+    metadata: FakeMetadataServer, engine: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with emulator(upstream_url=engine, invokers=frozenset({"someone-else@x.iam"})) as service:
+
+        async def probe() -> str:
+            client = BackendClient(Settings(backend_url=service.url, auth="google"))
+            try:
+                return await client.probe()
+            finally:
+                await client.aclose()
+
+        with pytest.raises(BackendAuthError) as info:
+            asyncio.run(probe())
+    assert info.value.status_code == 403
+    assert "setup problem on the server" in info.value.user_message
+    assert service.url not in info.value.user_message
+    assert denied_message(403, service.url) in caplog.text  # for the operator
 
 
 # --- the token stays secret ------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from devtools.testkit.fake_ollama import FakeOllama
 from devtools.testkit.procs import free_port, refusing_url
 from ui.auth import denied_message
-from ui.backend_client import BackendClient, ReplyDone, TokenDelta
+from ui.backend_client import BackendClient, BackendErrors, ReplyDone, TokenDelta
 from ui.embedded_engine import EngineStartError, resolve_backend
 from ui.errors import (
     BackendAuthError,
@@ -154,12 +154,16 @@ def test_one_client_per_backend_per_loop(fake: FakeOllama) -> None:
     client = make_client(fake.url, connect_timeout=2.5, read_timeout=42.0)
 
     async def grab() -> Any:
-        first = client._client(fake.url)
-        assert client._client(fake.url) is first
-        timeout = first._client.timeout
-        assert (timeout.connect, timeout.read) == (2.5, 42.0)
-        assert timeout.write is not None and timeout.pool is not None
+        first = client.clients_for(fake.url)
+        assert client.clients_for(fake.url) is first
+        # The probe's client is built from the options the ollama client gets.
+        probe = first.http
+        assert (probe.timeout.connect, probe.timeout.read) == (2.5, 42.0)
+        assert probe.timeout.write is not None and probe.timeout.pool is not None
+        assert probe.follow_redirects
+        assert probe.build_request("GET", "/api/version").url == fake.url + "/api/version"
         await client.aclose()
+        assert probe.is_closed
         return first
 
     assert asyncio.run(grab()) is not asyncio.run(grab()), "a new loop needs a new client"
@@ -281,6 +285,67 @@ def test_slow_stream_hits_the_read_timeout(fake: FakeOllama) -> None:
         asyncio.run(run())
 
 
+SECRET_URL = "https://user:secret@backend.example"
+
+
+@pytest.mark.parametrize(
+    ("raised", "error", "words"),
+    [
+        # Subclasses before their bases: each timeout names its own deadline.
+        (httpx.ConnectTimeout("x"), BackendTimeout, "accept a connection within 2.5 s."),
+        (httpx.PoolTimeout("x"), BackendTimeout, "accept a connection within 2.5 s."),
+        (httpx.ReadTimeout("x"), BackendTimeout, "sent nothing for 42 s."),
+        (httpx.WriteTimeout("x"), BackendTimeout, "sent nothing for 42 s."),
+        (TimeoutError(), BackendTimeout, "did not answer within 7 s."),
+        (ConnectionError("x"), BackendUnreachable, "(the connection was refused)."),
+        (httpx.ConnectError("x"), BackendUnreachable, "(the connection was refused)."),
+        (httpx.WriteError("x"), BackendUnreachable, "backend broke off."),
+        (httpx.UnsupportedProtocol("x"), BackendUnreachable, "failed (UnsupportedProtocol)."),
+        (KeyError("version"), BackendResponseError, "an answer the UI cannot read."),
+        (AttributeError("x"), BackendResponseError, "failed (AttributeError)."),
+    ],
+)
+def test_each_failure_becomes_its_error(
+    raised: Exception, error: type[BackendError], words: str
+) -> None:
+    client = make_client(SECRET_URL, connect_timeout=2.5, read_timeout=42.0)
+    with pytest.raises(error) as info, BackendErrors(client, SECRET_URL, deadline=7.0):
+        raise raised
+    assert type(info.value) is error
+    assert info.value.user_message.endswith(words)
+    assert info.value.__cause__ is raised
+    assert "secret" not in info.value.user_message and "backend.example" not in str(info.value)
+
+
+def test_http_status_answers_become_errors_by_status() -> None:
+    client = make_client(SECRET_URL)
+    request = httpx.Request("GET", SECRET_URL + "/api/version")
+    answers = {
+        404: (ModelNotFound, "The model “m” is not available on the backend (gone)."),
+        429: (BackendBusy, "All model backends are busy right now (HTTP 429: gone)."),
+        403: (BackendAuthError, "refused this app's credentials (HTTP 403)."),
+        500: (BackendResponseError, "The model backend returned an error (HTTP 500): gone"),
+    }
+    for status, (error, words) in answers.items():
+        response = httpx.Response(status, json={"error": "gone"}, request=request)
+        raised = httpx.HTTPStatusError("x", request=request, response=response)
+        with pytest.raises(error) as info, BackendErrors(client, SECRET_URL, model="m"):
+            raise raised
+        assert info.value.status_code == status
+        assert words in info.value.user_message
+        assert "secret" not in info.value.user_message
+
+
+def test_our_errors_and_cancellation_pass_through_unchanged() -> None:
+    client = make_client(SECRET_URL)
+    busy = BackendBusy("already ours", status_code=503)
+    with pytest.raises(BackendBusy) as info, BackendErrors(client, SECRET_URL):
+        raise busy
+    assert info.value is busy
+    with pytest.raises(asyncio.CancelledError), BackendErrors(client, SECRET_URL):
+        raise asyncio.CancelledError
+
+
 # === picking the backend at startup (ui/embedded_engine.py) ===============================
 def test_resolve_backend_keeps_a_configured_url() -> None:
     settings = Settings(backend_url="http://10.0.0.1:9999", auth="none")
@@ -316,6 +381,48 @@ def test_resolve_backend_refuses_a_port_held_by_something_else() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _VersionDown(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b'{"error": "no instance is ready"}'
+        self.send_response(503)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("handler", "error", "words"),
+    [
+        (_VersionDown, BackendBusy, "not ready (HTTP 503: no instance is ready)"),
+        (_NotOllama, BackendResponseError, "an answer the UI cannot read"),
+    ],
+)
+def test_probe_maps_what_its_http_client_gets(
+    handler: type[BaseHTTPRequestHandler], error: type[BackendError], words: str
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    async def run() -> str:
+        client = make_client(f"http://127.0.0.1:{server.server_address[1]}")
+        try:
+            return await client.probe()
+        finally:
+            await client.aclose()
+
+    try:
+        with pytest.raises(error) as info:
+            asyncio.run(run())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert words in info.value.user_message
 
 
 def test_resolve_backend_starts_and_stops_the_embedded_engine() -> None:

@@ -2,9 +2,11 @@
 
 Built on the official `ollama.AsyncClient`, which forwards httpx keyword arguments, so each
 client gets explicit timeouts, a bounded connection pool and (for Cloud Run backends) an
-`httpx.Auth` that adds a Google ID token. Every failure leaves this module as one of the
-errors in `ui.errors`, with a message a user understands; callers never see httpx or
-ollama exceptions.
+`httpx.Auth` that adds a Google ID token. The probe (GET /api/version, which the ollama
+client has no call for) uses a plain `httpx.AsyncClient` built from the same options. Every
+failure leaves this module as one of the errors in `ui.errors`, with a message a user
+understands (`BackendErrors`, by the table `ERRORS`); callers never see httpx or ollama
+exceptions.
 
 Streaming API::
 
@@ -13,9 +15,9 @@ Streaming API::
         else: ...                               # ReplyDone: event.stats (Ollama's numbers)
 
 Routing: `settings.backend_routes` maps a model family ("gemma", "llama", ...) to its own
-backend URL; every other model uses the default backend URL. One `ollama.AsyncClient` is
-kept per backend URL per event loop (httpx clients must not cross loops; Gradio runs all
-async handlers in one loop, so in practice there is one client per backend).
+backend URL; every other model uses the default backend URL. One `BackendClients` is kept
+per backend URL per event loop (httpx clients must not cross loops; Gradio runs all async
+handlers in one loop, so in practice there is one set of clients per backend).
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ import contextlib
 import json
 import logging
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, TypedDict, cast
 
 import httpx
 import ollama
@@ -157,6 +159,28 @@ class RunningModel:
 
 
 # === the client ==========================================================================
+class HttpOptions(TypedDict):
+    """What every client of one backend is built with, so all its calls travel alike."""
+
+    timeout: httpx.Timeout
+    limits: httpx.Limits
+    auth: httpx.Auth | None
+    follow_redirects: bool
+
+
+@dataclass(frozen=True)
+class BackendClients:
+    """The clients of one backend in one event loop, built together from one `HttpOptions`."""
+
+    ollama: ollama.AsyncClient  # chat, load, /api/tags, /api/ps
+    # For what the ollama client has no call for: GET /api/version (the probe).
+    http: httpx.AsyncClient
+
+    async def aclose(self) -> None:
+        await self.ollama.close()
+        await self.http.aclose()
+
+
 class BackendClient:
     """Talks to one default backend plus optional per-family backends."""
 
@@ -173,12 +197,12 @@ class BackendClient:
             pool=settings.connect_timeout,
         )
         # Each running stream holds one connection; leave room above the concurrency limit
-        # for model lists and probes.
+        # for model lists and /api/ps (probes have a client of their own).
         self.limits = httpx.Limits(
             max_connections=settings.concurrency_limit + 20, max_keepalive_connections=20
         )
         self._clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, ollama.AsyncClient]
+            asyncio.AbstractEventLoop, dict[str, BackendClients]
         ] = weakref.WeakKeyDictionary()
 
     # --- routing ------------------------------------------------------------------------
@@ -196,25 +220,33 @@ class BackendClient:
         """The ID-token audience for a backend (used in access-denied messages)."""
         return self.settings.auth_audience or root_url(url)
 
-    def _client(self, url: str) -> ollama.AsyncClient:
+    def clients_for(self, url: str) -> BackendClients:
+        """The clients of the backend at `url` in the running loop (made at first use)."""
         loop = asyncio.get_running_loop()
         per_loop = self._clients.setdefault(loop, {})
-        client = per_loop.get(url)
-        if client is None:
-            client = ollama.AsyncClient(
-                host=url,
+        clients = per_loop.get(url)
+        if clients is None:
+            # ollama.AsyncClient passes httpx keyword arguments on to its httpx client, and
+            # follows redirects by default: the probe's client gets the same.
+            options = HttpOptions(
                 timeout=self.timeout,
                 limits=self.limits,
                 auth=auth_for(self.settings, url),
+                follow_redirects=True,
             )
-            per_loop[url] = client
-        return client
+            clients = per_loop[url] = BackendClients(
+                ollama=ollama.AsyncClient(host=url, **options),
+                http=httpx.AsyncClient(
+                    base_url=url, headers={"Accept": "application/json"}, **options
+                ),
+            )
+        return clients
 
     async def aclose(self) -> None:
         """Close the clients of the running loop."""
         loop = asyncio.get_running_loop()
-        for client in self._clients.pop(loop, {}).values():
-            await client.close()
+        for clients in self._clients.pop(loop, {}).values():
+            await clients.aclose()
 
     # --- chat ---------------------------------------------------------------------------
     async def chat_stream(
@@ -232,9 +264,8 @@ class BackendClient:
         makes Ollama stop generating.
         """
         url = self.url_for(model)
-        client = self._client(url)
-        started = False
-        try:
+        client = self.clients_for(url).ollama
+        with BackendErrors(self, url, model=model) as call:
             parts = await client.chat(
                 model=model,
                 messages=list(messages),
@@ -246,7 +277,7 @@ class BackendClient:
             stream = cast("AsyncGenerator[ollama.ChatResponse, None]", parts)
             async with aclosing(stream):
                 async for part in stream:
-                    started = True
+                    call.mid_stream = True
                     text = part.message.content if part.message else None
                     if text:
                         yield TokenDelta(text)
@@ -255,18 +286,14 @@ class BackendClient:
                         await _finish_body(stream)
                         return
             raise BackendResponseError("The model backend ended the reply before it was complete.")
-        except Exception as exc:
-            raise self._map_error(exc, url=url, model=model, mid_stream=started) from exc
 
     async def load_model(self, model: str, keep_alive: str | float | None = None) -> ReplyStats:
         """Load a model into memory without generating (a chat request with no messages)."""
         url = self.url_for(model)
-        try:
-            response = await self._client(url).chat(
+        with BackendErrors(self, url, model=model):
+            response = await self.clients_for(url).ollama.chat(
                 model=model, messages=[], keep_alive=keep_alive, stream=False
             )
-        except Exception as exc:
-            raise self._map_error(exc, url=url, model=model) from exc
         return ReplyStats.from_response(response)
 
     # --- listing and probing -----------------------------------------------------------
@@ -292,11 +319,9 @@ class BackendClient:
         return sorted(models.values(), key=lambda m: (m.family, m.name))
 
     async def _list_one(self, url: str, deadline: float | None) -> list[ModelInfo]:
-        try:
+        with BackendErrors(self, url, deadline=deadline):
             async with asyncio.timeout(deadline):
-                response = await self._client(url).list()
-        except Exception as exc:
-            raise self._map_error(exc, url=url, deadline=deadline) from exc
+                response = await self.clients_for(url).ollama.list()
         found: list[ModelInfo] = []
         for entry in response.models:
             if not entry.model:
@@ -324,10 +349,8 @@ class BackendClient:
         """Models loaded right now, over all backends (from /api/ps)."""
         running: list[RunningModel] = []
         for url in self.backend_urls:
-            try:
-                response = await self._client(url).ps()
-            except Exception as exc:
-                raise self._map_error(exc, url=url) from exc
+            with BackendErrors(self, url):
+                response = await self.clients_for(url).ollama.ps()
             for entry in response.models:
                 if not entry.model:
                     continue
@@ -348,79 +371,151 @@ class BackendClient:
         A warm Ollama answers in milliseconds; a scaled-to-zero one does not."""
         url = self.url_for(model) if model else self.default_url
         deadline = self.settings.probe_timeout
-        try:
+        with BackendErrors(self, url, deadline=deadline):
             async with asyncio.timeout(deadline):
-                # The ollama client has no version call; its httpx client carries the same
-                # base URL, auth and timeouts.
-                response = await self._client(url)._client.get("/api/version")
+                # The ollama client has no version call (ollama 0.6); `http` is built with
+                # the same auth, timeouts and redirects.
+                response = await self.clients_for(url).http.get("/api/version")
                 response.raise_for_status()
                 version = response.json().get("version")
-        except Exception as exc:
-            raise self._map_error(exc, url=url, deadline=deadline) from exc
         return str(version or "unknown")
 
-    # --- error mapping -------------------------------------------------------------------
-    def _map_error(
-        self,
-        exc: BaseException,
-        *,
-        url: str,
-        model: str | None = None,
-        mid_stream: bool = False,
-        deadline: float | None = None,
-    ) -> BackendError:
-        """Turn anything raised below this module into a `ui.errors` error."""
-        if isinstance(exc, BackendError):  # ours already (also from ui.auth)
-            return exc
-        if isinstance(exc, ollama.ResponseError):
-            return self._map_status(exc.status_code, str(exc.error), url=url, model=model)
-        if isinstance(exc, TimeoutError):  # asyncio.timeout around a whole call
-            return BackendTimeout(f"The model backend did not answer within {deadline:g} s.")
-        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-            return BackendTimeout(
-                f"The model backend did not accept a connection within "
-                f"{self.settings.connect_timeout:g} s."
-            )
-        if isinstance(exc, httpx.TimeoutException):
-            return BackendTimeout(
-                f"The model backend sent nothing for {self.settings.read_timeout:g} s."
-            )
-        if isinstance(exc, ConnectionError | httpx.ConnectError):
-            # ollama turns httpx.ConnectError into the builtin ConnectionError.
-            logger.warning("Backend %s refused the connection", url)
-            return BackendUnreachable(
-                "The model backend cannot be reached (the connection was refused)."
-            )
-        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
-            if mid_stream:
-                return BackendUnreachable(
-                    "The connection to the model backend broke off in the middle of the reply."
-                )
-            return BackendUnreachable("The connection to the model backend broke off.")
-        if isinstance(exc, httpx.HTTPStatusError):
-            return self._map_status(
-                exc.response.status_code, _server_message(exc.response), url=url, model=model
-            )
-        if isinstance(exc, json.JSONDecodeError | pydantic.ValidationError | KeyError):
-            logger.warning("Unreadable answer from %s: %r", url, exc)
-            return BackendResponseError("The model backend sent an answer the UI cannot read.")
-        if isinstance(exc, httpx.HTTPError):
-            return BackendUnreachable(
-                f"Talking to the model backend failed ({type(exc).__name__})."
-            )
-        logger.exception("Unexpected error talking to %s", url, exc_info=exc)
+
+# === error mapping =======================================================================
+class _Becomes(NamedTuple):
+    """A row of ERRORS: an exception of `catches` becomes `error` with `message`."""
+
+    catches: type[Exception] | tuple[type[Exception], ...]
+    error: type[BackendError]
+    # str.format over BackendErrors.facts(): never the URL or anything else secret.
+    message: str
+    # A warning for operators, logging's %-style over {"url": ..., "exc": ...}.
+    log: str | None = None
+
+
+class _StatusOf(NamedTuple):
+    """A row of ERRORS: an HTTP error answer; `read` gives (status, the server's message),
+    and the status decides the error (BackendErrors.status_error)."""
+
+    catches: type[Exception]
+    read: Callable[[Any], tuple[int, str]]
+
+
+ERRORS: tuple[_Becomes | _StatusOf, ...] = (
+    _StatusOf(ollama.ResponseError, lambda exc: (exc.status_code, str(exc.error))),
+    _Becomes(
+        TimeoutError, BackendTimeout, "The model backend did not answer within {deadline:g} s."
+    ),
+    _Becomes(
+        (httpx.ConnectTimeout, httpx.PoolTimeout),
+        BackendTimeout,
+        "The model backend did not accept a connection within {connect_timeout:g} s.",
+    ),
+    _Becomes(
+        httpx.TimeoutException,
+        BackendTimeout,
+        "The model backend sent nothing for {read_timeout:g} s.",
+    ),
+    # ollama turns httpx.ConnectError into the builtin ConnectionError.
+    _Becomes(
+        (ConnectionError, httpx.ConnectError),
+        BackendUnreachable,
+        "The model backend cannot be reached (the connection was refused).",
+        log="Backend %(url)s refused the connection",
+    ),
+    _Becomes(
+        (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError),
+        BackendUnreachable,
+        "The connection to the model backend broke off{in_the_reply}.",
+    ),
+    _StatusOf(
+        httpx.HTTPStatusError, lambda exc: (exc.response.status_code, _server_message(exc.response))
+    ),
+    _Becomes(
+        (json.JSONDecodeError, pydantic.ValidationError, KeyError),
+        BackendResponseError,
+        "The model backend sent an answer the UI cannot read.",
+        log="Unreadable answer from %(url)s: %(exc)r",
+    ),
+    _Becomes(httpx.HTTPError, BackendUnreachable, "Talking to the model backend failed ({name})."),
+)
+
+
+@dataclass
+class BackendErrors:
+    """`with BackendErrors(client, url, ...) as call:` turns any failure in the block into a
+    `ui.errors` error, raised from the original. The first row of ERRORS that matches wins,
+    so a subclass comes before its base::
+
+        Exception                       becomes
+        ├── ui.errors.BackendError      itself (ours already, also from ui.auth)
+        ├── ollama.ResponseError        by its status; -1: an error line inside a 200 stream
+        ├── OSError
+        │   ├── TimeoutError            BackendTimeout: asyncio.timeout around a whole call
+        │   └── ConnectionError         BackendUnreachable, refused (logged): ollama's
+        │                               form of httpx.ConnectError
+        ├── httpx.HTTPError
+        │   ├── httpx.TimeoutException  BackendTimeout
+        │   │   ├── ConnectTimeout, PoolTimeout     ... within connect_timeout
+        │   │   └── ReadTimeout, WriteTimeout       ... within read_timeout
+        │   ├── httpx.ConnectError      BackendUnreachable, refused (logged)
+        │   ├── RemoteProtocolError, ReadError, WriteError
+        │   │                           BackendUnreachable, broke off (mid-reply or not)
+        │   ├── httpx.HTTPStatusError   by its status (the probe's raise_for_status)
+        │   └── any other               BackendUnreachable, named by its type
+        ├── JSONDecodeError, pydantic.ValidationError, KeyError
+        │                               BackendResponseError, unreadable (logged)
+        └── any other                   BackendResponseError, named by its type (logged
+                                        with its traceback)
+
+    BaseExceptions (cancellation, GeneratorExit from closing a stream) pass untouched.
+    """
+
+    client: BackendClient
+    url: str
+    model: str | None = None
+    deadline: float | None = None
+    mid_stream: bool = False  # reply text arrived: a broken connection broke off the reply
+
+    def __enter__(self) -> BackendErrors:
+        return self
+
+    def __exit__(self, _type: object, exc: BaseException | None, _traceback: object) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, BackendError):
+            raise self.translate(exc) from exc
+
+    def translate(self, exc: Exception) -> BackendError:
+        """The `ui.errors` error for `exc`, by the first matching row of ERRORS."""
+        for row in ERRORS:
+            if not isinstance(exc, row.catches):
+                continue
+            if isinstance(row, _StatusOf):
+                return self.status_error(*row.read(exc))
+            if row.log:
+                logger.warning(row.log, {"url": self.url, "exc": exc})
+            return row.error(row.message.format(**self.facts(exc)))
+        logger.exception("Unexpected error talking to %s", self.url, exc_info=exc)
         return BackendResponseError(f"Talking to the model backend failed ({type(exc).__name__}).")
 
-    def _map_status(
-        self, status: int, server_message: str, *, url: str, model: str | None
-    ) -> BackendError:
+    def facts(self, exc: Exception) -> dict[str, object]:
+        """What a message in ERRORS may name."""
+        return {
+            "deadline": self.deadline,
+            "connect_timeout": self.client.settings.connect_timeout,
+            "read_timeout": self.client.settings.read_timeout,
+            "name": type(exc).__name__,
+            "in_the_reply": " in the middle of the reply" if self.mid_stream else "",
+        }
+
+    def status_error(self, status: int, server_message: str) -> BackendError:
+        """The error for an HTTP error answer (or ollama's -1 for an error line)."""
         message = _shorten(server_message)
         if status == -1:  # ollama's marker for an {"error": ...} line inside a 200 stream
             return BackendResponseError(
                 f"The model backend reported an error in the middle of the reply: {message}"
             )
         if status == 404:
-            name = f"“{model}”" if model else "That model"
+            name = f"“{self.model}”" if self.model else "That model"
             return ModelNotFound(
                 f"The model {name} is not available on the backend ({message}).", status_code=404
             )
@@ -441,7 +536,7 @@ class BackendClient:
             )
         if status in (401, 403):
             # What to change (the backend's URL, IAM roles) is for operators: the log.
-            logger.warning("%s", denied_message(status, self.audience_for(url)))
+            logger.warning("%s", denied_message(status, self.client.audience_for(self.url)))
             return BackendAuthError(
                 f"The model backend refused this app's credentials (HTTP {status}). This "
                 "is a setup problem on the server: the details are in its log.",
