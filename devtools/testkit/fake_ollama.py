@@ -36,7 +36,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ollama import ChatResponse, ListResponse, Message, ProcessResponse
-from ollama._types import ModelDetails
 from pydantic import BaseModel, ByteSize
 
 MODELS = [
@@ -116,8 +115,9 @@ class FakeOllama:
                 elif self.path == "/api/version":
                     self._json(200, {"version": "0.0.0-fake"})
                 elif self.path == "/api/tags":
-                    details = ModelDetails(family="fake", parameter_size="1M")
-                    own = ModelDetails(family="fake")
+                    # Dicts: the client's public models validate them into its ModelDetails.
+                    details: Any = {"family": "fake", "parameter_size": "1M"}
+                    own: Any = {"family": "fake"}
                     models = [
                         ListResponse.Model(model=m, size=ByteSize(1000), details=own)
                         for m in fake.extra_models
@@ -283,7 +283,7 @@ class HeldOllama(FakeOllama):
                 if self.path != "/api/tags":
                     super().do_GET()
                     return
-                details = ModelDetails(family="fake", parameter_size="1M")
+                details: Any = {"family": "fake", "parameter_size": "1M"}
                 models = [
                     ListResponse.Model(model=m, size=ByteSize(1000), details=details)
                     for m in [*MODELS, HELD]
