@@ -500,7 +500,11 @@ class BackendErrors:
     def facts(self, exc: Exception) -> dict[str, object]:
         """What a message in ERRORS may name."""
         return {
-            "deadline": self.deadline,
+            # A TimeoutError in a call without a deadline of its own (a chat) came from
+            # waiting for the backend: its read timeout is the bound that was hit.
+            "deadline": self.deadline
+            if self.deadline is not None
+            else self.client.settings.read_timeout,
             "connect_timeout": self.client.settings.connect_timeout,
             "read_timeout": self.client.settings.read_timeout,
             "name": type(exc).__name__,
