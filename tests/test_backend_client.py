@@ -346,6 +346,14 @@ def test_our_errors_and_cancellation_pass_through_unchanged() -> None:
         raise asyncio.CancelledError
 
 
+def test_a_timeout_in_a_call_without_a_deadline_names_the_read_timeout() -> None:
+    client = make_client(SECRET_URL)
+    with pytest.raises(BackendTimeout) as info, BackendErrors(client, SECRET_URL):
+        raise TimeoutError
+    limit = client.settings.read_timeout
+    assert info.value.user_message == f"The model backend did not answer within {limit:g} s."
+
+
 # === picking the backend at startup (ui/embedded_engine.py) ===============================
 def test_resolve_backend_keeps_a_configured_url() -> None:
     settings = Settings(backend_url="http://10.0.0.1:9999", auth="none")
