@@ -32,12 +32,13 @@ from typing import Any
 
 import uvicorn
 from ollama import ChatResponse, ListResponse, Message, ProcessResponse
-from ollama._types import ChatRequest, ModelDetails  # not re-exported by the package
 from pydantic import ByteSize, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from backend.ollama_types import ChatRequest, ModelDetails  # not exported by ollama
 
 MODEL = "synthetic:1m"
 TOKEN_TEXT = "word "  # ~ one token of English text
