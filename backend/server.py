@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import ollama
@@ -32,6 +33,7 @@ from backend import model_files, prompts
 from backend.engine import (
     Engine,
     EngineError,
+    Generation,
     Options,
     Stats,
     parse_keep_alive,
@@ -196,18 +198,57 @@ def _ps_entry(
     )
 
 
-def build_app(engine: Engine) -> Starlette:
-    async def root(request: Request) -> Response:
+@dataclass(frozen=True)
+class _Frames:
+    """Builds one request's reply objects: /api/chat or /api/generate, with the final stats."""
+
+    model: str
+    t0: int  # perf_counter_ns at the handler's start: total_duration counts from it
+    chat: bool
+
+    def frame(self, text: str, done: bool, stats: Stats | None = None) -> dict[str, Any]:
+        fields: dict[str, Any] = {"model": self.model, "created_at": _now(), "done": done}
+        if stats is not None:
+            fields.update(
+                done_reason=stats.done_reason,
+                total_duration=time.perf_counter_ns() - self.t0,
+                load_duration=stats.load_duration,
+                prompt_eval_count=stats.prompt_eval_count,
+                prompt_eval_duration=stats.prompt_eval_duration,
+                eval_count=stats.eval_count,
+                eval_duration=stats.eval_duration,
+            )
+        if self.chat:
+            message = ollama.Message(role="assistant", content=text)
+            return _json(ollama.ChatResponse(message=message, **fields))
+        context = stats.context if stats is not None else None
+        return _json(ollama.GenerateResponse(response=text, context=context, **fields))
+
+
+class _Handlers:
+    """The HTTP routes over one engine: each method is a Starlette endpoint."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.engine.start()
+        yield
+        await self.engine.close()
+
+    async def root(self, request: Request) -> Response:
         return PlainTextResponse("Ollama is running")
 
-    async def version(request: Request) -> Response:
+    async def version(self, request: Request) -> Response:
         return JSONResponse({"version": VERSION})
 
-    async def tags(request: Request) -> Response:
-        listing = _TagsResponse(models=[_tags_entry(s) for s in engine.available()])
+    async def tags(self, request: Request) -> Response:
+        listing = _TagsResponse(models=[_tags_entry(s) for s in self.engine.available()])
         return JSONResponse(_json(listing))
 
-    async def ps(request: Request) -> Response:
+    async def ps(self, request: Request) -> Response:
+        engine = self.engine
         if engine.ps_while_loading == "wait":
             await engine.loads_finished()
         entries = [
@@ -228,7 +269,7 @@ def build_app(engine: Engine) -> Starlette:
         entries.sort(key=lambda e: e.expires_at or dt.datetime.min, reverse=True)
         return JSONResponse(_json(ollama.ProcessResponse(models=entries)))
 
-    async def show(request: Request) -> Response:
+    async def show(self, request: Request) -> Response:
         try:
             body = await _parse(request, ShowIn)
         except BadRequest as exc:
@@ -237,7 +278,7 @@ def build_app(engine: Engine) -> Starlette:
         if not name:
             return _error(400, "model is required")
         try:
-            spec = engine.resolve(name)
+            spec = self.engine.resolve(name)
         except EngineError as exc:
             return _error(exc.status_code, str(exc))
         assert spec.prompt_format is not None
@@ -260,7 +301,7 @@ def build_app(engine: Engine) -> Starlette:
         )
         return JSONResponse(_json(shown))
 
-    async def chat(request: Request) -> Response:
+    async def chat(self, request: Request) -> Response:
         t0 = time.perf_counter_ns()  # Ollama's checkpointStart: the handler's first act
         try:
             body: ChatIn = await _parse(request, ChatIn)
@@ -273,11 +314,11 @@ def build_app(engine: Engine) -> Starlette:
         )
         if bad_role is not None:
             return _error(400, f"invalid role '{bad_role}' in messages")
-        return await _run(
+        return await self._run(
             request, t0, body, messages=messages, raw=None, empty=not messages, chat=True
         )
 
-    async def generate(request: Request) -> Response:
+    async def generate(self, request: Request) -> Response:
         t0 = time.perf_counter_ns()
         try:
             body: GenerateIn = await _parse(request, GenerateIn)
@@ -285,17 +326,26 @@ def build_app(engine: Engine) -> Starlette:
             return _error(400, str(exc))
         prompt = body.prompt or ""
         if body.raw:
-            return await _run(
+            return await self._run(
                 request, t0, body, messages=None, raw=prompt, empty=not prompt, chat=False
             )
         messages = ([prompts.Message("system", body.system)] if body.system else []) + [
             prompts.Message("user", prompt)
         ]
-        return await _run(
+        return await self._run(
             request, t0, body, messages=messages, raw=None, empty=not prompt, chat=False
         )
 
+    async def not_offered(self, request: Request) -> Response:
+        action = request.url.path.rsplit("/", 1)[-1]
+        return _error(
+            405 if request.method != "POST" else 400,
+            f"'{action}' is not supported: this local engine only serves its bundled models "
+            f"({', '.join(s.tag for s in self.engine.available())})",
+        )
+
     async def _run(
+        self,
         request: Request,
         t0: int,
         body: ChatIn | GenerateIn,
@@ -305,49 +355,20 @@ def build_app(engine: Engine) -> Starlette:
         empty: bool,
         chat: bool,
     ) -> Response:
-        name = body.model
+        """What /api/chat and /api/generate share once their bodies are checked."""
+        engine = self.engine
         try:
             keep_alive = parse_keep_alive(body.keep_alive)
         except ValueError as exc:
             return _error(400, f"invalid value for field 'keep_alive': {exc}")
         try:
-            spec = engine.resolve(name)
+            spec = engine.resolve(body.model)
         except EngineError as exc:
             return _error(exc.status_code, str(exc))
         options = _options(body.options, engine.default_num_ctx, body.truncate)
-
-        def frame(text: str, done: bool, stats: Stats | None = None) -> dict[str, Any]:
-            fields: dict[str, Any] = {"model": name, "created_at": _now(), "done": done}
-            if stats is not None:
-                fields.update(
-                    done_reason=stats.done_reason,
-                    total_duration=time.perf_counter_ns() - t0,
-                    load_duration=stats.load_duration,
-                    prompt_eval_count=stats.prompt_eval_count,
-                    prompt_eval_duration=stats.prompt_eval_duration,
-                    eval_count=stats.eval_count,
-                    eval_duration=stats.eval_duration,
-                )
-            if chat:
-                message = ollama.Message(role="assistant", content=text)
-                return _json(ollama.ChatResponse(message=message, **fields))
-            context = stats.context if stats is not None else None
-            return _json(ollama.GenerateResponse(response=text, context=context, **fields))
-
+        frames = _Frames(body.model, t0, chat)
         if empty:  # load or unload only (Ollama: no messages / empty prompt)
-            if keep_alive == 0:
-                await engine.unload(name)
-                reason = "unload"
-            else:
-                try:
-                    model = await engine.ensure_loaded(spec, keep_alive)
-                except EngineError as exc:
-                    return _error(exc.status_code, str(exc))
-                # The load request finished on the model: it counts as idle from now.
-                engine.went_idle(model)
-                reason = "load"
-            return JSONResponse({**frame("", True), "done_reason": reason})
-
+            return await self._load_or_unload(spec, keep_alive, frames)
         try:
             model, slot, load_ns = await engine.acquire(spec, options.num_ctx, keep_alive, t0)
         except EngineError as exc:
@@ -356,78 +377,88 @@ def build_app(engine: Engine) -> Starlette:
         generation = engine.start_generation(
             model, slot, messages=messages, raw_prompt=raw, options=options, stats=stats
         )
-        pieces = generation.pieces()
-
         if not body.stream:
+            return await _whole_reply(generation, frames, stats)
+        return await _streamed_reply(request, generation, frames, stats)
+
+    async def _load_or_unload(
+        self, spec: ModelSpec, keep_alive: float | None, frames: _Frames
+    ) -> Response:
+        if keep_alive == 0:
+            await self.engine.unload(frames.model)
+            reason = "unload"
+        else:
             try:
-                text = "".join([p async for p in pieces])
+                model = await self.engine.ensure_loaded(spec, keep_alive)
             except EngineError as exc:
                 return _error(exc.status_code, str(exc))
-            finally:
-                await pieces.aclose()
-                generation.close()
-            return JSONResponse(frame(text, True, stats))
+            # The load request finished on the model: it counts as idle from now.
+            self.engine.went_idle(model)
+            reason = "load"
+        return JSONResponse({**frames.frame("", True), "done_reason": reason})
 
-        # Nothing is sent before the first piece: a failure until then is an HTTP status.
+
+async def _whole_reply(generation: Generation, frames: _Frames, stats: Stats) -> Response:
+    """`stream: false`: one JSON object once the generation is over."""
+    pieces = generation.pieces()
+    try:
+        text = "".join([p async for p in pieces])
+    except EngineError as exc:
+        return _error(exc.status_code, str(exc))
+    finally:
+        await pieces.aclose()
+        generation.close()
+    return JSONResponse(frames.frame(text, True, stats))
+
+
+async def _streamed_reply(
+    request: Request, generation: Generation, frames: _Frames, stats: Stats
+) -> Response:
+    pieces = generation.pieces()
+    # Nothing is sent before the first piece: a failure until then is an HTTP status.
+    try:
+        first = await _first_piece(request, pieces, generation.describe)
+    except EngineError as exc:
+        await pieces.aclose()
+        generation.close()
+        return _error(exc.status_code, str(exc))
+    except _ClientGone:
+        await pieces.aclose()
+        generation.close()
+        return _error(CLIENT_CLOSED, "request canceled")
+
+    async def body_stream() -> AsyncIterator[bytes]:
         try:
-            first = await _first_piece(request, pieces, generation.describe)
+            if first is not None:
+                yield _line(frames.frame(first, False))
+                async for piece in pieces:
+                    yield _line(frames.frame(piece, False))
+            yield _line(frames.frame("", True, stats))
         except EngineError as exc:
-            await pieces.aclose()
-            generation.close()
-            return _error(exc.status_code, str(exc))
-        except _ClientGone:
-            await pieces.aclose()
-            generation.close()
-            return _error(CLIENT_CLOSED, "request canceled")
+            yield _line({"error": str(exc)})
 
-        async def body_stream() -> AsyncIterator[bytes]:
-            try:
-                if first is not None:
-                    yield _line(frame(first, False))
-                    async for piece in pieces:
-                        yield _line(frame(piece, False))
-                yield _line(frame("", True, stats))
-            except EngineError as exc:
-                yield _line({"error": str(exc)})
+    return _StreamWithCleanup(body_stream(), generation.close)
 
-        return _StreamWithCleanup(body_stream(), generation.close)
 
-    async def not_offered(request: Request) -> Response:
-        action = request.url.path.rsplit("/", 1)[-1]
-        return _error(
-            405 if request.method != "POST" else 400,
-            f"'{action}' is not supported: this local engine only serves its bundled models "
-            f"({', '.join(s.tag for s in engine.available())})",
-        )
+# What Ollama serves but this engine does not: a clear error instead of a 404.
+_NOT_OFFERED = ("pull", "push", "create", "delete", "copy", "blobs/{digest}", "embed", "embeddings")
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine.start()
-        yield
-        await engine.close()
 
+def build_app(engine: Engine) -> Starlette:
+    handlers = _Handlers(engine)
     routes = [
-        Route("/", root, methods=["GET", "HEAD"]),
-        Route("/api/version", version, methods=["GET"]),
-        Route("/api/tags", tags, methods=["GET"]),
-        Route("/api/ps", ps, methods=["GET"]),
-        Route("/api/show", show, methods=["POST"]),
-        Route("/api/chat", chat, methods=["POST"]),
-        Route("/api/generate", generate, methods=["POST"]),
+        Route("/", handlers.root, methods=["GET", "HEAD"]),
+        Route("/api/version", handlers.version, methods=["GET"]),
+        Route("/api/tags", handlers.tags, methods=["GET"]),
+        Route("/api/ps", handlers.ps, methods=["GET"]),
+        Route("/api/show", handlers.show, methods=["POST"]),
+        Route("/api/chat", handlers.chat, methods=["POST"]),
+        Route("/api/generate", handlers.generate, methods=["POST"]),
     ] + [
-        Route(f"/api/{name}", not_offered, methods=["GET", "POST", "DELETE", "HEAD"])
-        for name in (
-            "pull",
-            "push",
-            "create",
-            "delete",
-            "copy",
-            "blobs/{digest}",
-            "embed",
-            "embeddings",
-        )
+        Route(f"/api/{name}", handlers.not_offered, methods=["GET", "POST", "DELETE", "HEAD"])
+        for name in _NOT_OFFERED
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=handlers.lifespan)
 
 
 class _ClientGone(Exception):
