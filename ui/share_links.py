@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from gradio import route_utils
-
 from catalog import find
 from ui.chat_history import Message, ReplyFigures, is_note, read_stats_note, stats_note
+from ui.compat.gradio_internals import request_origin
 from ui.model_labels import label_for
 from ui.render import banner_html as notice
 from ui.reply_mac import ReplyClaim, ReplyMacs, note_tag, read_note_tag
@@ -164,7 +163,7 @@ def request_base_url(request: Any) -> str | None:
         path = urlsplit(str(raw.url)).path
         cut = path.find("/gradio_api/")
         route = path[cut:] if cut >= 0 else path
-        return str(route_utils.get_request_origin(raw, route)).rstrip("/") + "/"
+        return request_origin(raw, route).rstrip("/") + "/"
     except (AttributeError, ValueError, TypeError):
         return None
 
