@@ -4,10 +4,12 @@ that speaks Ollama's protocol but fails on purpose (devtools/testkit/fake_ollama
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -352,6 +354,87 @@ def test_a_timeout_in_a_call_without_a_deadline_names_the_read_timeout() -> None
         raise TimeoutError
     limit = client.settings.read_timeout
     assert info.value.user_message == f"The model backend did not answer within {limit:g} s."
+
+
+# === the settings' environment variables (ui/settings.py) ==================================
+# Every variable a setting is read from: (variable, value set, field, value expected). Each
+# value differs from the field's default, so a variable that misses its field fails the test.
+SETTINGS_ENVIRONMENT: list[tuple[str, str, str, object]] = [
+    ("LLM_BACKEND_URL", "10.1.2.3:8000", "backend_url", "http://10.1.2.3:8000"),
+    ("LLM_BACKEND_ROUTES", "gemma=10.1.2.4", "backend_routes", {"gemma": "http://10.1.2.4:11434"}),
+    ("LLM_ALLOWED_MODELS", "a:1, b:2", "allowed_models", ["a:1", "b:2"]),
+    ("LLM_AUTH", "google", "auth", "google"),
+    ("LLM_AUTH_AUDIENCE", "https://audience.example", "auth_audience", "https://audience.example"),
+    ("LLM_UI_HOST", "127.0.0.9", "host", "127.0.0.9"),
+    ("PORT", "7861", "port", 7861),
+    ("LLM_CONCURRENCY", "7", "concurrency_limit", 7),
+    ("LLM_MAX_QUEUE", "8", "max_queue", 8),
+    ("LLM_RATE_LIMIT", "9", "rate_limit_per_minute", 9),
+    ("LLM_GRADIO_SHARE", "1", "gradio_share", True),
+    ("LLM_MAX_MESSAGE_CHARS", "1001", "max_message_chars", 1001),
+    ("LLM_MAX_TOKENS_LIMIT", "1002", "max_tokens_limit", 1002),
+    ("LLM_CONTEXT_TOKENS", "1003", "context_tokens", 1003),
+    ("LLM_CONNECT_TIMEOUT", "1.25", "connect_timeout", 1.25),
+    ("LLM_READ_TIMEOUT", "2.5", "read_timeout", 2.5),
+    ("LLM_PROBE_TIMEOUT", "0.75", "probe_timeout", 0.75),
+    ("LLM_COLD_START_DEADLINE", "61", "cold_start_deadline", 61.0),
+    ("LLM_CONNECT_RETRY_WINDOW", "3.5", "connect_retry_window", 3.5),
+    ("LLM_TYPICAL_COLD_START", "12.5", "typical_cold_start", 12.5),
+    ("LLM_GPU_PRICE_PER_HOUR", "2.25", "gpu_price_per_hour", 2.25),
+    ("LLM_GPU_CONCURRENCY", "6", "gpu_concurrency", 6),
+    ("LLM_BACKEND_IDLE_TIMEOUT", "120", "backend_idle_timeout", 120.0),
+    (
+        "LLM_SHARE_SECRET",
+        "an-environment-secret-0123456789",
+        "share_secret",
+        "an-environment-secret-0123456789",
+    ),
+    ("LLM_PUBLIC_URL", "https://chat.example.com", "public_url", "https://chat.example.com"),
+    ("LLM_MAX_REQUEST_BYTES", "131072", "max_request_bytes", 131072),
+    ("LLM_EVENTS_PER_MINUTE", "601", "events_per_minute", 601),
+    ("LLM_STREAMS_PER_CLIENT", "4", "streams_per_client", 4),
+    ("LLM_EVENT_STREAM_GRACE", "2.5", "event_stream_grace", 2.5),
+    ("LLM_MODEL_SLOTS", "5", "model_slots", 5),
+    ("LLM_VOTES_PER_CLIENT_PER_DAY", "201", "votes_per_client_per_day", 201),
+    ("LLM_TRUSTED_PROXIES", "10.0.0.0/8", "trusted_proxies", "10.0.0.0/8"),
+    ("LLM_VOTES", "firestore", "votes", "firestore"),
+    # Ollama's own variable, read when LLM_BACKEND_URL is unset (it wins when both are set).
+    ("OLLAMA_HOST", "10.1.2.5", "backend_url", "http://10.1.2.5:11434"),
+]
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_every_setting_is_read_from_its_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    variables = {variable for variable, *_ in SETTINGS_ENVIRONMENT}
+    assert {field for *_, field, _ in SETTINGS_ENVIRONMENT} == set(Settings.model_fields), (
+        "every setting needs its variable in SETTINGS_ENVIRONMENT"
+    )
+    for variable, value, field, expected in SETTINGS_ENVIRONMENT:
+        for other in variables - {variable}:
+            monkeypatch.delenv(other, raising=False)
+        monkeypatch.setenv(variable, value)
+        assert getattr(Settings(), field) == expected, f"{variable} did not reach {field}"
+
+
+def test_environment_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", "10.1.2.5")
+    monkeypatch.setenv("LLM_BACKEND_URL", "http://10.1.2.3:8000")
+    monkeypatch.setenv("PORT", "7861")
+    monkeypatch.setenv("LLM_MAX_QUEUE", "8")
+    assert Settings().backend_url == "http://10.1.2.3:8000"  # LLM_BACKEND_URL beats OLLAMA_HOST
+    explicit = Settings(backend_url="http://10.9.9.9:1", port=7999, max_queue=9)
+    assert explicit.backend_url == "http://10.9.9.9:1"  # a keyword beats every variable
+    assert explicit.port == 7999 and explicit.max_queue == 9
+
+
+def test_the_readme_configuration_table_names_only_real_variables() -> None:
+    section = README.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", row)}
+    assert len(documented) >= 20, "the README's configuration table was not found"
+    assert documented <= {variable for variable, *_ in SETTINGS_ENVIRONMENT}
 
 
 # === picking the backend at startup (ui/embedded_engine.py) ===============================

@@ -20,20 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ui.compat.gradio_internals import session_of_queued_event
 
 logger = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class EventStreams:
@@ -130,9 +126,9 @@ def _session_of_event(scope: Scope, event_id: str) -> str:
     """The session of a queued or running event, as Gradio's GET /call/<api>/<event_id>
     finds it. Gradio uses the event id as the session when the caller sent none."""
     with suppress(Exception):  # Gradio internals: fall back to the id if they change
-        event = scope["app"].get_blocks()._queue.event_ids_to_events.get(event_id)
-        if event is not None:
-            return str(event.session_hash)
+        session = session_of_queued_event(scope["app"], event_id)
+        if session is not None:
+            return session
     return event_id
 
 

@@ -20,19 +20,12 @@ the socket peer, which uvicorn rewrites only for LLM_TRUSTED_PROXIES).
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ui.rate_limit import RateLimiter, client_key_from
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # The paths (after the app's root) that start an event; everything else (page, assets,
 # the event stream, heartbeats) is not counted.

@@ -28,12 +28,15 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    # A field is read from LLM_<FIELD NAME>, and first from the variables its validation_alias
+    # names, if any; populate_by_name keeps Settings(field_name=...) working for those.
+    model_config = SettingsConfigDict(env_prefix="LLM_", extra="ignore", populate_by_name=True)
 
     # --- where the models are ------------------------------------------------------------
     backend_url: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("LLM_BACKEND_URL", "OLLAMA_HOST", "backend_url"),
+        # LLM_BACKEND_URL first: it wins when both are set.
+        validation_alias=AliasChoices("LLM_BACKEND_URL", "OLLAMA_HOST"),
         description=(
             "Ollama API base URL (env LLM_BACKEND_URL, or OLLAMA_HOST). Unset: use an Ollama "
             "on 127.0.0.1:11434 if one answers, else start the embedded CPU engine."
@@ -41,7 +44,6 @@ class Settings(BaseSettings):
     )
     backend_routes: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
-        validation_alias=AliasChoices("LLM_BACKEND_ROUTES", "backend_routes"),
         description=(
             'Per-family backends (env LLM_BACKEND_ROUTES), JSON like {"gemma": "https://..."}'
             " or gemma=https://...,llama=https://... Families not listed use backend_url."
@@ -49,14 +51,12 @@ class Settings(BaseSettings):
     )
     allowed_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        validation_alias=AliasChoices("LLM_ALLOWED_MODELS", "allowed_models"),
         description="Comma-separated model allow-list (env LLM_ALLOWED_MODELS); empty = all.",
     )
 
     # --- authentication to the backend ----------------------------------------------------
     auth: Literal["auto", "none", "google"] = Field(
         default="auto",
-        validation_alias=AliasChoices("LLM_AUTH", "auth"),
         description=(
             "Backend auth (env LLM_AUTH): 'google' sends a Google ID token, 'none' sends "
             "nothing, 'auto' = google for https backends, none otherwise."
@@ -64,34 +64,31 @@ class Settings(BaseSettings):
     )
     auth_audience: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("LLM_AUTH_AUDIENCE", "auth_audience"),
         description="ID token audience (env LLM_AUTH_AUDIENCE); default: the backend root URL.",
     )
 
     # --- serving -------------------------------------------------------------------------
-    host: str = Field(default="0.0.0.0", validation_alias=AliasChoices("LLM_UI_HOST", "host"))
-    port: int = Field(default=7860, validation_alias=AliasChoices("PORT", "port"))
+    host: str = Field(default="0.0.0.0", validation_alias="LLM_UI_HOST")
+    port: int = Field(default=7860, validation_alias="PORT")
     concurrency_limit: int = Field(
         default=100,
         ge=1,
-        validation_alias=AliasChoices("LLM_CONCURRENCY", "concurrency_limit"),
+        validation_alias="LLM_CONCURRENCY",
         description="Streams served at once by one UI process (env LLM_CONCURRENCY).",
     )
     max_queue: int = Field(
         default=200,
         ge=1,
-        validation_alias=AliasChoices("LLM_MAX_QUEUE", "max_queue"),
         description="Requests waiting beyond the concurrency limit (env LLM_MAX_QUEUE).",
     )
     rate_limit_per_minute: int = Field(
         default=30,
         ge=1,
-        validation_alias=AliasChoices("LLM_RATE_LIMIT", "rate_limit_per_minute"),
+        validation_alias="LLM_RATE_LIMIT",
         description="Chat requests one client may start per minute (env LLM_RATE_LIMIT).",
     )
     gradio_share: bool = Field(
         default=False,
-        validation_alias=AliasChoices("LLM_GRADIO_SHARE", "gradio_share"),
         description="Open Gradio's public share tunnel for a quick demo (env LLM_GRADIO_SHARE).",
     )
 
@@ -99,45 +96,35 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(
         default=8000,
         ge=1,
-        validation_alias=AliasChoices("LLM_MAX_MESSAGE_CHARS", "max_message_chars"),
         description="Longest accepted user message in characters (env LLM_MAX_MESSAGE_CHARS).",
     )
     max_tokens_limit: int = Field(
         default=2048,
         ge=1,
-        validation_alias=AliasChoices("LLM_MAX_TOKENS_LIMIT", "max_tokens_limit"),
         description="Largest max-tokens a user may ask for (env LLM_MAX_TOKENS_LIMIT).",
     )
     context_tokens: int = Field(
         default=4096,  # the context the GPU image loads models with (OLLAMA_CONTEXT_LENGTH)
         ge=256,
-        validation_alias=AliasChoices("LLM_CONTEXT_TOKENS", "context_tokens"),
         description="Context window the UI fits history into (env LLM_CONTEXT_TOKENS).",
     )
 
     # --- timeouts (seconds; never None) --------------------------------------------------
-    connect_timeout: float = Field(
-        default=5.0, gt=0, validation_alias=AliasChoices("LLM_CONNECT_TIMEOUT", "connect_timeout")
-    )
-    read_timeout: float = Field(
-        default=300.0, gt=0, validation_alias=AliasChoices("LLM_READ_TIMEOUT", "read_timeout")
-    )
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=300.0, gt=0)
     probe_timeout: float = Field(
         default=1.5,
         gt=0,
-        validation_alias=AliasChoices("LLM_PROBE_TIMEOUT", "probe_timeout"),
         description="A backend that does not answer /api/version this fast is cold.",
     )
     cold_start_deadline: float = Field(
         default=300.0,
         gt=0,
-        validation_alias=AliasChoices("LLM_COLD_START_DEADLINE", "cold_start_deadline"),
         description="Time allowed for a cold start with retries (env LLM_COLD_START_DEADLINE).",
     )
     connect_retry_window: float = Field(
         default=15.0,
         ge=0,
-        validation_alias=AliasChoices("LLM_CONNECT_RETRY_WINDOW", "connect_retry_window"),
         description=(
             "How long a refused connection is retried (env LLM_CONNECT_RETRY_WINDOW). Cloud "
             "Run holds cold requests instead of refusing them, so a refusal means trouble."
@@ -146,7 +133,6 @@ class Settings(BaseSettings):
     typical_cold_start: float = Field(
         default=30.0,
         gt=0,
-        validation_alias=AliasChoices("LLM_TYPICAL_COLD_START", "typical_cold_start"),
         description="Cold-start duration shown before this process has measured one.",
     )
 
@@ -154,7 +140,6 @@ class Settings(BaseSettings):
     gpu_price_per_hour: float = Field(
         default=1.4209,  # L4 + 8 vCPU + 32 GiB (the deploy's shape), Cloud Run tier 1
         ge=0,
-        validation_alias=AliasChoices("LLM_GPU_PRICE_PER_HOUR", "gpu_price_per_hour"),
         description=(
             "USD per GPU instance-hour, GPU plus its CPU and memory (env "
             "LLM_GPU_PRICE_PER_HOUR); only used for the cost estimates shown."
@@ -163,13 +148,11 @@ class Settings(BaseSettings):
     gpu_concurrency: int = Field(
         default=4,  # deploy/deploy.py: --concurrency = OLLAMA_NUM_PARALLEL = 4
         ge=1,
-        validation_alias=AliasChoices("LLM_GPU_CONCURRENCY", "gpu_concurrency"),
         description="Requests one GPU instance serves at once (env LLM_GPU_CONCURRENCY).",
     )
     backend_idle_timeout: float = Field(
         default=900.0,
         gt=0,
-        validation_alias=AliasChoices("LLM_BACKEND_IDLE_TIMEOUT", "backend_idle_timeout"),
         description=(
             "Seconds without a backend answer after which the status says the backend is "
             "probably asleep (env LLM_BACKEND_IDLE_TIMEOUT)."
@@ -179,7 +162,6 @@ class Settings(BaseSettings):
     # --- share links and votes -----------------------------------------------------------
     share_secret: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("LLM_SHARE_SECRET", "share_secret"),
         description=(
             "Key that signs share links (env LLM_SHARE_SECRET). Unset: a key kept in the "
             "user's cache folder (fine locally; set it on Cloud Run)."
@@ -187,19 +169,16 @@ class Settings(BaseSettings):
     )
     public_url: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("LLM_PUBLIC_URL", "public_url"),
         description="Public base URL used in share links (env LLM_PUBLIC_URL).",
     )
     max_request_bytes: int = Field(
         default=1024 * 1024,
         ge=64 * 1024,
-        validation_alias=AliasChoices("LLM_MAX_REQUEST_BYTES", "max_request_bytes"),
         description="Largest request body accepted, before parsing (env LLM_MAX_REQUEST_BYTES).",
     )
     events_per_minute: int = Field(
         default=600,
         ge=1,
-        validation_alias=AliasChoices("LLM_EVENTS_PER_MINUTE", "events_per_minute"),
         description=(
             "API events (any endpoint, page-load events included) one client may start a "
             "minute (env LLM_EVENTS_PER_MINUTE)."
@@ -208,7 +187,6 @@ class Settings(BaseSettings):
     streams_per_client: int = Field(
         default=3,
         ge=1,
-        validation_alias=AliasChoices("LLM_STREAMS_PER_CLIENT", "streams_per_client"),
         description=(
             "Replies one client may have generating at once, all tabs together (env "
             "LLM_STREAMS_PER_CLIENT); a three-model comparison counts three."
@@ -217,7 +195,6 @@ class Settings(BaseSettings):
     event_stream_grace: float = Field(
         default=5.0,
         gt=0,
-        validation_alias=AliasChoices("LLM_EVENT_STREAM_GRACE", "event_stream_grace"),
         description=(
             "Seconds a queued reply waits for its client to open the event stream before it "
             "is cancelled unsent (env LLM_EVENT_STREAM_GRACE); a dropped stream ends it at "
@@ -227,7 +204,6 @@ class Settings(BaseSettings):
     model_slots: int | None = Field(
         default=None,
         ge=1,
-        validation_alias=AliasChoices("LLM_MODEL_SLOTS", "model_slots"),
         description=(
             "Replies one UI process lets a model generate at once (env LLM_MODEL_SLOTS); "
             "more wait in the UI and are served round-robin by client (ui/fair_slots.py). "
@@ -238,12 +214,10 @@ class Settings(BaseSettings):
     votes_per_client_per_day: int = Field(
         default=200,
         ge=1,
-        validation_alias=AliasChoices("LLM_VOTES_PER_CLIENT_PER_DAY", "votes_per_client_per_day"),
         description="Battle votes one client may cast in 24 hours (per UI instance).",
     )
     trusted_proxies: str = Field(
         default="",
-        validation_alias=AliasChoices("LLM_TRUSTED_PROXIES", "trusted_proxies"),
         description=(
             "Comma-separated addresses or networks of proxies whose X-Forwarded-For names "
             "the client (env LLM_TRUSTED_PROXIES). Empty (the default): the socket peer is "
@@ -252,7 +226,6 @@ class Settings(BaseSettings):
     )
     votes: str = Field(
         default_factory=lambda: f"sqlite:///{default_data_dir() / 'votes.sqlite3'}",
-        validation_alias=AliasChoices("LLM_VOTES", "votes"),
         description=(
             "Where battle votes are kept (env LLM_VOTES): sqlite:///PATH (default: "
             "votes.sqlite3 in the user's data folder) or firestore (the Cloud Run deploy)."

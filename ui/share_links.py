@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from gradio import route_utils
-
 from catalog import find
 from ui.chat_history import Message, is_note
+from ui.compat.gradio_internals import request_origin
 from ui.reply_mac import ReplyClaim, ReplyMacs
 from ui.settings import Settings
 from ui.share import (
@@ -142,7 +141,7 @@ def request_base_url(request: Any) -> str | None:
         path = urlsplit(str(raw.url)).path
         cut = path.find("/gradio_api/")
         route = path[cut:] if cut >= 0 else path
-        return str(route_utils.get_request_origin(raw, route)).rstrip("/") + "/"
+        return request_origin(raw, route).rstrip("/") + "/"
     except (AttributeError, ValueError, TypeError):
         return None
 

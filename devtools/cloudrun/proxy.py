@@ -10,10 +10,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import httpx
+from starlette.types import Receive, Scope, Send
 
 from devtools.cloudrun.capacity import RequestSlots
 from devtools.cloudrun.config import EmulatorConfig
@@ -21,11 +21,6 @@ from devtools.cloudrun.instances import EngineInstance
 from devtools.cloudrun.tokens import IdTokenVerifier, TokenRejected
 
 log = logging.getLogger("devtools.cloudrun")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 STATE_PATH = "/_emulator/state"
 # Paths counted by name in the state (the Ollama API); any other path is counted as

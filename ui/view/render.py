@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from string import Template
 
 from catalog import find
 from ui.backend_status import StatusView, reply_cost_text
+from ui.compat.gradio_internals import GRADIO_DOM  # the $NAMES in CSS and NOTE_TOGGLE_JS
 from ui.fair_slots import SlotWait
 from ui.model_labels import display_name, label_for
 from ui.share import SharedConversation
@@ -33,10 +35,10 @@ RESTORE_HISTORY_JS = "(saved) => [Array.isArray(saved) ? saved : []]"
 # roles (disabled, role=none; CSS lets clicks on it through to the title), and the title says
 # whether it is open (aria-expanded). Run once at page load; notes streamed in later are
 # repaired as they appear. See README.md, "Accessibility".
-NOTE_TOGGLE_JS = """() => {
+NOTE_TOGGLE_JS = Template("""() => {
   const repair = () => {
-    for (const title of document.querySelectorAll('.thought-group > .title[role="button"]')) {
-      const arrow = title.querySelector('.arrow button');
+    for (const title of document.querySelectorAll('$NOTE_TITLE[role="button"]')) {
+      const arrow = title.querySelector('$NOTE_ARROW_BUTTON');
       if (arrow && !arrow.disabled) {
         arrow.disabled = true;
         arrow.setAttribute('role', 'none');
@@ -44,7 +46,7 @@ NOTE_TOGGLE_JS = """() => {
         arrow.removeAttribute('aria-label');
         arrow.removeAttribute('aria-haspopup');
       }
-      const open = String(title.classList.contains('expanded'));
+      const open = String(title.classList.contains('$NOTE_OPEN_CLASS'));
       if (title.getAttribute('aria-expanded') !== open) title.setAttribute('aria-expanded', open);
     }
   };
@@ -57,7 +59,7 @@ NOTE_TOGGLE_JS = """() => {
   }).observe(document.body, { subtree: true, childList: true, attributes: true,
                               attributeFilter: ['class'] });
   repair();
-}"""
+}""").substitute(GRADIO_DOM)
 
 
 def banner_html(text: str, kind: str = "info") -> str:
@@ -234,9 +236,9 @@ def blind_head_html(label: str, revealed: str | None = None) -> str:
     return f'<div class="compare-head">{name}{extra}</div>'
 
 
-CSS = """
+CSS = Template("""
 /* Banner slots take no space while they are empty. */
-#chat-banner:has(.prose:empty) { display: none; }
+#chat-banner:has($PROSE:empty) { display: none; }
 .chat-banner { padding: 8px 12px; border-radius: 8px; margin-bottom: 4px; font-size: 0.95em; }
 .chat-banner-info { background: var(--color-accent-soft); }
 .chat-banner-warning { background: #fff4ce; color: #5c4400; }
@@ -255,13 +257,13 @@ CSS = """
 .chat-banner-warning *, .chat-banner-error *, .compare-status-stopped *,
 .compare-status-error *, .warming-banner * { color: inherit; }
 /* A note's arrow is part of its title's toggle (NOTE_TOGGLE_JS): clicks go to the title. */
-.thought-group > .title .arrow button { pointer-events: none; }
+$NOTE_TITLE $NOTE_ARROW_BUTTON { pointer-events: none; }
 #composer { align-items: stretch; }
 
-#compare-banner:has(.prose:empty), #battle-banner:has(.prose:empty) { display: none; }
+#compare-banner:has($PROSE:empty), #battle-banner:has($PROSE:empty) { display: none; }
 .compare-columns { flex-wrap: wrap; }
 /* A column's own "clear" icon would reset one model's side only; "Clear" resets all. */
-.compare-columns button[aria-label="Clear"] { display: none; }
+.compare-columns $CHATBOT_CLEAR_BUTTON { display: none; }
 .compare-head { display: flex; gap: 8px; align-items: baseline; flex-wrap: wrap;
   padding: 2px 4px; }
 .compare-name { font-weight: 600; font-size: 1.05em; }
@@ -291,22 +293,22 @@ CSS = """
    columns, each short enough that the next one starts on the same screen. */
 @media (max-width: 640px) {
   #chat-layout { flex-direction: column; }
-  #chat-side, #chat-side > .form { display: contents; }
-  #chat-side > *, #chat-side > .form > * { order: 1; }
-  #chat-side > .form > #model { order: -1; }
+  #chat-side, #chat-side > $FORM { display: contents; }
+  #chat-side > *, #chat-side > $FORM > * { order: 1; }
+  #chat-side > $FORM > #model { order: -1; }
   #chatbot { height: 42vh !important; }
-  .compare-columns > .column { min-width: 100% !important; }
+  .compare-columns > $COLUMN { min-width: 100% !important; }
   #compare-columns [id^="compare-chat-"], #battle-columns [id^="battle-chat-"],
   #shared-columns [id^="shared-chat-"] { height: 36vh !important; }
 }
 
-#share-notice:has(.prose:empty), #compare-share-notice:has(.prose:empty),
-#chat-share-notice:has(.prose:empty) { display: none; }
+#share-notice:has($PROSE:empty), #compare-share-notice:has($PROSE:empty),
+#chat-share-notice:has($PROSE:empty) { display: none; }
 .shared-summary { padding: 8px 12px; border-radius: 8px; background: var(--color-accent-soft);
   margin-bottom: 6px; }
 .shared-summary .shared-params { font-size: 0.9em; opacity: 0.85; }
 .shared-summary pre { white-space: pre-wrap; margin: 4px 0; font-size: 0.9em; }
-"""
+""").substitute(GRADIO_DOM)
 
 
 def model_info_markdown(tag: str | None) -> str:

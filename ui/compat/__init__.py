@@ -1,0 +1,1 @@
+"""Every use of a library's internals, one module per library, each pinned by a test."""
