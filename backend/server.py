@@ -4,8 +4,8 @@ Streaming responses are NDJSON, one JSON object per line; `stream` absent means 
 Errors are `{"error": "..."}` with Ollama's status codes. As in Ollama (server/routes.go
 streamResponse, v0.24.0) nothing is written before the first chunk, so a failure before the
 first token is an HTTP status; only a failure after it is a final `{"error": ...}` line.
-Responses are built from the `ollama` package's own pydantic types (ollama._types), so the
-engine and the UI's client share one wire schema.
+Responses are built from the `ollama` package's own pydantic types (the unexported ones via
+backend/ollama_types.py), so the engine and the UI's client share one wire schema.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import ollama
-from ollama._types import ModelDetails, SubscriptableBaseModel
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,6 +37,7 @@ from backend.engine import (
     Stats,
     parse_keep_alive,
 )
+from backend.ollama_types import ModelDetails, SubscriptableBaseModel
 from catalog import ModelSpec
 
 FIRST_PIECE_POLL_S = 0.25  # how often a request waiting for its first token checks its client

@@ -26,6 +26,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ui.rate_limit import RateLimiter, client_key_from
+from ui.view.render import TOO_LONG_PAGE
 
 # The paths (after the app's root) that start an event; everything else (page, assets,
 # the event stream, heartbeats) is not counted.
@@ -36,11 +37,6 @@ UPLOAD_PATH_SUFFIXES = ("/upload", "/upload_progress")
 # head over 16 KiB that arrives in more than one read (h11 DEFAULT_MAX_INCOMPLETE_EVENT_SIZE),
 # so only a query under that, with room for a browser's other headers, surely gets this page.
 MAX_QUERY_BYTES = 14_000
-TOO_LONG_PAGE = (
-    "<!doctype html><meta charset=utf-8><title>Link too long</title>"
-    "<p>This link is too long to be a link of this app (a share link may have been cut "
-    "or changed). <a href='/'>Open the app</a></p>\n"
-)
 
 
 class BodyTooLarge(Exception):

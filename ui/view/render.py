@@ -79,6 +79,14 @@ def notice_html(notices: Sequence[str]) -> str:
     )
 
 
+# The page for a link too long to be one of this app's (ui/request_limits.py: 414).
+TOO_LONG_PAGE = (
+    "<!doctype html><meta charset=utf-8><title>Link too long</title>"
+    "<p>This link is too long to be a link of this app (a share link may have been cut "
+    "or changed). <a href='/'>Open the app</a></p>\n"
+)
+
+
 # === waiting: the warming banner and the slot wait =======================================
 QUEUED_ONCE = "Your message is queued and will be sent once; no need to press again."
 
