@@ -36,7 +36,7 @@ def start_ui(
         "LLM_CONCURRENCY": "200",
         "LLM_MAX_QUEUE": "400",
         "LLM_RATE_LIMIT": "100000",
-        # Load tests measure the UI, not the fair wait for a model's slots (ui/fair_slots.py).
+        # Load tests measure the UI, not the fair wait for a model's slots (ui/turn/fair_slots.py).
         "LLM_MODEL_SLOTS": "100000",
         "GRADIO_ANALYTICS_ENABLED": "False",
         **env,

@@ -3,7 +3,7 @@ Bradley-Terry with its bootstrap, side by side with reading every vote.
 
     .venv/bin/python -m bench.leaderboard [--votes 100000] [--models 8] [--repeat 5]
 
-The votes go into a real SQLite vote store (ui/vote_store.py) in one bulk transaction
+The votes go into a real SQLite vote store (ui/votes/store.py) in one bulk transaction
 (the bench measures reading, not 100 000 separate writes)."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import load_note, table
-from ui.ratings import rate
-from ui.vote_store import SqliteVoteStore, Vote, pair_outcome
+from ui.votes.ratings import rate
+from ui.votes.store import SqliteVoteStore, Vote, pair_outcome
 
 
 def fill(store: SqliteVoteStore, votes: int, models: int, seed: int = 1) -> None:

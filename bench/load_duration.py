@@ -1,6 +1,6 @@
 """What `load_duration` the real engine reports for a cold load and for a loaded model, on a
 quiet machine and with another process keeping one core busy: the evidence behind
-`ui/backend_client.py` MODEL_LOAD_MIN_S (the rule "this reply waited for a model load").
+`ui/backend_access/client.py` MODEL_LOAD_MIN_S (the rule "this reply waited for a model load").
 
     .venv/bin/python -m bench.load_duration [--rounds 8]
 

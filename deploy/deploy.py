@@ -668,7 +668,7 @@ def ui_environment(config: Config, targets: Sequence[Backend]) -> dict[str, str]
         "GOOGLE_CLOUD_PROJECT": config.project,  # the Firestore client's project
     }
     if config.max_instances > 1:
-        # The UI shares each model's slots out fairly between clients (ui/fair_slots.py);
+        # The UI shares each model's slots out fairly between clients (ui/turn/fair_slots.py);
         # by default one instance's worth (LLM_GPU_CONCURRENCY = OLLAMA_NUM_PARALLEL).
         env["LLM_MODEL_SLOTS"] = str(OLLAMA_NUM_PARALLEL * config.max_instances)
     if config.routing == "single":

@@ -1,5 +1,5 @@
 """Screen-reader, keyboard and phone use (issue 17), in a real browser against the real app
-and engine: what the hidden live regions say (ui/a11y.py), a chat driven by the keyboard
+and engine: what the hidden live regions say (ui/view/a11y.py), a chat driven by the keyboard
 only, and the layout on a 390x844 phone (screenshots in /work/notes/a11y-phone-*.png).
 axe-core's checks are in tests/test_accessibility.py."""
 

@@ -161,7 +161,7 @@ def test_chat_and_shared_chat(app_url: str, fake: HeldOllama, browser: Browser) 
         assert_clean("Chat")
         assert_clean("Shared chat")
 
-        # The note's title is its one toggle (ui/render.py NOTE_TOGGLE_JS): its arrow, a
+        # The note's title is its one toggle (ui/view/render.py NOTE_TOGGLE_JS): its arrow, a
         # click and Enter open and close it, and it says whether it is open.
         note = page.locator(f"#chatbot {STATS}")
         expect(note).to_have_attribute("aria-expanded", "false")

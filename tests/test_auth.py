@@ -19,8 +19,8 @@ from devtools.cloudrun import RunningEmulator
 from devtools.fake_metadata import FakeMetadataServer
 from devtools.testkit.google_fakes import emulator, metadata_for_test
 from devtools.testkit.procs import free_port
-from ui.auth import GoogleIdTokenAuth, auth_for, denied_message, root_url
-from ui.backend_client import BackendClient
+from ui.backend_access.auth import GoogleIdTokenAuth, auth_for, denied_message, root_url
+from ui.backend_access.client import BackendClient
 from ui.errors import BackendAuthError
 from ui.settings import Settings
 

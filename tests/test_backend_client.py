@@ -17,9 +17,9 @@ import pytest
 
 from devtools.testkit.fake_ollama import FakeOllama
 from devtools.testkit.procs import free_port, refusing_url
-from ui.auth import denied_message
-from ui.backend_client import BackendClient, BackendErrors, ReplyDone, TokenDelta
-from ui.embedded_engine import EngineStartError, resolve_backend
+from ui.backend_access.auth import denied_message
+from ui.backend_access.client import BackendClient, BackendErrors, ReplyDone, TokenDelta
+from ui.backend_access.embedded import EngineStartError, resolve_backend
 from ui.errors import (
     BackendAuthError,
     BackendBusy,
@@ -437,7 +437,7 @@ def test_the_readme_configuration_table_names_only_real_variables() -> None:
     assert documented <= {variable for variable, *_ in SETTINGS_ENVIRONMENT}
 
 
-# === picking the backend at startup (ui/embedded_engine.py) ===============================
+# === picking the backend at startup (ui/backend_access/embedded.py) ===============================
 def test_resolve_backend_keeps_a_configured_url() -> None:
     settings = Settings(backend_url="http://10.0.0.1:9999", auth="none")
     resolved, engine = resolve_backend(settings, local_url=f"http://127.0.0.1:{free_port()}")

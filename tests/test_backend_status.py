@@ -9,9 +9,9 @@ import time
 import pytest
 
 from devtools.testkit.procs import refusing_url
-from ui.backend_client import BackendClient, ModelInfo
-from ui.backend_status import BackendWatch, GpuPrice, money, reply_cost_text
-from ui.model_directory import ModelDirectory
+from ui.backend_access.client import BackendClient, ModelInfo
+from ui.backend_access.models import ModelDirectory
+from ui.backend_access.status import BackendWatch, GpuPrice, money, reply_cost_text
 from ui.settings import Settings
 from ui.view.render import backend_status_html
 
@@ -101,7 +101,7 @@ def test_unreachable_says_why_without_addresses_and_assertively() -> None:
     view = watch.view()
     assert view.state == "unreachable"
     assert "https://" not in view.detail and "secret-backend" not in view.detail
-    # The page script (ui/a11y.py) speaks it assertively from this state; the line itself
+    # The page script (ui/view/a11y.py) speaks it assertively from this state; the line itself
     # is no live region (it is replaced on every refresh: it would not be heard reliably).
     line = backend_status_html(watch.view())
     assert 'data-state="unreachable"' in line and "role=" not in line
@@ -167,7 +167,7 @@ def test_the_refresh_takes_only_a_list_the_backend_gave_recently() -> None:
 
 
 def test_a_reply_is_costed_by_the_backends_time_less_its_model_load() -> None:
-    from ui.backend_client import ReplyStats
+    from ui.backend_access.client import ReplyStats
     from ui.turn.reply import gpu_seconds
 
     ns = 1_000_000_000

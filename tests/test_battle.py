@@ -19,7 +19,7 @@ from playwright.sync_api import expect
 from devtools.testkit.browser import chromium, fight_battle
 from devtools.testkit.chat_app import is_note, text_of
 from devtools.testkit.procs import Proc, free_port, wait_http
-from ui.battle_token import (
+from ui.votes.battle_token import (
     MAX_TOKEN_CHARS,
     TOKEN_TTL_S,
     BattleTokenError,
@@ -27,7 +27,7 @@ from ui.battle_token import (
     open_pairing,
     seal_pairing,
 )
-from ui.vote_store import SqliteVoteStore
+from ui.votes.store import SqliteVoteStore
 
 SECRET = b"battle-test-secret-0123456789abcdef"
 MODELS = {"smollm2:135m", "gemma3:270m"}

@@ -31,14 +31,14 @@ from devtools.testkit.chat_app import (
     text_of,
 )
 from devtools.testkit.procs import ARTIFACTS, Proc, free_port, wait_http
-from ui.chat_history import HistoryRejected, conversation, fit_to_context, parse_history
+from ui.backend_access.labels import label_for
 from ui.errors import InputRejected
-from ui.model_labels import label_for
-from ui.rate_limit import RateLimiter
-from ui.stop_signals import until_stopped
 from ui.turn.checks import check_number
 from ui.turn.figures import NoteData, ReplyFigures, read_note_data
+from ui.turn.history import HistoryRejected, conversation, fit_to_context, parse_history
+from ui.turn.stop_signals import until_stopped
 from ui.view.notes import error_note, stats_note, stopped_note
+from ui.web.rate_limit import RateLimiter
 
 MODEL = "smollm2:135m"
 MAX_CHARS = 300

@@ -28,9 +28,9 @@ from devtools.testkit.chat_app import (
     running_app,
     text_of,
 )
-from ui.compare_page import default_models
-from ui.model_labels import label_for
-from ui.share import SharedConversation, decode_share
+from ui.backend_access.labels import label_for
+from ui.pages.compare import default_models
+from ui.share.format import SharedConversation, decode_share
 from ui.turn.figures import NoteData, ReplyFigures
 from ui.view.notes import stats_note
 

@@ -45,8 +45,8 @@ def changed(what: str) -> str:
     return f"{GRADIO}: {what}. Update ui/compat/gradio_internals.py to match."
 
 
-# === the queue's events (ui/event_streams.py) ===============================================
-SEEN_APPS: list[Any] = []  # each request's scope["app"], which ui/event_streams.py reads
+# === the queue's events (ui/web/event_streams.py) ===============================================
+SEEN_APPS: list[Any] = []  # each request's scope["app"], which ui/web/event_streams.py reads
 
 
 class RecordApp:
@@ -119,7 +119,7 @@ def test_the_queue_names_the_session_of_a_queued_or_running_event(waiting_app: s
     assert sessions[2] is None, changed("an unknown event id finds a session")
 
 
-# === the request's origin (ui/share_links.py) ===============================================
+# === the request's origin (ui/share/service.py) ===============================================
 def request_to(url: str, headers: dict[str, str] | None = None) -> Request:
     """The Starlette request a browser's GET of `url` makes (what gr.Request.request is)."""
     parts = urlsplit(url)
@@ -139,7 +139,7 @@ def request_to(url: str, headers: dict[str, str] | None = None) -> Request:
     )
 
 
-ROUTE = "/gradio_api/queue/join"  # what ui/share_links.py cuts off: the path from /gradio_api/
+ROUTE = "/gradio_api/queue/join"  # what ui/share/service.py cuts off: the path from /gradio_api/
 
 
 @pytest.mark.parametrize(
@@ -165,7 +165,7 @@ def test_gradio_reads_the_origin_of_a_request(
     assert found == origin, changed(f"the origin of GET {url} {headers} is {found}, not {origin}")
 
 
-# === the DOM our CSS and scripts select on (ui/render.py), in Chromium ======================
+# === the DOM our CSS and scripts select on (ui/view/render.py), in Chromium ======================
 @pytest.fixture(scope="module")
 def app_url() -> Iterator[str]:
     with FakeOllama() as fake, running_app(backend_url=fake.url, allowed_models=["fake-ok"]) as url:

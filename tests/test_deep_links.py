@@ -12,7 +12,7 @@ from gradio_client import Client
 from playwright.sync_api import Browser, Page, expect
 
 from devtools.testkit.chat_app import running_app
-from ui.deep_links import (
+from ui.share.deep_links import (
     chat_link,
     compare_link,
     initial_tab,
@@ -144,7 +144,7 @@ def test_unknown_models_in_links_give_a_notice_not_an_error(app_url: str, browse
 
 
 def refresh_status(app_url: str, pickers_real: bool, chat: object, compare: object) -> list[Any]:
-    """The status line's refresh (ui/status_bar.py) through Gradio's HTTP API, as the
+    """The status line's refresh (ui/pages/status_bar.py) through Gradio's HTTP API, as the
     page's poll script clicks it, with the pickers' values the browser holds."""
     config = httpx.get(app_url + "/config", timeout=10).json()
     button = next(

@@ -364,7 +364,7 @@ def test_backend_connections_are_reused_between_replies() -> None:
     with CountingOllama() as fake, running_app(backend_url=fake.url) as app:
         client = Client(app, verbose=False)
         chat(client, "Hi", model="fake-ok", max_tokens=2)  # model list, first connections
-        # The first reply's cold-start check ended with its first token (ui/warming.py
+        # The first reply's cold-start check ended with its first token (ui/turn/warming.py
         # cancels it then), so from here on only the replies below connect.
         before = fake.connections
         for _ in range(5):

@@ -37,9 +37,9 @@ from devtools.testkit.chat_app import (
 )
 from devtools.testkit.fake_ollama import FakeOllama, FixedReplyOllama
 from devtools.testkit.google_fakes import emulator
-from ui.rate_limit import RateLimiter
 from ui.settings import Settings
-from ui.vote_store import AlreadyVoted, SqliteVoteStore, Vote
+from ui.votes.store import AlreadyVoted, SqliteVoteStore, Vote
+from ui.web.rate_limit import RateLimiter
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -230,7 +230,7 @@ def crafted_share(action: str, kind: Literal["chat", "compare"]) -> str:
     names, system prompt; the other parameters are numbers, checked as such when a link is
     read: tests/test_share.py), signed with the app's secret as /share_chat would sign
     whatever a client sends."""
-    from ui.share import (
+    from ui.share.format import (
         SharedColumn,
         SharedConversation,
         SharedMessage,

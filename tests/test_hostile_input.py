@@ -35,7 +35,7 @@ from devtools.testkit.chat_app import (
     text_of,
 )
 from devtools.testkit.fake_ollama import FakeOllama
-from ui.chat_history import MAX_HISTORY_MESSAGES
+from ui.turn.history import MAX_HISTORY_MESSAGES
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -323,7 +323,7 @@ def test_markup_in_messages_reaches_the_model_verbatim_and_stays_in_the_history(
     assert banner == ""
 
 
-# --- share links (through the app; ui/share.py's own checks are in tests/test_share.py) ----
+# --- share links (through the app; ui/share/format.py's own checks are in tests/test_share.py) ----
 def shared_token(client: Client, text: str = "Share me") -> str:
     """A real share link for a short chat, made by the app."""
     _, history, _ = chat(client, text, model="fake-ok", max_tokens=2)

@@ -20,13 +20,19 @@ from gradio_client import Client
 
 from devtools.testkit.chat_app import chat_args, running_app
 from devtools.testkit.procs import Proc, refusing_url, start_engine
-from ui.backend_client import BackendClient, ReplyDone, TokenDelta
-from ui.backend_status import BackendWatch, GpuPrice
+from ui.backend_access.client import BackendClient, ReplyDone, TokenDelta
+from ui.backend_access.status import BackendWatch, GpuPrice
 from ui.errors import BackendBusy
 from ui.settings import Settings
 from ui.turn.figures import ReplyFigures
+from ui.turn.warming import (
+    ColdStartTracker,
+    PhaseDetector,
+    Prewarmer,
+    WarmingStatus,
+    stream_with_warmup,
+)
 from ui.view.notes import stats_note
-from ui.warming import ColdStartTracker, PhaseDetector, Prewarmer, WarmingStatus, stream_with_warmup
 
 GEMMA = "gemma3:270m"
 SMOL = "smollm2:135m"

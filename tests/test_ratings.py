@@ -1,4 +1,4 @@
-"""Bradley-Terry ratings with bootstrap intervals (ui/ratings.py), checked on votes drawn
+"""Bradley-Terry ratings with bootstrap intervals (ui/votes/ratings.py), checked on votes drawn
 from known strengths."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from ui.ratings import rate, shared_ranks
-from ui.vote_store import PairCounts
+from ui.votes.ratings import rate, shared_ranks
+from ui.votes.store import PairCounts
 
 
 def simulate(strengths: dict[str, float], votes: int, seed: int) -> list[PairCounts]:

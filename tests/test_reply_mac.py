@@ -1,4 +1,4 @@
-"""Replies this server generated carry its MAC (ui/reply_mac.py), through the real Gradio
+"""Replies this server generated carry its MAC (ui/share/reply_mac.py), through the real Gradio
 API: a generated reply shares as verified; the same reply with one character changed, other
 figures, another model, another question or system prompt, or a made-up reply does not.
 (The shared view's marks in Chromium: tests/test_share_browser.py.)
@@ -20,8 +20,8 @@ from gradio_client import Client
 
 from devtools.testkit.chat_app import chat, is_note, msg, running_app, text_of
 from devtools.testkit.fake_ollama import FakeOllama
-from ui.reply_mac import FIGURE_FORMATS, MAC_SHAPE, ReplyClaim, ReplyMacs
-from ui.share import SharedConversation, SharedMessage, decode_share
+from ui.share.format import SharedConversation, SharedMessage, decode_share
+from ui.share.reply_mac import FIGURE_FORMATS, MAC_SHAPE, ReplyClaim, ReplyMacs
 from ui.turn.figures import BOUND_FIELDS, NoteData, ReplyFigures, read_note_data
 
 pytestmark = pytest.mark.timeout(120)
@@ -199,7 +199,7 @@ def test_the_key_is_apart_from_the_share_and_battle_keys_and_figures_count_as_sh
     import hashlib
     import hmac
 
-    from ui import share
+    from ui.share import format as share
 
     secret = SECRET.encode()
     claim = ReplyClaim("fake-ok", "", "Q?", "A.", ReplyFigures(total_s=1.234, eval_count=3))
@@ -222,7 +222,7 @@ def test_the_key_is_apart_from_the_share_and_battle_keys_and_figures_count_as_sh
 def test_texts_are_taken_as_gradio_ends_up_showing_them() -> None:
     import inspect
 
-    from ui.reply_mac import shown_text
+    from ui.share.reply_mac import shown_text
 
     text = "\n\n  Code:\n\tindented\n"  # cleandoc is not idempotent on this
     once = inspect.cleandoc(text)
@@ -245,7 +245,7 @@ def _battle_signing_key(secret: bytes) -> bytes:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    from ui import battle_token
+    from ui.votes import battle_token
 
     token = battle_token.seal_pairing(
         battle_token.BattlePairing("a", "b", "id", issued_at=1_700_000_000), secret

@@ -26,7 +26,7 @@ from devtools.testkit.chat_app import chat_args, eval_count, last_note, running_
 from devtools.testkit.fake_ollama import FakeOllama
 from devtools.testkit.google_fakes import emulator, shared_metadata, wait_until
 from devtools.testkit.procs import Proc, free_port, wait_http
-from ui.warming import WARM_UP_MESSAGES
+from ui.turn.warming import WARM_UP_MESSAGES
 
 pytestmark = pytest.mark.timeout(240)
 

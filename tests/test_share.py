@@ -1,4 +1,4 @@
-"""Share links: signed, compressed, self-contained tokens (ui/share.py)."""
+"""Share links: signed, compressed, self-contained tokens (ui/share/format.py)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from itsdangerous import Signer
 
-from ui import share
 from ui.settings import Settings
-from ui.share import (
+from ui.share import format as share
+from ui.share.format import (
     SharedColumn,
     SharedConversation,
     SharedMessage,
@@ -100,7 +100,7 @@ def make_conversation(
 
 
 def seal(payload: bytes, secret: bytes, *, fmt: bytes = b"\x02", compress: bool = True) -> str:
-    """Build a token by hand from the layout documented in ui/share.py."""
+    """Build a token by hand from the layout documented in ui/share/format.py."""
     body = fmt + (zlib.compress(payload) if compress else payload)
     signer = Signer(
         secret, salt=share.SIGNER_SALT, key_derivation="hmac", digest_method=hashlib.sha256
@@ -500,7 +500,7 @@ def test_secret_file_is_created_private_and_reused(
 ) -> None:
     monkeypatch.delenv("LLM_SHARE_SECRET", raising=False)
     key_file = tmp_path / "cache" / "serverless-llm-chat" / "share-secret"
-    with caplog.at_level(logging.WARNING, logger="ui.share"):
+    with caplog.at_level(logging.WARNING, logger="ui.share.format"):
         first = resolve_share_secret(Settings(), secret_path=key_file)
     assert len(first) >= share.MIN_SECRET_BYTES
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600

@@ -16,8 +16,8 @@ from devtools.testkit.browser import saved_chat, set_number, wait_for_chat_saved
 from devtools.testkit.chat_app import is_note, msg, running_app, text_of
 from devtools.testkit.fake_ollama import FakeOllama
 from devtools.testkit.procs import ARTIFACTS, free_port, ui_process
-from ui.model_labels import label_for
-from ui.share import decode_share, encode_share
+from ui.backend_access.labels import label_for
+from ui.share.format import decode_share, encode_share
 
 pytestmark = pytest.mark.browser
 
@@ -160,7 +160,7 @@ def test_links_survive_a_restart_open_read_only_and_reject_changes(
         context.close()
 
 
-# === which replies this server generated (ui/reply_mac.py) =================================
+# === which replies this server generated (ui/share/reply_mac.py) =================================
 MAC_SECRET = "share-marks-browser-secret-0123456789"
 
 

@@ -252,7 +252,7 @@ def test_a_backend_that_never_comes_up_is_named_in_plain_words(browser: Browser)
         try:
             status = page.locator(STATUS)
             expect(status).to_have_attribute("data-state", "unreachable", timeout=6_000)
-            # Said assertively, through the live region laid out with the page (ui/a11y.py).
+            # Said assertively, through the live region laid out with the page (ui/view/a11y.py).
             expect(page.locator("#a11y-assertive")).to_contain_text("cannot be reached")
             expect(status).to_contain_text("cannot be reached (the connection was refused)")
             assert "http" not in status.inner_text()

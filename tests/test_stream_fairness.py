@@ -31,7 +31,7 @@ from devtools.testkit.chat_app import (
     running_app,
 )
 from devtools.testkit.fake_ollama import FakeOllama
-from ui.fair_slots import FairSlots
+from ui.turn.fair_slots import FairSlots
 
 pytestmark = pytest.mark.timeout(120)
 

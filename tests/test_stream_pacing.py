@@ -1,4 +1,4 @@
-"""ui/stream_pacing.py: streamed events grouped into at most one page update per interval,
+"""ui/turn/pacing.py: streamed events grouped into at most one page update per interval,
 with nothing lost, reordered or held back at the start, the end, or an error."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from ui.stream_pacing import (
+from ui.turn.pacing import (
     HISTORY_AT_BASE,
     MAX_HISTORY_INTERVAL_S,
     READ_PACING_FROM,

@@ -15,21 +15,21 @@ from typing import Any
 
 import pytest
 
-from ui.backend_client import ReplyDone, ReplyStats, TokenDelta
+from ui.backend_access.client import ReplyDone, ReplyStats, TokenDelta
+from ui.backend_access.models import ModelRejected
 from ui.context import AppContext
 from ui.errors import InputRejected
-from ui.model_directory import ModelRejected
-from ui.reply_mac import ReplyClaim, ReplyMacs
 from ui.settings import Settings
+from ui.share.reply_mac import ReplyClaim, ReplyMacs
 from ui.turn.checks import check_message, check_models, check_parameters, parse_histories
 from ui.turn.figures import NoteData, read_note_data
 from ui.turn.prepare import Column, ColumnRequest, PreparedTurn, prepare
 from ui.turn.reply import ColumnView, Failed, ReplyProgress
 from ui.turn.scope import CHAT, COMPARE, Scope
 from ui.turn.stream import stop_turn, stream_turn, turn_running
+from ui.turn.warming import WarmingStatus
 from ui.view.notes import WARNING_SIGN, column_messages
 from ui.view.render import column_status_html, waiting_html
-from ui.warming import WarmingStatus
 
 TEST_SCOPE = Scope("test", rate_group="test")
 

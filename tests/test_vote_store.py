@@ -1,4 +1,4 @@
-"""The vote store contract (ui/vote_store.py), run against SQLite and the real Firestore
+"""The vote store contract (ui/votes/store.py), run against SQLite and the real Firestore
 emulator alike: one vote per battle, counts that match the votes, under concurrency."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ui.vote_store import (
+from ui.votes.store import (
     AlreadyVoted,
     FirestoreVoteStore,
     PairCounts,
@@ -129,7 +129,7 @@ def test_two_processes_share_one_sqlite_file(tmp_path: Path) -> None:
     path = tmp_path / "votes.sqlite3"
     script = (
         "import sys\n"
-        "from ui.vote_store import SqliteVoteStore, Vote, AlreadyVoted\n"
+        "from ui.votes.store import SqliteVoteStore, Vote, AlreadyVoted\n"
         "s = SqliteVoteStore(sys.argv[1]); refused = 0\n"
         "for n in range(100):\n"
         "    try: s.record(Vote(f'battle-{n}', 'a', 'b', 'a', 'T'))\n"

@@ -1,5 +1,5 @@
 """Blind battle votes: recording (VoteBook over a real SQLite store), the JSON log line,
-and the leaderboard table (ui/votes.py)."""
+and the leaderboard table (ui/votes/book.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ui.ratings import rate
-from ui.vote_store import AlreadyVoted, PairCounts
-from ui.votes import (
+from ui.votes.book import (
     VALID_CHOICES,
     JsonLogFormatter,
     VoteBook,
@@ -25,6 +23,8 @@ from ui.votes import (
     format_leaderboard_markdown,
     pick_battle_pair,
 )
+from ui.votes.ratings import rate
+from ui.votes.store import AlreadyVoted, PairCounts
 
 NOW = datetime(2025, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
 

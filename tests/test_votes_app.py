@@ -33,7 +33,7 @@ def ui_process(engine: str, name: str, **env: str) -> Iterator[str]:
 def battle(client: Client, message: str = "Name a colour.") -> tuple[str, Any, Any]:
     """A finished battle through the API that can be voted on: its token and both
     histories. A battle whose reply names a model ("Welcome to Hugging Face!") takes no
-    vote (ui/votes.py), so a few are tried."""
+    vote (ui/votes/book.py), so a few are tried."""
     for _ in range(5):
         final = client.submit(message, "", [], [], 0.7, 8, api_name="/battle").result(timeout=120)
         if "names a model" not in str(final[1]):

@@ -13,17 +13,17 @@ from devtools.cloudrun import EmulatorConfig, RunningEmulator, start_emulator
 from devtools.testkit.fake_ollama import FakeOllama
 from devtools.testkit.google_fakes import chat_posts
 from devtools.testkit.procs import refusing_url
-from ui.backend_client import BackendClient, ReplyDone, TokenDelta
+from ui.backend_access.client import BackendClient, ReplyDone, TokenDelta
 from ui.errors import BackendError, BackendTimeout, BackendUnreachable
 from ui.settings import Settings
-from ui.view.render import warming_html, warming_text
-from ui.warming import (
+from ui.turn.warming import (
     ColdStartTracker,
     PhaseDetector,
     Prewarmer,
     WarmingStatus,
     stream_with_warmup,
 )
+from ui.view.render import warming_html, warming_text
 
 SMOL = "smollm2:135m"
 MSGS = [{"role": "user", "content": "Say hello."}]

@@ -8,7 +8,7 @@ import sys
 from types import FrameType
 
 from ui.app import build_app, launch
-from ui.embedded_engine import EngineStartError, resolve_backend
+from ui.backend_access.embedded import EngineStartError, resolve_backend
 from ui.settings import Settings
 
 logger = logging.getLogger("ui")

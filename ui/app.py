@@ -4,8 +4,8 @@
     launch(demo, settings)              # serve (blocking unless prevent_thread_lock)
 
 More pages are added as entries of `TABS`: a label and a builder called inside its Tab.
-A hidden "Shared" tab opens for `?share=TOKEN` links (ui/share_page.py); other deep links
-(`?model=`, `?compare=`, `?q=`) are read by the pages' load handlers (ui/deep_links.py).
+A hidden "Shared" tab opens for `?share=TOKEN` links (ui/pages/share.py); other deep links
+(`?model=`, `?compare=`, `?q=`) are read by the pages' load handlers (ui/share/deep_links.py).
 """
 
 from __future__ import annotations
@@ -20,19 +20,13 @@ from typing import Any
 
 import gradio as gr
 
-from ui.a11y import A11Y_JS, layout_live_regions
-from ui.backend_client import BackendClient
-from ui.battle_page import build_battle_page
-from ui.chat_page import build_chat_page
-from ui.compare_page import build_compare_page
+from ui.backend_access.client import BackendClient
 from ui.context import AppContext
-from ui.deep_links import TAB_SHARED
-from ui.event_streams import EventStreams, event_streams_middleware
-from ui.leaderboard_page import build_leaderboard_page
-from ui.request_limits import request_limits_middleware
-from ui.security_headers import security_headers_middleware
-from ui.settings import Settings
-from ui.share_page import (
+from ui.pages.battle import build_battle_page
+from ui.pages.chat import build_chat_page
+from ui.pages.compare import build_compare_page
+from ui.pages.leaderboard import build_leaderboard_page
+from ui.pages.share import (
     SharedView,
     ShareHandlers,
     layout_shared_view,
@@ -40,8 +34,14 @@ from ui.share_page import (
     wire_compare_share,
     wire_shared_view,
 )
-from ui.status_bar import layout_status_bar, wire_status_bar
+from ui.pages.status_bar import layout_status_bar, wire_status_bar
+from ui.settings import Settings
+from ui.share.deep_links import TAB_SHARED
+from ui.view.a11y import A11Y_JS, layout_live_regions
 from ui.view.render import CSS, NOTE_TOGGLE_JS
+from ui.web.event_streams import EventStreams, event_streams_middleware
+from ui.web.request_limits import request_limits_middleware
+from ui.web.security_headers import security_headers_middleware
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def accessible_theme() -> gr.themes.Base:
 TabBuilder = Callable[[gr.Blocks, AppContext, gr.Tab, ShareHandlers], Any]
 
 # The open event streams of each app that `build_app` made: the turns read it, the ASGI
-# middleware that `launch` installs fills it (ui/event_streams.py).
+# middleware that `launch` installs fills it (ui/web/event_streams.py).
 _EVENT_STREAMS: weakref.WeakKeyDictionary[gr.Blocks, EventStreams] = weakref.WeakKeyDictionary()
 
 
@@ -96,7 +96,7 @@ def _leaderboard_tab(demo: gr.Blocks, ctx: AppContext, tab: gr.Tab, share: Share
     return build_leaderboard_page(demo, ctx, tab)
 
 
-# (tab label, tab id, builder). The tab ids are what deep links select (ui/deep_links.py).
+# (tab label, tab id, builder). The tab ids are what deep links select (ui/share/deep_links.py).
 TABS: list[tuple[str, str, TabBuilder]] = [
     ("Chat", "chat", _chat_tab),
     ("Compare", "compare", _compare_tab),
@@ -111,13 +111,13 @@ def build_app(
     client: BackendClient | None = None,
 ) -> gr.Blocks:
     """The whole UI with its queue configured. `settings.backend_url` should be resolved
-    (see `ui.embedded_engine.resolve_backend`); unset means the local default URL."""
+    (see `ui.backend_access.embedded.resolve_backend`); unset means the local default URL."""
     ctx = AppContext.create(settings, client)
     share = ShareHandlers(ctx)
     pages: dict[str, Any] = {}  # tab id -> the components its builder returned
     with gr.Blocks(title=TITLE, fill_width=False) as demo:
         gr.Markdown(f"## {TITLE}", elem_id="app-title")
-        layout_live_regions()  # what screen readers hear (ui/a11y.py), before any change
+        layout_live_regions()  # what screen readers hear (ui/view/a11y.py), before any change
         status = layout_status_bar(ctx)  # the backend's state, above every page
         with gr.Tabs() as tabs:
             for label, tab_id, builder in TABS:
@@ -130,7 +130,7 @@ def build_app(
         demo.load(fn=None, js=NOTE_TOGGLE_JS)  # accessible note toggles (ui/view/render.py)
         chat, compare = pages["chat"], pages["compare"]
         wire_status_bar(demo, ctx, status, [chat.picker(), compare.picker()])
-        demo.load(fn=None, js=A11Y_JS)  # spoken updates, button names, Escape (ui/a11y.py)
+        demo.load(fn=None, js=A11Y_JS)  # spoken updates, button names, Escape (ui/view/a11y.py)
         wire_shared_view(
             demo, shared, tabs, chat.copy_outputs(), compare.copy_outputs(), chat.save_history()
         )
@@ -192,13 +192,13 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
         # (default 40), whatever the concurrency limits say: beyond it, streams wait for
         # others to finish. Room for every allowed stream plus page-load events.
         "max_threads": settings.concurrency_limit + 20,
-        # nosniff, referrer policy, no framing by other sites (ui/security_headers.py).
-        # Body size cap, no uploads, events per client (ui/request_limits.py).
+        # nosniff, referrer policy, no framing by other sites (ui/web/security_headers.py).
+        # Body size cap, no uploads, events per client (ui/web/request_limits.py).
         "app_kwargs": {
             "middleware": [
                 security_headers_middleware(),
                 request_limits_middleware(settings.max_request_bytes, settings.events_per_minute),
-                # Who reads their events: unread or dropped turns end (ui/event_streams.py).
+                # Who reads their events: unread or dropped turns end (ui/web/event_streams.py).
                 event_streams_middleware(
                     _EVENT_STREAMS.get(demo) or EventStreams(settings.event_stream_grace)
                 ),

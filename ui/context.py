@@ -13,18 +13,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ui.backend_client import BackendClient
-from ui.backend_status import BackendWatch, GpuPrice
-from ui.event_streams import EventStreams
-from ui.fair_slots import FairSlots
-from ui.model_directory import ModelDirectory
-from ui.rate_limit import RateLimiter, StreamBudget
-from ui.reply_mac import ReplyMacs
+from ui.backend_access.client import BackendClient
+from ui.backend_access.models import ModelDirectory
+from ui.backend_access.status import BackendWatch, GpuPrice
 from ui.settings import Settings
-from ui.share import resolve_share_secret
-from ui.stop_signals import StopSignals
-from ui.votes import VoteBook, vote_logger
-from ui.warming import ColdStartTracker, Prewarmer
+from ui.share.format import resolve_share_secret
+from ui.share.reply_mac import ReplyMacs
+from ui.turn.fair_slots import FairSlots
+from ui.turn.stop_signals import StopSignals
+from ui.turn.warming import ColdStartTracker, Prewarmer
+from ui.votes.book import VoteBook, vote_logger
+from ui.web.event_streams import EventStreams
+from ui.web.rate_limit import RateLimiter, StreamBudget
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class AppContext:
     settings: Settings
     client: BackendClient  # the one client of the model backends
     models: ModelDirectory  # which models are offered; checks model names
-    limiter: RateLimiter  # requests per client per minute (counted per scope, ui/turns.py)
+    limiter: RateLimiter  # requests per client per minute (counted per scope, ui/turn/)
     vote_limiter: RateLimiter  # battle votes per client per 24 hours
     streams: StreamBudget  # replies one client may have generating at once (all pages)
     slots: FairSlots  # each model's backend slots, shared out round-robin by client

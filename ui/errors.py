@@ -18,8 +18,8 @@ Input the user (or a client) sent that cannot be used is a different family: one
 class, `InputRejected`, whose `user_message` says what is wrong with the input::
 
     InputRejected                 the request itself cannot be served as sent
-    ├── HistoryRejected           a malformed conversation (ui.chat_history)
-    ├── ModelRejected             a model name that cannot be used (ui.model_directory)
+    ├── HistoryRejected           a malformed conversation (ui.turn.history)
+    ├── ModelRejected             a model name that cannot be used (ui.backend_access.models)
     ├── BattleTokenError          a battle token that is forged, stale or malformed
     └── ShareLinkError            a share link that cannot be made or opened
 """

@@ -198,7 +198,7 @@ class Settings(BaseSettings):
         description=(
             "Seconds a queued reply waits for its client to open the event stream before it "
             "is cancelled unsent (env LLM_EVENT_STREAM_GRACE); a dropped stream ends it at "
-            "once (ui/event_streams.py). A browser opens it within milliseconds."
+            "once (ui/web/event_streams.py). A browser opens it within milliseconds."
         ),
     )
     model_slots: int | None = Field(
@@ -206,7 +206,7 @@ class Settings(BaseSettings):
         ge=1,
         description=(
             "Replies one UI process lets a model generate at once (env LLM_MODEL_SLOTS); "
-            "more wait in the UI and are served round-robin by client (ui/fair_slots.py). "
+            "more wait in the UI and are served round-robin by client (ui/turn/fair_slots.py). "
             "Default: LLM_GPU_CONCURRENCY, the backend's parallel slots (OLLAMA_NUM_PARALLEL). "
             "Raise it when a backend service runs several GPU instances."
         ),

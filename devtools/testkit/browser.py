@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from ui.chat_page import BROWSER_STORAGE_KEY
+from ui.pages.chat import BROWSER_STORAGE_KEY
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

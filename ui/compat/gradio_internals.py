@@ -1,11 +1,11 @@
 """Every use of Gradio's internals, in one place: the queue's events, Gradio's reading of a
 request's origin, and the DOM the Chatbot and the layout draw, which our CSS and page
-scripts select on (ui/render.py). None of it is Gradio's public API, so an upgrade may
+scripts select on (ui/view/render.py). None of it is Gradio's public API, so an upgrade may
 change any of it without notice; tests/test_compat_gradio.py pins each one against the
 Gradio in uv.lock and names what changed.
 
 Gradio is imported only where a function needs it, so that importing the selectors (the
-page styles, ui/render.py) does not load Gradio.
+page styles, ui/view/render.py) does not load Gradio.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-# === the queue (ui/event_streams.py) =======================================================
+# === the queue (ui/web/event_streams.py) =======================================================
 
 
 def session_of_queued_event(app: Any, event_id: str) -> str | None:
@@ -26,7 +26,7 @@ def session_of_queued_event(app: Any, event_id: str) -> str | None:
     return None if event is None else str(event.session_hash)
 
 
-# === the request's origin (ui/share_links.py) ==============================================
+# === the request's origin (ui/share/service.py) ==============================================
 
 
 def request_origin(request: Request, route_path: str) -> str:
@@ -38,7 +38,7 @@ def request_origin(request: Request, route_path: str) -> str:
     return str(route_utils.get_request_origin(request, route_path))
 
 
-# === the DOM Gradio draws (ui/render.py's CSS and NOTE_TOGGLE_JS) ===========================
+# === the DOM Gradio draws (ui/view/render.py's CSS and NOTE_TOGGLE_JS) ===========================
 # A Chatbot note (a message with a metadata title) is a group whose title is a
 # `div role=button`, holding the arrow (an icon button); the title has NOTE_OPEN_CLASS while
 # the note is open.
@@ -54,7 +54,7 @@ COLUMN = ".column"
 # The Chatbot's own "clear" icon button.
 CHATBOT_CLEAR_BUTTON = 'button[aria-label="Clear"]'
 
-# The selectors by name, for string.Template: `$PROSE` in ui/render.py's CSS and scripts.
+# The selectors by name, for string.Template: `$PROSE` in ui/view/render.py's CSS and scripts.
 GRADIO_DOM: dict[str, str] = {
     "NOTE_TITLE": NOTE_TITLE,
     "NOTE_ARROW_BUTTON": NOTE_ARROW_BUTTON,

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from catalog import normalize_tag
-from ui.chat_history import HistoryRejected, Message, parse_history
 from ui.context import AppContext
-from ui.deep_links import MAX_COMPARE_MODELS, MIN_COMPARE_MODELS
 from ui.errors import InputRejected
-from ui.rate_limit import client_key
+from ui.share.deep_links import MAX_COMPARE_MODELS, MIN_COMPARE_MODELS
+from ui.turn.history import HistoryRejected, Message, parse_history
 from ui.turn.scope import Scope
+from ui.web.rate_limit import client_key
 
 # Sampling parameter ranges (Ollama accepts these; the widgets use the same bounds).
 TEMPERATURE_RANGE = (0.0, 2.0)

@@ -1,7 +1,7 @@
 """What was measured of one reply: one type, from the stream's end to the share link.
 
 `ReplyFigures` is made once, when a reply's stream ends (ui/turn/reply.py), from the UI's
-own clock (time to first token, total) and Ollama's final line (ui/backend_client.py
+own clock (time to first token, total) and Ollama's final line (ui/backend_access/client.py
 `ReplyStats`: tokens, speed, load). The same object is drawn under the reply
 (ui/view/), carried as data in the note under it, bound by the reply's MAC
 (ui/share/reply_mac.py) and stored in share links (ui/share/format.py). Nothing reads
@@ -22,9 +22,9 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ui.backend_client import ReplyStats, was_a_model_load
-from ui.backend_status import GpuPrice
-from ui.chat_history import MAX_NOTE_ID_CHARS  # the JSON below: figures (~150), model, MAC
+from ui.backend_access.client import ReplyStats, was_a_model_load
+from ui.backend_access.status import GpuPrice
+from ui.turn.history import MAX_NOTE_ID_CHARS  # the JSON below: figures (~150), model, MAC
 
 MAX_MODEL_CHARS: Final = 200  # a model tag, as the share format allows it
 # The figures a reply's MAC binds and a share link carries: what a reader of the shared view
@@ -81,7 +81,7 @@ class ReplyFigures(BaseModel):
 
     @property
     def model_loaded(self) -> bool:
-        """Whether the reply waited for its model to load (ui/backend_client.py)."""
+        """Whether the reply waited for its model to load (ui/backend_access/client.py)."""
         return was_a_model_load(self.load_s)
 
     def bound(self) -> ReplyFigures:
@@ -95,7 +95,7 @@ class ReplyFigures(BaseModel):
 
 @dataclass(frozen=True)
 class ReplyCost:
-    """The GPU time a reply used and the price it is estimated at (ui/backend_status.py)."""
+    """The GPU time a reply used and the price it is estimated at (ui/backend_access/status.py)."""
 
     seconds: float
     price: GpuPrice

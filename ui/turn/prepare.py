@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ui.chat_history import Message, conversation, fit_to_context
+from ui.backend_access.labels import display_name
 from ui.context import AppContext
 from ui.errors import InputRejected
-from ui.model_labels import display_name
-from ui.rate_limit import StreamLease, client_key
 from ui.turn.checks import Parameters, check_history, check_rate
+from ui.turn.history import Message, conversation, fit_to_context
 from ui.turn.scope import Scope
+from ui.web.rate_limit import StreamLease, client_key
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class PreparedTurn:
     stop_key: str | None  # the Stop button finds the running turn by it (Scope.stop_key)
     retry_hint: bool = False  # error notes say "press ↻ (retry)" (the Chat has the button)
     lease: StreamLease | None = None  # this client's streams, given back when it ends
-    client: str = "unknown"  # who asks (ui/rate_limit.py): the models' slots are shared by it
+    client: str = "unknown"  # who asks (ui/web/rate_limit.py): the models' slots are shared by it
     session: str | None = None  # Gradio's session: its event stream must be open
 
 

@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from catalog import normalize_tag
-from ui.backend_client import ReplyDone, ReplyStats, TokenDelta
-from ui.backend_status import GpuPrice
-from ui.chat_history import Message
-from ui.fair_slots import SlotWait
-from ui.model_labels import display_name
-from ui.reply_mac import ReplyClaim, ReplyMacs
+from ui.backend_access.client import ReplyDone, ReplyStats, TokenDelta
+from ui.backend_access.labels import display_name
+from ui.backend_access.status import GpuPrice
+from ui.share.reply_mac import ReplyClaim, ReplyMacs
+from ui.turn.fair_slots import SlotWait
 from ui.turn.figures import ReplyCost, ReplyFigures
+from ui.turn.history import Message
 from ui.turn.prepare import ColumnRequest
-from ui.warming import WarmingStatus
+from ui.turn.warming import WarmingStatus
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class ReplyProgress:
             self.mac = self.macs.mac(self._claim(figures))
 
     def _claim(self, figures: ReplyFigures) -> ReplyClaim:
-        """What the MAC vouches for (ui/reply_mac.py): a share of the reply can then show
+        """What the MAC vouches for (ui/share/reply_mac.py): a share of the reply can then show
         that this server generated it."""
         messages = self.request.messages
         system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""

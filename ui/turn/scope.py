@@ -3,7 +3,7 @@
 A page's Stop button stops only that page's running turn (the stop key holds the page and
 Gradio's session: one per page load), and its requests count against a per-client limit
 shared by a group of pages: Compare and Battle both stream several columns at once, so they
-share one count, and Chat has its own (ui/rate_limit.py counts them).
+share one count, and Chat has its own (ui/web/rate_limit.py counts them).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
 
 One reply passes through the stages `reply_batches` lists, in order; a chat is the
 one-column case of a comparison. A turn sends nothing until its client reads its event
-stream, and a dropped stream stops it (ui/event_streams.py); each reply waits for a slot
-of its model, shared out round-robin by client (ui/fair_slots.py).
+stream, and a dropped stream stops it (ui/web/event_streams.py); each reply waits for a slot
+of its model, shared out round-robin by client (ui/turn/fair_slots.py).
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 
 from catalog import normalize_tag
-from ui.backend_client import ReplyDone, TokenDelta
-from ui.backend_status import BackendWatch
+from ui.backend_access.client import ReplyDone, TokenDelta
+from ui.backend_access.status import BackendWatch
 from ui.context import AppContext
 from ui.errors import BackendAuthError, BackendError, BackendTimeout, BackendUnreachable
-from ui.fair_slots import FairSlots, SlotWait
-from ui.stop_signals import until_stopped
-from ui.stream_pacing import interval_for_history, paced
+from ui.turn.fair_slots import FairSlots, SlotWait
+from ui.turn.pacing import interval_for_history, paced
 from ui.turn.prepare import ColumnRequest, PreparedTurn, session_of
 from ui.turn.reply import ColumnView, Failed, ReplyProgress, gpu_seconds
 from ui.turn.scope import Scope
-from ui.warming import WarmingStatus, stream_with_warmup
+from ui.turn.stop_signals import until_stopped
+from ui.turn.warming import WarmingStatus, stream_with_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +47,12 @@ async def reply_batches(
     """One reply's events, stage by stage from the backend up to the page:
 
     1. `in_a_slot`: wait for one of the model's slots (fair by client), then
-    2. `stream_with_warmup` (ui/warming.py): send the chat (`BackendClient.chat_stream`,
+    2. `stream_with_warmup` (ui/turn/warming.py): send the chat (`BackendClient.chat_stream`,
        the one HTTP call), resend it while the backend is busy, report its cold phases;
     3. `watched`: tell the status watch what the events show about the backend;
-    4. `paced` (ui/stream_pacing.py): at most one batch per interval (an update costs the
+    4. `paced` (ui/turn/pacing.py): at most one batch per interval (an update costs the
        UI far more than a token);
-    5. `until_stopped` (ui/stop_signals.py): end at Stop or a dropped event stream.
+    5. `until_stopped` (ui/turn/stop_signals.py): end at Stop or a dropped event stream.
     A failure becomes a last `Failed` batch: one broken column must not end the others."""
 
     def reply() -> AsyncIterator[object]:
@@ -175,12 +175,12 @@ async def stream_turn(
         )
         for column in turn.columns
     ]
-    # Every update carries every column's history (ui/stream_pacing.py).
+    # Every update carries every column's history (ui/turn/pacing.py).
     interval = interval_for_history(sum(len(c.display) for c in turn.columns))
     try:
         yield [reply.view() for reply in replies]
         # Nothing is sent for a client that does not read its events, and a dropped event
-        # stream stops the turn like Stop (ui/event_streams.py).
+        # stream stops the turn like Stop (ui/web/event_streams.py).
         async with ctx.event_streams.watch(turn.session, stop) as read:
             if not read:
                 return

@@ -1,7 +1,7 @@
 """The notes under replies: how a reply's end, figures and notices read in a Chatbot.
 
 A note is an assistant message with `metadata["title"]` (Gradio shows it as a small
-collapsible line under the reply; ui/chat_history.py never sends it to a model). Made
+collapsible line under the reply; ui/turn/history.py never sends it to a model). Made
 here only, from the pipeline's data (ui/turn/reply.py `ColumnView`, ui/turn/figures.py
 `ReplyFigures`): the figures under a reply, the stop note, the error note, notices. A
 finished reply's note also carries its figures as data (`NoteData` in `metadata["id"]`),
@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ui.backend_status import reply_cost_text
-from ui.chat_history import Message
-from ui.model_labels import display_name
+from ui.backend_access.labels import display_name
+from ui.backend_access.status import reply_cost_text
 from ui.turn.figures import NoteData, ReplyCost, ReplyFigures
+from ui.turn.history import Message
 from ui.turn.reply import ColumnView
 
 WARNING_SIGN = "⚠"  # U+26A0 without the emoji selector: common text fonts have it
@@ -140,7 +140,7 @@ def column_messages(view: ColumnView) -> list[Message]:
 
 def shared_reply_note(data: NoteData | None, *, verified: bool, marked: bool) -> Message | None:
     """The note under a reply of a shared conversation (`data`: its figures and writer; its
-    MAC only when `verified`, i.e. it checks out: ui/reply_mac.py). `marked` (the shared
+    MAC only when `verified`, i.e. it checks out: ui/share/reply_mac.py). `marked` (the shared
     view): the note says whether this server generated the reply; unmarked (a copy to
     continue from), the note keeps its data, so a copy shared again stays verified."""
     note = stats_note(data.figures, model=data.model, data=data) if data is not None else None

@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from string import Template
 
 from catalog import find
-from ui.backend_status import StatusView, reply_cost_text
+from ui.backend_access.labels import display_name, label_for
+from ui.backend_access.status import StatusView, reply_cost_text
 from ui.compat.gradio_internals import GRADIO_DOM  # the $NAMES in CSS and NOTE_TOGGLE_JS
-from ui.fair_slots import SlotWait
-from ui.model_labels import display_name, label_for
-from ui.share import SharedConversation
+from ui.share.format import SharedConversation
+from ui.turn.fair_slots import SlotWait
 from ui.turn.figures import ReplyCost, ReplyFigures
 from ui.turn.reply import ColumnView, Waiting
-from ui.warming import WarmingStatus
+from ui.turn.warming import WarmingStatus
 
 # Run in the browser: copy the chat into the BrowserState and back (no server round trip).
 # A js function's returned array is read as one value per output, hence the extra [...].
@@ -63,7 +63,7 @@ NOTE_TOGGLE_JS = Template("""() => {
 
 
 def banner_html(text: str, kind: str = "info") -> str:
-    """A one-line banner above a page's content (kind: info, warning, error); ui/a11y.py
+    """A one-line banner above a page's content (kind: info, warning, error); ui/view/a11y.py
     speaks it (an error assertively)."""
     return f'<div class="chat-banner chat-banner-{kind}">{html.escape(text)}</div>'
 
@@ -79,7 +79,7 @@ def notice_html(notices: Sequence[str]) -> str:
     )
 
 
-# The page for a link too long to be one of this app's (ui/request_limits.py: 414).
+# The page for a link too long to be one of this app's (ui/web/request_limits.py: 414).
 TOO_LONG_PAGE = (
     "<!doctype html><meta charset=utf-8><title>Link too long</title>"
     "<p>This link is too long to be a link of this app (a share link may have been cut "
@@ -127,10 +127,10 @@ def warming_html(status: WarmingStatus) -> str:
 
 
 def slot_wait_html(wait: SlotWait) -> str:
-    """A reply waits for one of its model's slots (ui/fair_slots.py)."""
+    """A reply waits for one of its model's slots (ui/turn/fair_slots.py)."""
     if not wait.waiting:
         return ""
-    # No live-region role here: the page's persistent live region says it (ui/a11y.py),
+    # No live-region role here: the page's persistent live region says it (ui/view/a11y.py),
     # as for the warming banner; a role on this replaced element would say it twice.
     return (
         f'<div class="warming-banner" data-phase="queued">'
@@ -149,10 +149,10 @@ def waiting_html(waiting: Waiting | None) -> str:
     return warming_html(waiting)
 
 
-# === the backend status line above every page (ui/status_bar.py) ========================
+# === the backend status line above every page (ui/pages/status_bar.py) ========================
 def backend_status_html(view: StatusView, *, provisional_pickers: bool | None = None) -> str:
     """The status line. Not a live region itself: it is replaced on every refresh and
-    counts seconds; the page script (ui/a11y.py) speaks its changes of phase through
+    counts seconds; the page script (ui/view/a11y.py) speaks its changes of phase through
     the page's live regions (politely; assertively when the backend cannot be used).
     `provisional_pickers`: the page's pickers still hold a provisional list (it polls
     fast meanwhile); None leaves the attribute out."""
@@ -252,7 +252,7 @@ CSS = Template("""
 .chat-banner-warning { background: #fff4ce; color: #5c4400; }
 .chat-banner-error { background: #fde7e9; color: #7a1020; }
 #model-info { font-size: 0.9em; opacity: 0.85; }
-/* The backend status line (ui/status_bar.py); its refresh button is clicked by a script. */
+/* The backend status line (ui/pages/status_bar.py); its refresh button is clicked by a script. */
 #backend-status-refresh { display: none !important; }
 .backend-status { padding: 4px 10px; border-radius: 8px; font-size: 0.9em;
   background: var(--color-accent-soft); }
@@ -286,7 +286,7 @@ $NOTE_TITLE $NOTE_ARROW_BUTTON { pointer-events: none; }
 .warming-bar { height: 4px; background: rgba(0,0,0,0.1); border-radius: 2px; margin: 4px 0; }
 .warming-bar > div { height: 100%; background: #c08a00; border-radius: 2px; }
 
-/* Accessibility (ui/a11y.py). The live regions are heard, not seen. */
+/* Accessibility (ui/view/a11y.py). The live regions are heard, not seen. */
 #a11y-live { position: absolute !important; width: 1px !important; height: 1px !important;
   overflow: hidden !important; clip-path: inset(50%); white-space: nowrap;
   margin: -1px !important; padding: 0 !important; border: 0 !important; }
@@ -331,7 +331,7 @@ def model_info_markdown(tag: str | None) -> str:
 
 # A link holds what the sharer's browser sent: the messages, replies and figures are theirs
 # to write, so the page says so (a made-up reply must not pass for this app's word). Only
-# replies whose MAC verifies (ui/reply_mac.py) are marked as generated here.
+# replies whose MAC verifies (ui/share/reply_mac.py) are marked as generated here.
 SHARED_CONTENT_ORIGIN = (
     "Everything below was supplied by whoever shared this link. Replies marked "
     "“✓ Generated here” were generated by this site as shown (model, text and figures, "

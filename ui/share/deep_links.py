@@ -3,7 +3,7 @@
     ?model=smollm2:135m             the Chat tab with this model picked
     ?compare=gemma3:270m,smollm2:135m   the Compare tab with these 2-3 models
     ?q=Hello                        the prompt box prefilled (Compare's box if ?compare=)
-    ?share=TOKEN                    a shared chat or comparison (see ui/share_page.py)
+    ?share=TOKEN                    a shared chat or comparison (see ui/pages/share.py)
 
 Links are user input: a bad value is ignored and a notice says so; it never makes the page
 fail. The page's query string reaches the server with each event (Gradio's client sends

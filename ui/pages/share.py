@@ -1,7 +1,7 @@
 """The Share buttons of the Chat and Compare tabs, and the read-only view a link opens.
 
-Links are made by ui/share_links.py (what a link holds, its base URL) and signed by
-ui/share.py; this page lays out the buttons and the Shared tab and wires their events.
+Links are made by ui/share/service.py (what a link holds, its base URL) and signed by
+ui/share/format.py; this page lays out the buttons and the Shared tab and wires their events.
 
 API endpoints:
 
@@ -14,7 +14,7 @@ API endpoints:
 A link that is too long for a URL is made for the last turns that fit, and the notice
 says so. Opening `/?share=TOKEN` shows the "Shared" tab: the models, parameters, messages
 and per-reply stats, read-only, with "Continue from a copy"; each reply is marked as
-generated here (its MAC verifies, ui/reply_mac.py) or as supplied by the sharer. A changed
+generated here (its MAC verifies, ui/share/reply_mac.py) or as supplied by the sharer. A changed
 or foreign link shows a message there, never an error page.
 """
 
@@ -27,10 +27,10 @@ from typing import Any
 import gradio as gr
 from pydantic import ValidationError
 
-from ui.a11y import COPY_SHARE_LINK_JS
-from ui.chat_history import parse_history
 from ui.context import AppContext
-from ui.deep_links import (
+from ui.errors import InputRejected
+from ui.pages.widgets import RAW_HTML_SHOWN_AS_TEXT
+from ui.share.deep_links import (
     MAX_COMPARE_MODELS,
     PARAM_SHARE,
     TAB_CHAT,
@@ -38,15 +38,14 @@ from ui.deep_links import (
     initial_tab,
     query_params,
 )
-from ui.errors import InputRejected
-from ui.share import (
+from ui.share.format import (
     SharedColumn,
     SharedConversation,
     ShareLinkError,
     ShareParameters,
     decode_share,
 )
-from ui.share_links import ShareService, shared_column, to_display_messages
+from ui.share.service import ShareService, shared_column, to_display_messages
 from ui.turn.checks import (
     DEFAULT_TOP_P,
     TEMPERATURE_RANGE,
@@ -54,9 +53,10 @@ from ui.turn.checks import (
     check_models,
     check_parameters,
 )
+from ui.turn.history import parse_history
+from ui.view.a11y import COPY_SHARE_LINK_JS
 from ui.view.render import banner_html as notice
 from ui.view.render import column_head_html, summary_html
-from ui.widgets import RAW_HTML_SHOWN_AS_TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class ShareHandlers:
 
     def _verifying(self, params: ShareParameters) -> dict[str, Any]:
         """What checks the replies' MACs: a reply stays verified only with the system
-        prompt it was generated with (ui/reply_mac.py)."""
+        prompt it was generated with (ui/share/reply_mac.py)."""
         return {"system_prompt": params.system_prompt or "", "macs": self.service.macs}
 
     def _make(self, build: Any, request: Any) -> tuple[str, str]:

@@ -1,8 +1,8 @@
 """The Leaderboard tab: Bradley-Terry ratings with 95 % intervals from the vote store.
 
-The store keeps per-pair counts (ui/vote_store.py), so showing the table reads
+The store keeps per-pair counts (ui/votes/store.py), so showing the table reads
 O(models²) aggregates however many votes there are; the fit runs on those counts
-(ui/ratings.py). The store is read when the tab is opened or refreshed.
+(ui/votes/ratings.py). The store is read when the tab is opened or refreshed.
 
 API endpoint:  /leaderboard () -> Markdown table
 """
@@ -17,9 +17,9 @@ import gradio as gr
 
 from catalog import CATALOG
 from ui.context import AppContext
-from ui.ratings import BOOTSTRAP_ROUNDS
-from ui.vote_store import VoteStoreError
-from ui.votes import VoteBook, format_leaderboard_markdown
+from ui.votes.book import VoteBook, format_leaderboard_markdown
+from ui.votes.ratings import BOOTSTRAP_ROUNDS
+from ui.votes.store import VoteStoreError
 
 logger = logging.getLogger(__name__)
 

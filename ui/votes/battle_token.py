@@ -22,7 +22,7 @@ battle (rate-limited, streamed to its end) for each vote.
 
 Replays: the token itself does not stop a second vote. The vote store does: the battle id
 is the vote's key, and a second vote on it is refused by the store, whichever UI instance
-it reaches (ui/vote_store.py).
+it reaches (ui/votes/store.py).
 """
 
 from __future__ import annotations

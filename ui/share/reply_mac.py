@@ -1,8 +1,8 @@
 """Which replies this server generated: a MAC made when a reply's stream ended.
 
-A share link is signed by the server (ui/share.py), but /share_chat signs whatever history
+A share link is signed by the server (ui/share/format.py), but /share_chat signs whatever history
 the sharer's browser sends, so the link's signature says nothing about who wrote a reply.
-So when a reply streams to its end, ui/turns.py makes an HMAC-SHA256 (stdlib `hmac`) over
+So when a reply streams to its end, ui/turn/ makes an HMAC-SHA256 (stdlib `hmac`) over
 what a reader of the shared view would take as this server's word:
 
     the model tag, the system prompt, the question (the user message the reply answers),
@@ -11,11 +11,11 @@ what a reader of the shared view would take as this server's word:
 and puts it, with the model and the figures, in the data of the note under the reply
 (ui/turn/figures.py `NoteData`: the browser sends it back with the history). /share_chat
 keeps the MACs that verify and drops the others; the shared view checks them again and
-marks each reply "generated here" or "not verified" (ui/share_links.py).
+marks each reply "generated here" or "not verified" (ui/share/service.py).
 
 The key is derived from the share-link secret (LLM_SHARE_SECRET) with HKDF-SHA256 and a
 label of its own, so it is neither the key that signs share links nor the battle key
-(ui/battle_token.py). Only the MAC reaches the browser. It is truncated to 128 bits
+(ui/votes/battle_token.py). Only the MAC reaches the browser. It is truncated to 128 bits
 (22 base64 characters) to keep links short; forging one still takes 2^128 guesses, each
 a request.
 

@@ -4,7 +4,7 @@ Stateless by design: the conversation is the Chatbot's value, which the browser 
 each request and keeps in `gr.BrowserState` (localStorage) between visits, so any UI
 instance can serve any request.
 
-API endpoints (for `gradio_client`; all inputs are checked by ui/turns.py, not by the
+API endpoints (for `gradio_client`; all inputs are checked by ui/turn/, not by the
 widgets):
 
     /chat   (message, history, model, system_prompt, temperature, top_p, max_tokens)
@@ -17,9 +17,9 @@ widgets):
 
 The banner slot: the streaming handlers have the banner (a `gr.HTML` above the chat, empty
 by default) as their third output. While the backend is cold it shows the warming phase
-with elapsed and typical seconds (`ui.warming`); the first token clears it. Page load and a
+with elapsed and typical seconds (`ui.turn.warming`); the first token clears it. Page load and a
 model change pre-warm the backend (`Prewarmer`). The turn itself (checks, context fitting,
-streaming, timings) is the one-column case of ui/turns.py.
+streaming, timings) is the one-column case of ui/turn/.
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ from typing import Any
 
 import gradio as gr
 
-from ui.a11y import announce_reply_end
-from ui.chat_history import Message, history_before, parse_history, split_last_user_turn
+from ui.backend_access.models import ModelChoices, ModelRejected
 from ui.context import AppContext
-from ui.deep_links import chat_link, query_params
 from ui.errors import InputRejected
-from ui.model_directory import ModelChoices, ModelRejected
+from ui.pages.status_bar import Picker
+from ui.pages.widgets import RAW_HTML_SHOWN_AS_TEXT, max_tokens_slider, temperature_slider
 from ui.settings import Settings
-from ui.status_bar import Picker
+from ui.share.deep_links import chat_link, query_params
 from ui.turn.checks import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_TOP_P,
@@ -48,9 +47,11 @@ from ui.turn.checks import (
     check_models,
     check_parameters,
 )
+from ui.turn.history import Message, history_before, parse_history, split_last_user_turn
 from ui.turn.prepare import Column, prepare
 from ui.turn.scope import CHAT
 from ui.turn.stream import stop_turn, stream_turn
+from ui.view.a11y import announce_reply_end
 from ui.view.notes import column_messages
 from ui.view.render import (
     RESTORE_HISTORY_JS,
@@ -60,7 +61,6 @@ from ui.view.render import (
     notice_html,
     waiting_html,
 )
-from ui.widgets import RAW_HTML_SHOWN_AS_TEXT, max_tokens_slider, temperature_slider
 
 BROWSER_STORAGE_KEY = "serverless-llm-chat/history"
 # BrowserState encrypts localStorage with a key that is sent to the page anyway, so it is
@@ -70,7 +70,7 @@ BROWSER_STORAGE_KEY_MATERIAL = "serverless-llm-chat/browser-history/v1"
 
 
 class ChatPage:
-    """The chat's event handlers: raw widget values in, ui/turns.py, component values out.
+    """The chat's event handlers: raw widget values in, ui/turn/, component values out.
 
     A rejected request changes nothing (the message stays in the box) and says why in the
     banner. It is not raised as gr.Error: Gradio would then cover the whole chat with an
@@ -231,7 +231,7 @@ class ChatPage:
         return picker, model_info_markdown(value), prompt, notice
 
     async def refill(self, real: ModelChoices, current: object) -> Any:
-        """The backend's real list arrived (ui/status_bar.py): keep the user's pick if it
+        """The backend's real list arrived (ui/pages/status_bar.py): keep the user's pick if it
         is offered, else pick again, and warm what is picked now."""
         tags = [label.tag for label in real.labels]
         value = current if isinstance(current, str) and current in tags else preferred_model(real)
@@ -325,7 +325,7 @@ class ChatComponents:
         }
 
     def share_inputs(self) -> list[Any]:
-        """What a share link of this chat is made from (ui/share_page.py)."""
+        """What a share link of this chat is made from (ui/pages/share.py)."""
         return [self.chatbot, self.model, self.system_prompt, self.temperature, self.top_p,
                 self.max_tokens]  # fmt: skip
 
@@ -429,7 +429,7 @@ def _wire(demo: gr.Blocks, page: ChatPage, c: ChatComponents) -> None:
     for event in (chat_event, retry_event, edit_event):
         event.then(**save).then(**announce_reply_end("chat", [c.chatbot, c.model]))
 
-    # Stop ends a running stream gracefully (see ui/stop_signals.py); only when none runs
+    # Stop ends a running stream gracefully (see ui/turn/stop_signals.py); only when none runs
     # (the request is still queued) does Gradio's cancel remove it from the queue.
     c.stop.click(page.stop, api_name="stop", queue=False, show_progress="hidden").failure(
         fn=None, cancels=[chat_event, retry_event, edit_event]

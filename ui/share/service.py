@@ -1,6 +1,6 @@
 """Share links made from the Chat and Compare tabs, and what they hold.
 
-A link carries its conversation (compressed, signed: ui/share.py), so it opens after a
+A link carries its conversation (compressed, signed: ui/share/format.py), so it opens after a
 restart and on any instance that has the same LLM_SHARE_SECRET; nothing is stored. The base
 of the link is LLM_PUBLIC_URL when set, else the address the browser used (Gradio's own
 reading of the request, which honours X-Forwarded-Host/-Proto behind a proxy). A link that
@@ -9,7 +9,7 @@ is too long for a URL is made for the last turns that fit, and the notice says s
 This module converts between the Chatbot's display messages (replies with notes that carry
 their figures as data: ui/turn/figures.py `NoteData`) and the share format (replies carrying
 their figures and, when it verifies, the MAC of a reply this server generated:
-ui/reply_mac.py), and mints links; ui/share_page.py lays out the Share buttons and the
+ui/share/reply_mac.py), and mints links; ui/pages/share.py lays out the Share buttons and the
 read-only view.
 """
 
@@ -21,11 +21,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from catalog import find
-from ui.chat_history import Message, is_note
 from ui.compat.gradio_internals import request_origin
-from ui.reply_mac import ReplyClaim, ReplyMacs
 from ui.settings import Settings
-from ui.share import (
+from ui.share.format import (
     SharedColumn,
     SharedConversation,
     SharedMessage,
@@ -34,7 +32,9 @@ from ui.share import (
     fit_to_share_limit,
     share_url,
 )
+from ui.share.reply_mac import ReplyClaim, ReplyMacs
 from ui.turn.figures import NoteData, ReplyFigures, read_note_data
+from ui.turn.history import Message, is_note
 from ui.view.notes import shared_reply_note
 
 

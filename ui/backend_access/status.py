@@ -2,10 +2,10 @@
 
 `BackendWatch` is one per process (in AppContext); `view()` is what it shows, as data
 (ui/view/render.py `backend_status_html` draws it). It is told what happened by the code
-that talks to the backend: the pre-warm (ui/warming.py `Prewarmer`: waking, listing,
-loading, done or failed), the chat turns (ui/turns.py: warming phases seen by the
+that talks to the backend: the pre-warm (ui/turn/warming.py `Prewarmer`: waking, listing,
+loading, done or failed), the chat turns (ui/turn/: warming phases seen by the
 `PhaseDetector` from /api/version and /api/ps, first tokens, replies and their timings,
-errors). Reading it costs no backend request: an open page's refresh (ui/status_bar.py)
+errors). Reading it costs no backend request: an open page's refresh (ui/pages/status_bar.py)
 reads this object only, so an idle page never keeps a GPU instance awake.
 
     state   meaning                                                   from
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from ui.model_labels import display_name
+from ui.backend_access.labels import display_name
 
 log = logging.getLogger(__name__)
 RECENT_S = 30.0  # a backend that answered this recently is not starting an instance

@@ -28,7 +28,7 @@ from typing import Final
 import numpy as np
 from scipy.optimize import minimize
 
-from ui.vote_store import PairCounts
+from ui.votes.store import PairCounts
 
 SCALE: Final = 400.0
 BASE: Final = 1000.0

@@ -230,7 +230,7 @@ def _pair_document_id(first: str, second: str) -> str:
 
 
 def _vote_document_id(battle_id: str) -> str:
-    # Battle ids are ours (ui/battle_token.py), but a key must never be able to name a path.
+    # Battle ids are ours (ui/votes/battle_token.py), but a key must never be able to name a path.
     return "b-" + hashlib.sha256(battle_id.encode()).hexdigest()
 
 

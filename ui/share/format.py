@@ -59,7 +59,7 @@ from pydantic import (
 )
 
 from ui.errors import InputRejected
-from ui.reply_mac import MAC_PATTERN
+from ui.share.reply_mac import MAC_PATTERN
 from ui.turn.figures import ReplyFigures
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ MAX_URL_CHARS = 8000
 DEFAULT_MAX_TOKEN_CHARS = 7500
 # What decode accepts. Larger than the encode default so that an operator who raises the
 # encode limit does not break links already handed out; still small enough to be cheap, and
-# below what the UI's HTTP server reliably reads (ui/request_limits.py: MAX_QUERY_BYTES).
+# below what the UI's HTTP server reliably reads (ui/web/request_limits.py: MAX_QUERY_BYTES).
 MAX_DECODE_TOKEN_CHARS = 13_500
 # Upper bound on the decompressed JSON: a 13.5 K-character token holds about 10 KB of zlib
 # data, which real chat text never inflates past a few hundred KB. Anything beyond is a bomb.
@@ -140,7 +140,7 @@ class SharedMessage(_Strict):
     role: Literal["user", "assistant", "system"]
     content: str = Field(max_length=MAX_MESSAGE_CHARS)
     stats: ReplyFigures | None = None  # the figures a MAC binds (ReplyFigures.bound)
-    # A reply this server generated: its MAC (ui/reply_mac.py), checked again when shown,
+    # A reply this server generated: its MAC (ui/share/reply_mac.py), checked again when shown,
     # and the model that wrote it when that is not the column's.
     mac: str | None = Field(default=None, pattern=MAC_PATTERN)
     model: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_CHARS)
@@ -248,7 +248,7 @@ def _check_secret(secret: bytes) -> None:
 def _signer(secret: bytes) -> Signer:
     _check_secret(secret)
     # HMAC-SHA256 with a key derived from the secret and this use's salt, so the same
-    # secret gives battle tokens (ui/battle_token.py) a different key.
+    # secret gives battle tokens (ui/votes/battle_token.py) a different key.
     return Signer(
         secret, salt=SIGNER_SALT, sep=".", key_derivation="hmac", digest_method=hashlib.sha256
     )

@@ -1,11 +1,11 @@
 """Blind battle votes: checked, saved in the vote store, logged, and shown as ratings.
 
-A vote goes to the store that `LLM_VOTES` names (ui/vote_store.py: SQLite locally,
+A vote goes to the store that `LLM_VOTES` names (ui/votes/store.py: SQLite locally,
 Firestore on Cloud Run), which refuses a second vote for the same battle from any UI
 instance. Once saved, it is also written as one JSON line to the app log (on Cloud Run,
 stdout lines are ingested by Cloud Logging, where `severity`, `message` and `timestamp` are
 understood). The leaderboard reads the store's per-pair counts and fits Bradley-Terry
-ratings with bootstrap intervals (ui/ratings.py).
+ratings with bootstrap intervals (ui/votes/ratings.py).
 
 Public API::
 
@@ -28,8 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ui.ratings import Rating, rate, shared_ranks
-from ui.vote_store import CHOICES, Vote, VoteStore, VoteStoreError, open_vote_store
+from ui.votes.ratings import Rating, rate, shared_ranks
+from ui.votes.store import CHOICES, Vote, VoteStore, VoteStoreError, open_vote_store
 
 _module_logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ Under load the interval stretches: beyond STREAMS_AT_BASE streams paced at once 
 process, it grows in proportion to their number (up to MAX_INTERVAL_S), so the update
 work of the whole process stays about constant while each reply still flows.
 
-Closing the batches early (e.g. the Stop button, see ui/stop_signals.py) cancels the
+Closing the batches early (e.g. the Stop button, see ui/turn/stop_signals.py) cancels the
 reading of `events`, which closes whatever it holds (the HTTP stream to the backend).
 """
 
@@ -122,7 +122,7 @@ async def paced(events: AsyncIterator[T], interval: float) -> AsyncIterator[list
             wait = due() + _AFTER_READER_S - time.monotonic()
             if ending is None and wait > _AFTER_READER_S:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can drop a cancel
-                # (ui/warming.py PhaseDetector.detect).
+                # (ui/turn/warming.py PhaseDetector.detect).
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await over.wait()

@@ -43,8 +43,8 @@ from tenacity import (
     wait_exponential,
 )
 
-from ui.backend_client import BackendClient, ChatEvent, ModelInfo, ReplyDone
-from ui.backend_status import BackendWatch
+from ui.backend_access.client import BackendClient, ChatEvent, ModelInfo, ReplyDone
+from ui.backend_access.status import BackendWatch
 from ui.errors import (
     BackendBusy,
     BackendError,
@@ -380,7 +380,7 @@ WARM_UP_MESSAGES = ({"role": "user", "content": "Hi"},)
 
 class Prewarmer:
     """Wakes a backend and loads a model in the background (page load, model change), and
-    tells the status watch (ui/backend_status.py) what it sees: held without an answer
+    tells the status watch (ui/backend_access/status.py) what it sees: held without an answer
     ("starting"), the model list (kept by the model directory), loading, ready, failed."""
 
     def __init__(

@@ -1,7 +1,7 @@
 """Widgets several pages lay out the same way: the prompt row and the sampling sliders.
 
 Layout only (no handlers); each call creates its components in the current Blocks context.
-The bounds and defaults are those the checks use (ui/turns.py).
+The bounds and defaults are those the checks use (ui/turn/).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ui.turn.checks import DEFAULT_TEMPERATURE, TEMPERATURE_RANGE
 # overlay over the app (phishing). Gradio's sanitizer removes only script-running markup;
 # a Chatbot's `allow_tags` list makes its renderer escape the listed tags (`<` -> `&lt;`)
 # after Markdown and before sanitizing. `img` and `a` stay (Markdown makes them; the CSP
-# limits images to this origin, ui/security_headers.py); style attributes on them are
+# limits images to this origin, ui/web/security_headers.py); style attributes on them are
 # refused by the CSP's `style-src-attr 'none'`.
 RAW_HTML_SHOWN_AS_TEXT: list[str] = [
     "applet", "area", "audio", "base", "body", "button", "canvas", "center", "datalist",

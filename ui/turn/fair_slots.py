@@ -10,7 +10,7 @@ the waiting client holding the fewest of that model's slots gets it, and among e
 one served longest ago: round-robin by client, so a newcomer waits for one slot to free,
 however many replies another client has queued.
 
-Per UI process, like the stream budget (ui/rate_limit.py): with several UI instances each
+Per UI process, like the stream budget (ui/web/rate_limit.py): with several UI instances each
 shares out its own slots. Runs on the server's one event loop.
 """
 

@@ -4,7 +4,7 @@ Stateless like the chat: each column's conversation is its Chatbot's value, whic
 browser sends with every request, so follow-up prompts continue each model's own
 conversation and any UI instance can serve any request.
 
-API endpoints (for `gradio_client`; every input is checked by ui/turns.py, not by the
+API endpoints (for `gradio_client`; every input is checked by ui/turn/, not by the
 widgets):
 
     /compare       (message, models, system_prompt, temperature, max_tokens,
@@ -16,7 +16,7 @@ widgets):
 `models` is a list of 2-3 model names (or one comma-separated string); column i answers
 with models[i] and continues history_i. Unused columns come back empty. Each status is
 HTML: a warming banner while that column's backend is cold, then the reply's figures.
-The columns stream concurrently through ui/turns.py (`stream_turn`).
+The columns stream concurrently through ui/turn/ (`stream_turn`).
 """
 
 from __future__ import annotations
@@ -27,20 +27,25 @@ from typing import Any
 
 import gradio as gr
 
-from ui.a11y import announce_reply_end
+from ui.backend_access.labels import ModelLabel
+from ui.backend_access.models import ModelChoices, ModelRejected
 from ui.context import AppContext
-from ui.deep_links import (
+from ui.errors import InputRejected
+from ui.pages.status_bar import Picker
+from ui.pages.widgets import (
+    RAW_HTML_SHOWN_AS_TEXT,
+    max_tokens_slider,
+    prompt_row,
+    temperature_slider,
+)
+from ui.settings import Settings
+from ui.share.deep_links import (
     MAX_COMPARE_MODELS,
     MIN_COMPARE_MODELS,
     PARAM_COMPARE,
     compare_link,
     query_params,
 )
-from ui.errors import InputRejected
-from ui.model_directory import ModelChoices, ModelRejected
-from ui.model_labels import ModelLabel
-from ui.settings import Settings
-from ui.status_bar import Picker
 from ui.turn.checks import (
     DEFAULT_COLUMNS_MAX_TOKENS,
     DEFAULT_TOP_P,
@@ -56,9 +61,9 @@ from ui.turn.prepare import Column, prepare
 from ui.turn.reply import ColumnView
 from ui.turn.scope import COMPARE
 from ui.turn.stream import stop_turn, stream_turn
+from ui.view.a11y import announce_reply_end
 from ui.view.notes import column_messages
 from ui.view.render import banner_html, column_head_html, column_status_html, notice_html
-from ui.widgets import RAW_HTML_SHOWN_AS_TEXT, max_tokens_slider, prompt_row, temperature_slider
 
 COLUMN_SLOTS = MAX_COMPARE_MODELS  # columns laid out; unused ones are hidden
 
@@ -82,7 +87,7 @@ def default_models(labels: Sequence[ModelLabel]) -> list[str]:
 
 
 class ComparePage:
-    """The Compare tab's event handlers: raw values in, ui/turns.py, component values out."""
+    """The Compare tab's event handlers: raw values in, ui/turn/, component values out."""
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
@@ -170,7 +175,7 @@ class ComparePage:
 
 
 async def refill(real: ModelChoices, current: object) -> Any:
-    """The backend's real list arrived (ui/status_bar.py): keep the picks it offers, else
+    """The backend's real list arrived (ui/pages/status_bar.py): keep the picks it offers, else
     pick the defaults."""
     tags = {label.tag for label in real.labels}
     picked = (
@@ -230,10 +235,10 @@ class CompareComponents:
     system_prompt: gr.Textbox
     temperature: gr.Slider
     max_tokens: gr.Slider
-    share_row: gr.Row  # ui/share_page.py puts its Share button and link here
+    share_row: gr.Row  # ui/pages/share.py puts its Share button and link here
 
     def share_inputs(self) -> list[Any]:
-        """What a share link of this comparison is made from (ui/share_page.py)."""
+        """What a share link of this comparison is made from (ui/pages/share.py)."""
         return [self.models, self.system_prompt, self.temperature, self.max_tokens, *self.chats]
 
     def copy_outputs(self) -> list[Any]:
@@ -330,7 +335,7 @@ def _wire(demo: gr.Blocks, page: ComparePage, c: CompareComponents) -> None:
         inputs=[c.message, c.models, c.system_prompt, c.temperature, c.max_tokens, *c.chats],
         outputs=[c.message, c.banner, *column_outputs],
         api_name="compare",
-        # Raw values: the handler checks them itself (ui/turns.py).
+        # Raw values: the handler checks them itself (ui/turn/).
         preprocess=False,
         # Each column shows its own progress in its status line.
         show_progress="hidden",

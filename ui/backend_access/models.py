@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from catalog import family_of, find, local_models, normalize_tag, production_models
-from ui.backend_client import BackendClient, ModelInfo
+from ui.backend_access.client import BackendClient, ModelInfo
+from ui.backend_access.labels import ModelLabel, label_for
 from ui.errors import BackendError, BackendTimeout, InputRejected
-from ui.model_labels import ModelLabel, label_for
 from ui.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class ModelChoices:
     labels: list[ModelLabel]
     problem: str | None = None  # set when the backend could not be asked
     # True: not the backend's answer but what the UI could offer meanwhile (the last list
-    # it saw, the allow-list, or the catalog); a page refresh replaces it (ui/status_bar.py).
+    # it saw, the allow-list, or the catalog); a page refresh replaces it (ui/pages/status_bar.py).
     provisional: bool = False
 
     @property

@@ -3,10 +3,10 @@
     status = layout_status_bar(ctx)                     # in ui/app.py, above the tabs
     wire_status_bar(demo, ctx, status, [chat.picker(), compare.picker()])
 
-The line shows `BackendWatch.view()` (ui/backend_status.py), drawn by ui/view/render.py:
+The line shows `BackendWatch.view()` (ui/backend_access/status.py), drawn by ui/view/render.py:
 asleep / starting a GPU instance / loading <model> / ready / unreachable, with elapsed and
 typical seconds and the estimated GPU cost. Screen readers hear its changes of phase
-through the page's live regions (ui/a11y.py; assertively when the backend cannot be used).
+through the page's live regions (ui/view/a11y.py; assertively when the backend cannot be used).
 
 Refresh: a small browser script clicks a hidden button, every STATUS_POLL_FAST_MS while
 something is under way (every STATUS_POLL_FIRST_MS for the first few seconds and until
@@ -25,8 +25,8 @@ from typing import Any
 
 import gradio as gr
 
+from ui.backend_access.models import ModelChoices
 from ui.context import AppContext
-from ui.model_directory import ModelChoices
 from ui.view.render import backend_status_html
 
 STATUS_POLL_FIRST_MS = 1000  # the first seconds after page load, and until a state is known

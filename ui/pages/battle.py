@@ -2,7 +2,7 @@
 names are revealed.
 
 No server state: the pairing travels with the browser in an encrypted, authenticated token
-(ui/battle_token.py), so no response before the vote contains a model name: not the token,
+(ui/votes/battle_token.py), so no response before the vote contains a model name: not the token,
 not the column headers, not the warming banners or error messages (names are replaced by
 "Model A"/"Model B"), and no speed figures (they would hint at the model).
 
@@ -19,8 +19,8 @@ API endpoints (for `gradio_client`):
                   names and ends the battle (the token comes back empty).
     /battle_stop  ()
 
-The turn (checks, context fitting, streaming both columns) goes through ui/turns.py with
-blind columns. Votes go to the vote store (ctx.votes, ui/votes.py; LLM_VOTES), then one JSON
+The turn (checks, context fitting, streaming both columns) goes through ui/turn/ with
+blind columns. Votes go to the vote store (ctx.votes, ui/votes/book.py; LLM_VOTES), then one JSON
 line on stdout (logger "ui.battle.votes", JsonLogFormatter).
 """
 
@@ -35,20 +35,16 @@ from typing import Any
 
 import gradio as gr
 
-from ui.a11y import announce_reply_end
-from ui.battle_token import (
-    BattlePairing,
-    new_pairing,
-    open_pairing,
-    reply_digest,
-    seal_pairing,
-    votable,
-)
-from ui.chat_history import Message, has_reply, is_note, parse_history
+from ui.backend_access.labels import display_name
+from ui.backend_access.models import ModelRejected
 from ui.context import AppContext
 from ui.errors import BackendError, InputRejected
-from ui.model_directory import ModelRejected
-from ui.model_labels import display_name
+from ui.pages.widgets import (
+    RAW_HTML_SHOWN_AS_TEXT,
+    max_tokens_slider,
+    prompt_row,
+    temperature_slider,
+)
 from ui.settings import Settings
 from ui.turn.checks import (
     DEFAULT_COLUMNS_MAX_TOKENS,
@@ -60,20 +56,29 @@ from ui.turn.checks import (
     check_rate,
     check_vote_quota,
 )
+from ui.turn.history import Message, has_reply, is_note, parse_history
 from ui.turn.prepare import Column, PreparedTurn, prepare
 from ui.turn.reply import ColumnView
 from ui.turn.scope import BATTLE
 from ui.turn.stream import stop_turn, stream_turn, turn_running
+from ui.view.a11y import announce_reply_end
 from ui.view.notes import column_messages
 from ui.view.render import banner_html, blind_head_html, column_status_html
-from ui.votes import (
+from ui.votes.battle_token import (
+    BattlePairing,
+    new_pairing,
+    open_pairing,
+    reply_digest,
+    seal_pairing,
+    votable,
+)
+from ui.votes.book import (
     NAMES_A_MODEL_MESSAGE,
     VALID_CHOICES,
     VoteNotSaved,
     names_a_model,
     pick_battle_pair,
 )
-from ui.widgets import RAW_HTML_SHOWN_AS_TEXT, max_tokens_slider, prompt_row, temperature_slider
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +95,7 @@ MISSING_MODEL_MESSAGE = (
 
 
 class BattlePage:
-    """The Battle tab's event handlers: raw values in, ui/turns.py, component values out."""
+    """The Battle tab's event handlers: raw values in, ui/turn/, component values out."""
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx

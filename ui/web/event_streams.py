@@ -4,9 +4,9 @@ stream open, and the watch that ends a turn nobody reads.
 Gradio 6's queue takes a job with POST /queue/join and delivers its updates on a separate
 stream, GET /queue/data?session_hash=... (or GET /call/<api>/<event_id> for its REST API).
 The job starts whether or not that stream is ever opened, so a script that joins and never
-reads would keep a backend slot and its stream budget (ui/rate_limit.py) for a whole reply.
+reads would keep a backend slot and its stream budget (ui/web/rate_limit.py) for a whole reply.
 When the stream drops, Gradio itself ends the job, but only at the job's next update (a reply
-waiting for a slot, ui/fair_slots.py, sends none for a while).
+waiting for a slot, ui/turn/fair_slots.py, sends none for a while).
 
 `EventStreamsMiddleware` (ASGI) counts each session's open event streams: a stream is open
 from its request until the response ends, which Starlette makes happen as soon as the

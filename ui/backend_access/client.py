@@ -37,7 +37,7 @@ import ollama
 import pydantic
 
 from catalog import Family, family_of
-from ui.auth import auth_for, denied_message, root_url
+from ui.backend_access.auth import auth_for, denied_message, root_url
 from ui.errors import (
     BackendAuthError,
     BackendBusy,
@@ -448,7 +448,7 @@ class BackendErrors:
     so a subclass comes before its base::
 
         Exception                       becomes
-        ├── ui.errors.BackendError      itself (ours already, also from ui.auth)
+        ├── ui.errors.BackendError      itself (ours already, also from ui.backend_access.auth)
         ├── ollama.ResponseError        by its status; -1: an error line inside a 200 stream
         ├── OSError
         │   ├── TimeoutError            BackendTimeout: asyncio.timeout around a whole call

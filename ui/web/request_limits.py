@@ -11,9 +11,9 @@
   the user would see "Internal Server Error";
 - each client may start at most `events_per_minute` events (queue joins and direct API
   calls) a minute, on every endpoint (/undo, /share_chat, /leaderboard, /models, ...),
-  on top of the per-page message limits (ui/turns.py). 429 with Retry-After beyond it.
+  on top of the per-page message limits (ui/turn/). 429 with Retry-After beyond it.
 
-The client is who ui/rate_limit.py says (Cloud Run's last X-Forwarded-For hop; elsewhere
+The client is who ui/web/rate_limit.py says (Cloud Run's last X-Forwarded-For hop; elsewhere
 the socket peer, which uvicorn rewrites only for LLM_TRUSTED_PROXIES).
 """
 
@@ -25,14 +25,14 @@ from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ui.rate_limit import RateLimiter, client_key_from
 from ui.view.render import TOO_LONG_PAGE
+from ui.web.rate_limit import RateLimiter, client_key_from
 
 # The paths (after the app's root) that start an event; everything else (page, assets,
 # the event stream, heartbeats) is not counted.
 EVENT_PATH_PARTS = ("/queue/join", "/call/", "/run/")
 UPLOAD_PATH_SUFFIXES = ("/upload", "/upload_progress")
-# Above any share link this app reads (ui/share.py: MAX_DECODE_TOKEN_CHARS, 13 500), and
+# Above any share link this app reads (ui/share/format.py: MAX_DECODE_TOKEN_CHARS, 13 500), and
 # below what uvicorn's HTTP parser reads reliably: h11 refuses (400, or a reset) a request
 # head over 16 KiB that arrives in more than one read (h11 DEFAULT_MAX_INCOMPLETE_EVENT_SIZE),
 # so only a query under that, with room for a browser's other headers, surely gets this page.

@@ -1,0 +1,1 @@
+"""Share links (signed, self-contained), the reply MACs they carry, and deep links."""

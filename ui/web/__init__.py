@@ -1,0 +1,2 @@
+"""ASGI middleware and per-client limits in front of Gradio: request limits, security
+headers, event streams, rate limits."""
