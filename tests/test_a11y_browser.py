@@ -104,7 +104,8 @@ def test_keyboard_only_chat(app_url: str, browser: Browser) -> None:
         assert_said_once(page, r"^Reply from smollm2:135m stopped after [\d.]+ s\.$")
 
         # Sent with the Send button (Tab, Enter): the focus comes back to the box.
-        box.press_sequentially("And another one.", delay=40)
+        # Again a long story: a short answer could end before Escape on a fast machine.
+        box.press_sequentially("Another long story, about a knight.", delay=40)
         page.keyboard.press("Tab")
         assert focused_id(page) == "send"
         style, width = focus_ring(page)
