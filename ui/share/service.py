@@ -33,18 +33,12 @@ from ui.share.format import (
     share_url,
 )
 from ui.share.reply_mac import ReplyClaim, ReplyMacs
-from ui.turn.figures import NoteData, ReplyFigures, read_note_data
+from ui.turn.figures import NoteData, read_note_data
 from ui.turn.history import Message, is_note
 from ui.view.notes import shared_reply_note
 
 
 # === conversions between the Chatbot's messages and the share format ====================
-def _claim(
-    model: str, system_prompt: str, question: str, reply: str, figures: ReplyFigures
-) -> ReplyClaim:
-    return ReplyClaim(model, system_prompt, question, reply, figures)
-
-
 def to_shared_messages(
     history: Sequence[Message],
     *,
@@ -66,7 +60,7 @@ def to_shared_messages(
                 figures = data.figures.bound()  # what a share carries and a MAC binds
                 update: dict[str, object] = {"stats": figures}
                 if macs is not None and data.mac is not None:
-                    claim = _claim(data.model, system_prompt, question, last.content, figures)
+                    claim = ReplyClaim(data.model, system_prompt, question, last.content, figures)
                     if macs.verify(claim, data.mac):
                         writer = data.model
                         update |= {"mac": data.mac, "model": None if writer == model else writer}
@@ -101,7 +95,9 @@ def to_display_messages(
         writer = message.model or column.model
         figures = message.stats
         claim = (
-            _claim(writer, system_prompt, question, message.content, figures) if figures else None
+            ReplyClaim(writer, system_prompt, question, message.content, figures)
+            if figures
+            else None
         )
         verified = macs is not None and claim is not None and macs.verify(claim, message.mac)
         data = (

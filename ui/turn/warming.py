@@ -190,11 +190,13 @@ class _Opening:
         model: str,
         messages: Sequence[Mapping[str, Any]],
         *,
+        tracker: ColdStartTracker,
         options: Mapping[str, Any] | None,
         keep_alive: str | float | None,
     ) -> None:
         self.client = client
         self.model = model
+        self.tracker = tracker  # the typical cold start each status shows
         self.messages = messages
         self.options = options
         self.keep_alive = keep_alive
@@ -237,7 +239,7 @@ class _Opening:
         chat = self.client.chat_stream(
             self.model, self.messages, options=self.options, keep_alive=self.keep_alive
         )
-        detector = asyncio.create_task(_detect(self.client, self.model, self))
+        detector = asyncio.create_task(_detect(self))
         try:
             return chat, await anext(chat, None)
         except BaseException:
@@ -248,9 +250,7 @@ class _Opening:
             detector.cancel()
             await asyncio.gather(detector, return_exceptions=True)
 
-    async def statuses(
-        self, tracker: ColdStartTracker, tick: float
-    ) -> AsyncGenerator[WarmingStatus, None]:
+    async def statuses(self, tick: float) -> AsyncGenerator[WarmingStatus, None]:
         """What to show until the first event: the phase every `tick` seconds, and a retry
         wait as a countdown ("retrying in N s")."""
         retry_at: tuple[Phase, float] | None = None  # the countdown under way
@@ -267,17 +267,15 @@ class _Opening:
                     return
                 retry_at = update
             if retry_at is not None and (left := retry_at[1] - time.monotonic()) > 0:
-                yield self.status(tracker, retry_at[0], retry_in=left)
+                yield self.status(retry_at[0], retry_in=left)
                 continue
             retry_at = None
             if self.phase is not None:
-                yield self.status(tracker, self.phase)
+                yield self.status(self.phase)
 
-    def status(
-        self, tracker: ColdStartTracker, phase: Phase, retry_in: float | None = None
-    ) -> WarmingStatus:
+    def status(self, phase: Phase, retry_in: float | None = None) -> WarmingStatus:
         elapsed = time.monotonic() - self.t0
-        return WarmingStatus(phase, self.model, elapsed, tracker.typical, retry_in)
+        return WarmingStatus(phase, self.model, elapsed, self.tracker.typical, retry_in)
 
 
 async def stream_with_warmup(
@@ -301,11 +299,13 @@ async def stream_with_warmup(
     and only after an error in _RETRYABLE; the wait runs in tenacity's task (`_Opening`),
     and this generator shows it as a countdown meanwhile.
     """
-    opening = _Opening(client, model, messages, options=options, keep_alive=keep_alive)
+    opening = _Opening(
+        client, model, messages, tracker=tracker, options=options, keep_alive=keep_alive
+    )
     first_event = opening.start()
     chat: AsyncGenerator[ChatEvent, None] | None = None
     try:
-        async for status in opening.statuses(tracker, tick):
+        async for status in opening.statuses(tick):
             yield status
         try:
             chat, first = first_event.result()
@@ -320,7 +320,7 @@ async def stream_with_warmup(
         cold = opening.phase is not None or opening.attempts > 1
         if cold:
             _record_cold_start(tracker, model, first_token_after)
-            yield opening.status(tracker, "ready")
+            yield opening.status("ready")
         elif _waited_for_a_load(first):  # an empty reply: its end came first
             _record_cold_start(tracker, model, first_token_after)
         yield first
@@ -353,7 +353,7 @@ def _record_cold_start(tracker: ColdStartTracker, model: str, took: float) -> No
     log.info("cold start of %s took %.1f s", model, took)
 
 
-async def _detect(client: BackendClient, model: str, opening: _Opening) -> None:
+async def _detect(opening: _Opening) -> None:
     """Find the cold phase, and look again every second until the first token (which
     cancels this): "starting" moves on to "loading", and a model listed in /api/ps needs
     three looks to tell loading from warm (PhaseDetector). Once a cold phase was seen, a
@@ -362,7 +362,7 @@ async def _detect(client: BackendClient, model: str, opening: _Opening) -> None:
     # cancelled before it sends anything (no extra requests, and no connection dropped
     # mid-request). The first banner shows at the first tick anyway.
     await asyncio.sleep(DETECT_AFTER_S)
-    detector = PhaseDetector(client, model)
+    detector = PhaseDetector(opening.client, opening.model)
     while True:
         found = await detector.detect()
         if found is not None:
