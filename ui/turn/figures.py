@@ -8,8 +8,9 @@ own clock (time to first token, total) and Ollama's final line (ui/backend_acces
 figures back from the text that shows them.
 
 Where the figures travel in the browser: Gradio's Chatbot keeps only the keys of its
-`MetadataDict` in a message's metadata (title, id, parent_id, log, duration, status; others
-are dropped by its pydantic model), and `id` is the one it shows nowhere. So the note
+`MetadataDict` in a message's metadata (title, id, parent_id, log, duration, status; gradio
+6.31 `components/chatbot.py`: its `Message` model drops any other key, checked by
+validating one), and `id` is the one it shows nowhere. So the note
 under a reply carries its `NoteData` (figures, the model that wrote it, the reply's MAC)
 as compact JSON in `metadata["id"]`; the browser sends it back with the history, and
 `read_note_data` validates it like any other input.
