@@ -16,6 +16,7 @@ from devtools.testkit.browser import (
     saved_chat,
     send,
     set_max_tokens,
+    set_number,
     wait_for_chat_saved,
 )
 from devtools.testkit.chat_app import running_app
@@ -99,6 +100,8 @@ def test_chat_stream_stop_undo_reload_and_edit(app_url: str, browser: Browser) -
 
         # 2. Stop in the middle of a long reply: it stops growing and keeps its text.
         set_max_tokens(page, 500)
+        # Greedy: a sampled reply is sometimes short enough to end before Stop is pressed.
+        set_number(page, "#temperature", 0)
         send(page, "Write a very long story about a castle and its many kings.")
         replies = page.locator(REPLIES)
         expect(replies).to_have_count(2, timeout=60_000)
