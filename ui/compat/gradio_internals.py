@@ -38,6 +38,27 @@ def request_origin(request: Request, route_path: str) -> str:
     return str(route_utils.get_request_origin(request, route_path))
 
 
+# === the upload folder (ui/turn/images.py) ======================================================
+
+
+def upload_folder() -> str:
+    """Where Gradio keeps uploads and the files components show (GRADIO_TEMP_DIR, else
+    the system's temp folder + "/gradio"): the only place an attached image may come from."""
+    from gradio import utils  # Gradio: see the module docstring
+
+    return str(utils.get_upload_folder())
+
+
+def in_upload_folder(path: str) -> bool:
+    """Whether `path` (symbolic links resolved) lies inside Gradio's upload folder."""
+    from pathlib import Path
+
+    try:
+        return Path(path).resolve().is_relative_to(Path(upload_folder()).resolve())
+    except (OSError, ValueError):
+        return False
+
+
 # === the DOM Gradio draws (ui/view/render.py's CSS and NOTE_TOGGLE_JS) ===========================
 # A Chatbot note (a message with a metadata title) is a group whose title is a
 # `div role=button`, holding the arrow (an icon button); the title has NOTE_OPEN_CLASS while
