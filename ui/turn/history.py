@@ -34,6 +34,7 @@ MAX_HISTORY_MESSAGES = 500  # far more than any context holds; bounds the work p
 TOKENS_PER_IMAGE = 768
 MAX_PATH_CHARS = 1000
 IMAGE_ALT_TEXT = "Image sent with this message"
+IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg"}  # what is sent
 
 Message = dict[str, Any]
 
@@ -124,12 +125,12 @@ def _image_part(part: object) -> dict[str, str] | None:
     file = part.get("file")
     if not isinstance(file, dict):
         return None
-    path, mime = file.get("path"), file.get("mime_type")
+    path = file.get("path")
     if not isinstance(path, str) or not 0 < len(path) <= MAX_PATH_CHARS:
         return None
-    if not isinstance(mime, str) or not mime.startswith("image/"):
-        return None
-    return {"path": path, "mime_type": mime}
+    # Gradio drops `mime_type` when it copies a file into its cache: the name says it.
+    mime = IMAGE_TYPES.get(path.rsplit(".", 1)[-1].lower())
+    return {"path": path, "mime_type": mime} if mime else None
 
 
 def file_part(path: str, mime_type: str) -> dict[str, Any]:

@@ -1,0 +1,240 @@
+"""Images in a message: a fake Ollama (an HTTP server) that reports a vision model and
+records what it gets, the real app, Chromium for the happy path, gradio_client for the
+refusals; the real engine for how a text-only model answers an image."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+from playwright.sync_api import Browser, expect
+
+from devtools.testkit.browser import REPLIES, send
+from devtools.testkit.chat_app import msg, running_app, text_of
+from devtools.testkit.fake_ollama import TEXT_ONLY, VISION, VisionOllama
+from devtools.testkit.procs import ARTIFACTS
+from ui.backend_access.labels import label_for
+from ui.compat.gradio_internals import upload_folder
+from ui.turn.images import (
+    MODEL_IMAGE_SIDE,
+    ImageRejected,
+    encode_for_model,
+    prepare_upload,
+    target_size,
+)
+
+PARAMS = ("", 0.0, 0.9, 16)  # system prompt, temperature, top-p, max tokens
+
+
+def photo(width: int, height: int, kind: str = "PNG") -> bytes:
+    """A picture with detail (a gradient), so resizing has something to do."""
+    image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, kind)
+    return out.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` with almost no data: a bomb's shape."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\0" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[VisionOllama]:
+    with VisionOllama() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def app_url(fake: VisionOllama) -> Iterator[str]:
+    with running_app(backend_url=fake.url, image_max_bytes=2_000_000) as url:
+        yield url
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def chat(client: Client, text: str, model: str, image: str | None) -> tuple[str, list, str]:
+    upload = handle_file(image) if image else None
+    result = client.predict(text, [], model, *PARAMS, upload, api_name="/chat")
+    return result[0], result[1], result[2]
+
+
+# === the happy path, in Chromium ========================================================
+def test_an_attached_image_reaches_the_model_resized_and_shows_in_the_message(
+    browser: Browser, app_url: str, fake: VisionOllama, tmp_path: Path
+) -> None:
+    original = photo(2000, 1500)
+    path = write(tmp_path, "photo.png", original)
+    page = browser.new_page()
+    page.goto(app_url)
+    image_box = page.locator("#image")
+    # A text-only model: no image control.
+    page.locator("#model input").click()
+    page.get_by_role("option", name=label_for(TEXT_ONLY).text).click()
+    expect(image_box).to_be_hidden()
+    page.locator("#model input").click()
+    page.get_by_role("option", name=label_for(VISION).text).click()
+    expect(image_box).to_be_visible()
+    before = len(fake.chat_requests())
+    page.locator("#image input[type=file]").set_input_files(path)
+    expect(page.locator("#image img")).to_be_visible()
+    send(page, "What is in this picture?")
+    expect(page.locator(REPLIES).last).to_contain_text("I see it.", timeout=30_000)
+    thumbnail = page.locator('#chatbot [data-testid="user"] img')
+    expect(thumbnail).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "image_in_message.png"))
+    expect(page.locator("#image img")).to_have_count(0)  # the input emptied once sent
+
+    sent = [r for r in fake.chat_requests()[before:] if r.get("messages")][-1]
+    last = sent["messages"][-1]
+    assert last["content"] == "What is in this picture?"
+    received = base64.b64decode(last["images"][0])
+    assert received == encode_for_model(original).data
+    with Image.open(io.BytesIO(received)) as got:
+        assert got.size == target_size(2000, 1500) == (1195, MODEL_IMAGE_SIDE)
+    page.close()
+
+
+# === refusals, through the queue API ====================================================
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("notes.png", b"just some text, not a picture\n" * 20, "not an image"),
+        ("cut.png", photo(300, 200)[:400], "damaged or cut short"),
+        ("bomb.png", png_header_only(30_000, 30_000), "too many pixels"),
+        ("scan.bmp", b"", "attach a PNG, JPEG, WebP or GIF"),
+    ],
+)
+def test_bad_images_are_refused_with_their_reason_and_the_text_kept(
+    app_url: str, fake: VisionOllama, tmp_path: Path, name: str, data: bytes, expected: str
+) -> None:
+    if name.endswith(".bmp"):
+        out = io.BytesIO()
+        Image.new("RGB", (20, 20)).save(out, "BMP")
+        data = out.getvalue()
+    client = Client(app_url, verbose=False)
+    before = len(fake.chat_requests())
+    box, history, banner = chat(client, "Look", VISION, write(tmp_path, name, data))
+    assert expected in banner
+    unchanged = {"__type__": "update"}  # gr.skip(): the box keeps the typed text
+    assert box == unchanged
+    assert history == unchanged  # nothing added, nothing lost
+    assert len(fake.chat_requests()) == before  # nothing reached the model
+
+
+def test_an_image_for_a_model_that_cannot_see_names_the_model(
+    app_url: str, tmp_path: Path
+) -> None:
+    client = Client(app_url, verbose=False)
+    box, _, banner = chat(client, "Look", TEXT_ONLY, write(tmp_path, "a.png", photo(64, 64)))
+    assert f"({TEXT_ONLY}) cannot see images" in banner
+    assert box == {"__type__": "update"}  # the typed text stays
+
+
+def test_text_only_callers_of_chat_are_unchanged(app_url: str, fake: VisionOllama) -> None:
+    client = Client(app_url, verbose=False)
+    result = client.predict("Hello", [], VISION, *PARAMS, api_name="/chat")
+    assert result[0] == ""
+    assert "I see it." in [text_of(m) for m in result[1]]
+    assert "images" not in fake.chat_requests()[-1]["messages"][-1]
+
+
+def test_a_later_turn_sends_the_earlier_image_again(
+    app_url: str, fake: VisionOllama, tmp_path: Path
+) -> None:
+    # download_files=False: the history keeps the server's file parts, as a browser does.
+    client = Client(app_url, verbose=False, download_files=False)
+    _, history, _ = chat(client, "First", VISION, write(tmp_path, "b.png", photo(100, 80)))
+    result = client.predict("And now?", history, VISION, *PARAMS, api_name="/chat")
+    assert "I see it." in text_of(result[1][-1]) or any(
+        "I see it." in text_of(m) for m in result[1][-3:]
+    )
+    messages = fake.chat_requests()[-1]["messages"]
+    first, follow_up = messages[0], messages[-1]
+    assert first["content"] == "First" and len(first["images"]) == 1
+    assert "images" not in follow_up
+
+
+def test_a_history_image_from_elsewhere_is_refused(app_url: str) -> None:
+    """A history may only point at files in Gradio's upload folder."""
+    client = Client(app_url, verbose=False)
+    history = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "hi"},
+                {"type": "file", "file": {"path": "/etc/passwd", "mime_type": "image/png"}},
+            ],
+        },
+        msg("assistant", "hello"),
+    ]
+    with pytest.raises(Exception):  # noqa: B017  (Gradio refuses the file before our handler)
+        client.predict("More", history, VISION, *PARAMS, api_name="/chat")
+
+
+def test_an_image_over_the_cap_is_refused_before_decoding() -> None:
+    folder = Path(upload_folder()) / "test-images"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "large.png"
+    path.write_bytes(photo(400, 400))
+    with pytest.raises(ImageRejected, match=r"MB; the limit is 0.001 MB"):
+        prepare_upload({"path": str(path)}, max_bytes=1000)
+    with pytest.raises(ImageRejected, match="not uploaded to this app"):
+        prepare_upload({"path": "/etc/hostname"}, max_bytes=1000)
+
+
+def test_the_upload_route_takes_images_up_to_its_cap_only(app_url: str) -> None:
+    small = httpx.post(
+        app_url + "/gradio_api/upload", files={"files": ("a.png", photo(32, 32))}, timeout=10
+    )
+    assert small.status_code == 200
+    big = httpx.post(
+        app_url + "/gradio_api/upload",
+        files={"files": ("b.png", b"\0" * 2_100_000)},
+        timeout=10,
+    )
+    assert big.status_code == 413
+
+
+# === the embedded engine: as Ollama answers a text-only model ===========================
+def test_the_engine_reports_no_vision_and_reads_images_as_ollama_does(engine: str) -> None:
+    """Ollama v0.24.0 answers a text-only model's images with 200, reading the image's
+    `[img-N]` tag as text (server/routes.go ChatHandler asks only for completion;
+    server/prompt.go chatPrompt adds the tag; runner/ollamarunner/runner.go Server.inputs),
+    and a body whose image is not base64 with 400 "illegal base64 data at input byte N"
+    (Go's encoding/json + base64.StdEncoding, through gin's ShouldBindJSON)."""
+    shown = httpx.post(engine + "/api/show", json={"model": "smollm2:135m"}, timeout=30).json()
+    assert shown["capabilities"] == ["completion"]
+    picture = base64.b64encode(photo(16, 16)).decode()
+    body = {
+        "model": "smollm2:135m",
+        "messages": [{"role": "user", "content": "Hi", "images": [picture]}],
+        "stream": False,
+        "options": {"num_predict": 2, "temperature": 0},
+    }
+    answer = httpx.post(engine + "/api/chat", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["done"] is True
+    body["messages"][0]["images"] = ["abc!"]
+    refused = httpx.post(engine + "/api/chat", json=body, timeout=30)
+    assert refused.status_code == 400
+    assert refused.json() == {"error": "illegal base64 data at input byte 3"}
