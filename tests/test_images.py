@@ -51,7 +51,9 @@ def png_header_only(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     pixels = zlib.compress(b"\0" * 1000)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +143,7 @@ def test_bad_images_are_refused_with_their_reason_and_the_text_kept(
     assert len(fake.chat_requests()) == before  # nothing reached the model
 
 
-def test_an_image_for_a_model_that_cannot_see_names_the_model(
-    app_url: str, tmp_path: Path
-) -> None:
+def test_an_image_for_a_model_that_cannot_see_names_the_model(app_url: str, tmp_path: Path) -> None:
     client = Client(app_url, verbose=False)
     box, _, banner = chat(client, "Look", TEXT_ONLY, write(tmp_path, "a.png", photo(64, 64)))
     assert f"({TEXT_ONLY}) cannot see images" in banner
