@@ -5,11 +5,14 @@ refusals; the real engine for how a text-only model answers an image."""
 from __future__ import annotations
 
 import base64
+import copy
+import hashlib
 import io
 import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -19,10 +22,13 @@ from playwright.sync_api import Browser, expect
 
 from devtools.testkit.browser import REPLIES, send
 from devtools.testkit.chat_app import msg, running_app, text_of
-from devtools.testkit.fake_ollama import TEXT_ONLY, VISION, VisionOllama
+from devtools.testkit.fake_ollama import TEXT_ONLY, VISION, VISION_TOO, VisionOllama
 from devtools.testkit.procs import ARTIFACTS
 from ui.backend_access.labels import label_for
 from ui.compat.gradio_internals import upload_folder
+from ui.share.format import SharedConversation, decode_share
+from ui.share.reply_mac import ReplyMacs
+from ui.share.service import IMAGE_PLACEHOLDER, to_display_messages
 from ui.turn.images import (
     MODEL_IMAGE_SIDE,
     ImageRejected,
@@ -32,6 +38,7 @@ from ui.turn.images import (
 )
 
 PARAMS = ("", 0.0, 0.9, 16)  # system prompt, temperature, top-p, max tokens
+SECRET = "images-test-share-secret-0123456789"
 
 
 def photo(width: int, height: int, kind: str = "PNG") -> bytes:
@@ -64,7 +71,7 @@ def fake() -> Iterator[VisionOllama]:
 
 @pytest.fixture(scope="module")
 def app_url(fake: VisionOllama) -> Iterator[str]:
-    with running_app(backend_url=fake.url, image_max_bytes=2_000_000) as url:
+    with running_app(backend_url=fake.url, image_max_bytes=2_000_000, share_secret=SECRET) as url:
         yield url
 
 
@@ -213,6 +220,76 @@ def test_the_upload_route_takes_images_up_to_its_cap_only(app_url: str) -> None:
         timeout=10,
     )
     assert big.status_code == 413
+
+
+# === Compare and Battle ===============================================================
+def test_compare_sends_the_image_to_every_column_and_refuses_a_blind_one(
+    app_url: str, fake: VisionOllama, tmp_path: Path
+) -> None:
+    client = Client(app_url, verbose=False)
+    path = write(tmp_path, "d.png", photo(120, 90))
+    before = len(fake.chat_requests())
+    result = client.predict(
+        "Both?", [VISION, VISION_TOO], "", 0.0, 8, [], [], [], handle_file(path),
+        api_name="/compare",
+    )  # fmt: skip
+    sent = {r["model"]: r for r in fake.chat_requests()[before:] if r.get("messages")}
+    assert set(sent) == {VISION, VISION_TOO}
+    expected = base64.b64encode(encode_for_model(photo(120, 90)).data).decode()
+    assert all(r["messages"][-1]["images"] == [expected] for r in sent.values())
+    first_column = result[2]
+    assert [part["type"] for part in first_column[0]["content"]] == ["text", "file"]
+    refused = client.predict(
+        "Both?", [VISION, TEXT_ONLY], "", 0.0, 8, [], [], [], handle_file(path),
+        api_name="/compare",
+    )  # fmt: skip
+    assert f"({TEXT_ONLY}) cannot see images" in refused[1]
+
+
+def test_a_battle_with_an_image_is_drawn_among_models_that_see(
+    app_url: str, fake: VisionOllama, tmp_path: Path
+) -> None:
+    client = Client(app_url, verbose=False)
+    path = write(tmp_path, "e.png", photo(90, 120))
+    before = len(fake.chat_requests())
+    result = client.predict("Which?", "", [], [], 0.0, 8, handle_file(path), api_name="/battle")
+    sent = [r for r in fake.chat_requests()[before:] if r.get("messages")]
+    assert sorted(r["model"] for r in sent) == sorted([VISION, VISION_TOO])
+    assert all(len(r["messages"][-1]["images"]) == 1 for r in sent)
+    assert VISION not in str(result) and VISION_TOO not in str(result)  # still blind
+
+
+# === share links: "[image]" in the link's place, the digest bound by the reply's MAC =====
+def test_a_shared_chat_shows_image_in_brackets_and_its_mac_binds_the_image(
+    app_url: str, tmp_path: Path
+) -> None:
+    client = Client(app_url, verbose=False, download_files=False)
+    original = photo(300, 200)
+    _, history, _ = chat(client, "Which colour?", VISION, write(tmp_path, "c.png", original))
+
+    def shared(history: list) -> SharedConversation:
+        link, notice = client.predict(history, VISION, *PARAMS, api_name="/share_chat")
+        assert "?share=" in link, notice
+        return decode_share(parse_qs(urlsplit(link).query)["share"][0], SECRET.encode())
+
+    conv = shared(history)
+    question, reply = conv.columns[0].messages
+    digest = hashlib.sha256(encode_for_model(original).data).hexdigest()
+    assert question.image == digest and question.content == "Which colour?"
+    assert reply.mac is not None  # verified: the MAC binds this image's digest
+    # The same text with another image (the digest in its name) is not the same question.
+    other = encode_for_model(photo(200, 300))
+    swapped = copy.deepcopy(history)
+    swapped[0]["content"][1]["file"]["path"] = other.path
+    assert shared(swapped).columns[0].messages[1].mac is None
+    # Without the image at all, neither.
+    text_only = copy.deepcopy(history)
+    text_only[0]["content"] = text_only[0]["content"][:1]
+    assert shared(text_only).columns[0].messages[1].mac is None
+    # The shared view: "[image]" before the text, and the reply marked as generated here.
+    shown = to_display_messages(conv.columns[0], macs=ReplyMacs(SECRET.encode()), marked=True)
+    assert shown[0]["content"] == f"{IMAGE_PLACEHOLDER} Which colour?"
+    assert "✓ Generated here by" in shown[2]["metadata"]["title"]
 
 
 # === the embedded engine: as Ollama answers a text-only model ===========================

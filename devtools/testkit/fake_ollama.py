@@ -364,17 +364,19 @@ class FixedReplyOllama(FakeOllama):
 
 
 VISION = "fake-vision"
+VISION_TOO = "fake-vision-2"
 TEXT_ONLY = "fake-text"
 
 
 class VisionOllama(FixedReplyOllama):
-    """FixedReplyOllama whose `fake-vision` reports the vision capability in /api/show
-    (`["completion", "vision"]`, as Ollama's server/images.go Model.Capabilities does for a
-    model with a projector) and `fake-text` does not (`["completion"]`). Both reply with
-    `reply`; every /api/chat body is recorded (`chat_requests()`), images included."""
+    """FixedReplyOllama whose `fake-vision` and `fake-vision-2` report the vision capability
+    in /api/show (`["completion", "vision"]`, as Ollama's server/images.go
+    Model.Capabilities does for a model with a projector) and `fake-text` does not
+    (`["completion"]`). All reply with `reply`; every /api/chat body is recorded
+    (`chat_requests()`), images included."""
 
     def __init__(self, reply: str = "I see it.") -> None:
-        super().__init__(reply, names=(VISION, TEXT_ONLY))
+        super().__init__(reply, names=(VISION, VISION_TOO, TEXT_ONLY))
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         base: Any = super()._handler_class()
@@ -391,7 +393,8 @@ class VisionOllama(FixedReplyOllama):
                 if model not in fake.extra_models:
                     self._json(404, {"error": f"model '{model}' not found"})
                     return
-                capabilities = ["completion", "vision"] if model == VISION else ["completion"]
+                sees = model in (VISION, VISION_TOO)
+                capabilities = ["completion", "vision"] if sees else ["completion"]
                 shown = ShowResponse(model_info={}, capabilities=capabilities)
                 self._json(200, shown.model_dump(mode="json", by_alias=True, exclude_none=True))
 

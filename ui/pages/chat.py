@@ -206,10 +206,11 @@ class ChatPage:
                 return
             params = check_parameters(self.ctx, system_prompt, temperature, top_p, max_tokens)
             names = await check_models(self.ctx, model, several=False)
-            attached, sees = await check_image(self.ctx, image, names)
+            resent = resent_image()
+            attached, sees = await check_image(self.ctx, image, names, [earlier], resent=resent)
             turn = prepare(
                 self.ctx, text, params, [Column(names[0], earlier, sees=sees[0])],
-                request=request, scope=CHAT, retry_hint=True, image=attached or resent_image(),
+                request=request, scope=CHAT, retry_hint=True, image=attached or resent,
             )  # fmt: skip
         except InputRejected as exc:
             yield gr.skip(), history, banner_html(exc.user_message, "error")

@@ -190,14 +190,28 @@ BLIND_PAIR_CANNOT_SEE = (
 
 
 async def check_image(
-    ctx: AppContext, raw: object, names: Sequence[str], *, blind: bool = False
+    ctx: AppContext,
+    raw: object,
+    names: Sequence[str],
+    histories: Sequence[Sequence[Message]] = (),
+    *,
+    blind: bool = False,
+    resent: dict[str, str] | None = None,
 ) -> tuple[dict[str, str] | None, list[bool]]:
     """The attached image, checked and resized for the model (ui/turn/images.py), as a
-    display message holds it (None: none attached), and whether each model sees images.
+    display message holds it (None: none attached), and whether each model sees images
+    (asked only when an image is attached, sent again (`resent`: retry, edit) or in
+    `histories`: a text turn costs nothing).
     An image for a model that cannot see is refused naming the model (`blind`, a battle:
     without naming either)."""
+    attached = upload_path(raw) is not None
+    earlier = resent is not None or any(
+        "image" in message for history in histories for message in history
+    )
+    if not attached and not earlier:
+        return None, [False] * len(names)
     sees = [await ctx.models.can_see(name) for name in names]
-    if upload_path(raw) is None:
+    if not attached:
         return None, sees
     blind_models = [name for name, can in zip(names, sees, strict=True) if not can]
     if blind_models and blind:

@@ -18,6 +18,7 @@ file part next to the text, `{"type": "file", "file": {"path", "mime_type", ...}
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,8 @@ MAX_HISTORY_MESSAGES = 500  # far more than any context holds; bounds the work p
 TOKENS_PER_IMAGE = 768
 MAX_PATH_CHARS = 1000
 IMAGE_ALT_TEXT = "Image sent with this message"
+# How ui/turn/images.py names an image it sent: the sha256 of its bytes.
+SENT_IMAGE_NAME = re.compile(r"^([0-9a-f]{64})\.(png|jpg)$")
 IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg"}  # what is sent
 
 Message = dict[str, Any]
@@ -140,6 +143,13 @@ def file_part(path: str, mime_type: str) -> dict[str, Any]:
         "file": {"path": path, "mime_type": mime_type, "meta": {"_type": "gradio.FileData"}},
         "alt_text": IMAGE_ALT_TEXT,
     }
+
+
+def image_digest(path: str) -> str | None:
+    """The sha256 of an image this app sent, from its saved name; None for any other file
+    (it was not prepared here, so no MAC can bind it)."""
+    match = SENT_IMAGE_NAME.match(path.replace("\\", "/").rsplit("/", 1)[-1])
+    return match.group(1) if match else None
 
 
 def to_chatbot(history: Sequence[Message]) -> list[Message]:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +43,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ui.compat.gradio_internals import in_upload_folder, upload_folder
 from ui.errors import InputRejected
+from ui.turn.history import image_digest
 
 MODEL_IMAGE_SIDE: Final = 896  # Gemma 3 (see the module docstring)
 MAX_ASPECT: Final = 2  # the longer side is at most this many times MODEL_IMAGE_SIDE
 ACCEPTED_FORMATS: Final = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "GIF": "GIF"}
 JPEG_QUALITY: Final = 90
 SAVED_DIR: Final = "sent-images"  # under Gradio's upload folder
-SAVED_NAME: Final = re.compile(r"^([0-9a-f]{64})\.(png|jpg)$")
 MIME_TYPES: Final = {"png": "image/png", "jpg": "image/jpeg"}
 
 
@@ -213,13 +212,6 @@ def _save(data: bytes, mime_type: str, width: int, height: int) -> SentImage:
 
 
 # === images in the history the browser sends back =======================================
-def image_digest(path: str) -> str | None:
-    """The sha256 of an image this app sent, from its saved name (`_save`); None for any
-    other file (it was not prepared here, so no MAC can bind it)."""
-    match = SAVED_NAME.match(Path(path).name)
-    return match.group(1) if match else None
-
-
 def history_image_bytes(path: str, *, max_bytes: int) -> bytes | None:
     """The bytes of an image sent earlier in this conversation, for the model to see it
     again; None when it is not on this server any more (another instance, a restart)."""
