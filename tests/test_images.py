@@ -87,6 +87,33 @@ def chat(client: Client, text: str, model: str, image: str | None) -> tuple[str,
     return result[0], result[1], result[2]
 
 
+# === what the model gets ================================================================
+def test_formats_frames_orientation_and_small_images() -> None:
+    frames = [Image.new("RGB", (40, 30), colour) for colour in ("red", "blue")]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    first = encode_for_model(gif.getvalue())
+    assert first.mime_type == "image/png"
+    with Image.open(io.BytesIO(first.data)) as got:
+        assert got.convert("RGB").getpixel((5, 5)) == (255, 0, 0)  # the first frame
+    webp = io.BytesIO()
+    Image.new("RGBA", (2000, 1000), (0, 0, 0, 0)).save(webp, "WEBP")
+    flat = encode_for_model(webp.getvalue())
+    assert (flat.width, flat.height, flat.mime_type) == (1792, 896, "image/png")
+    with Image.open(io.BytesIO(flat.data)) as got:
+        assert got.getpixel((3, 3)) == (255, 255, 255)  # transparency on white
+    # A phone photo stored sideways (EXIF orientation 6: turn 90° clockwise to view).
+    sideways = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (1600, 1200), "green").save(sideways, "JPEG", exif=exif)
+    upright = encode_for_model(sideways.getvalue())
+    assert (upright.width, upright.height) == (896, 1195)
+    # Already small and PNG: sent byte for byte.
+    small = photo(300, 200)
+    assert encode_for_model(small).data == small
+
+
 # === the happy path, in Chromium ========================================================
 def test_an_attached_image_reaches_the_model_resized_and_shows_in_the_message(
     browser: Browser, app_url: str, fake: VisionOllama, tmp_path: Path

@@ -251,12 +251,9 @@ class ChatPage:
 
     async def image_control(self, model: object) -> Any:
         """The image input is offered only for a model that sees (ui/turn/images.py)."""
-        sees = (
-            isinstance(model, str)
-            and bool(model.strip())
-            and await self.ctx.models.can_see(model.strip())
-        )
-        return gr.update(visible=sees)
+        name = model.strip() if isinstance(model, str) else ""
+        offered = bool(name) and self.ctx.models.is_allowed(name)
+        return gr.update(visible=offered and await self.ctx.models.can_see(name))
 
     async def model_dropdown(self, request: gr.Request) -> Any:
         """Fill the picker; a deep link (?model=, ?q=) preselects the model and fills the

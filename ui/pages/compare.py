@@ -160,7 +160,9 @@ class ComparePage:
             names = parse_model_list(models)[:MAX_COMPARE_MODELS]
         except InputRejected:
             names = []
-        sees = bool(names) and all([await self.ctx.models.can_see(n) for n in names])
+        models = self.ctx.models
+        offered = bool(names) and all(models.is_allowed(n) for n in names)
+        sees = offered and all([await models.can_see(n) for n in names])
         return gr.update(visible=sees)
 
     async def prewarm_linked(self, models: object, request: gr.Request) -> None:
