@@ -4,6 +4,7 @@ refusals; the real engine for how a text-only model answers an image."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import hashlib
@@ -11,6 +12,7 @@ import io
 import struct
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,6 +22,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from playwright.sync_api import Browser, expect
 
+from bench.gradio_queue import GradioQueue
 from devtools.testkit.browser import REPLIES, send
 from devtools.testkit.chat_app import msg, running_app, text_of
 from devtools.testkit.fake_ollama import TEXT_ONLY, VISION, VISION_TOO, VisionOllama
@@ -29,6 +32,7 @@ from ui.compat.gradio_internals import upload_folder
 from ui.share.format import SharedConversation, decode_share
 from ui.share.reply_mac import ReplyMacs
 from ui.share.service import IMAGE_PLACEHOLDER, to_display_messages
+from ui.turn.history import file_part
 from ui.turn.images import (
     MODEL_IMAGE_SIDE,
     ImageRejected,
@@ -83,7 +87,7 @@ def write(tmp_path: Path, name: str, data: bytes) -> str:
 
 def chat(client: Client, text: str, model: str, image: str | None) -> tuple[str, list, str]:
     upload = handle_file(image) if image else None
-    result = client.predict(text, [], model, *PARAMS, upload, api_name="/chat")
+    result = client.predict(text, [], model, *PARAMS, upload, api_name="/chat_with_image")
     return result[0], result[1], result[2]
 
 
@@ -208,6 +212,31 @@ def test_a_later_turn_sends_the_earlier_image_again(
     assert "images" not in follow_up
 
 
+def test_an_earlier_image_gone_from_this_server_is_left_out_with_a_note(
+    app_url: str, fake: VisionOllama
+) -> None:
+    """After a restart (or on another instance) the saved chat still names the image's
+    file: the turn goes on without it. Sent as the browser sends it (gradio_client would
+    try to upload the missing file itself)."""
+    gone = f"{upload_folder()}/sent-images/{'0' * 64}.png"
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}, file_part(gone, "image/png")]},
+        msg("assistant", "hello"),
+    ]
+
+    async def as_the_browser_sends_it() -> list:
+        async with GradioQueue(app_url) as queue:
+            chat_event = await queue.fn_index("chat")
+            call = await queue.call(chat_event, ["More", history, VISION, *PARAMS])
+        return list(call.outputs[1])
+
+    # In a thread of its own: Playwright's sync API holds this thread's event loop.
+    with ThreadPoolExecutor(1) as pool:
+        shown = pool.submit(asyncio.run, as_the_browser_sends_it()).result()
+    assert "An earlier image was left out (no longer on this server)" in text_of(shown[-1])
+    assert all("images" not in m for m in fake.chat_requests()[-1]["messages"])
+
+
 def test_a_history_image_from_elsewhere_is_refused(app_url: str) -> None:
     """A history may only point at files in Gradio's upload folder."""
     client = Client(app_url, verbose=False)
@@ -258,7 +287,7 @@ def test_compare_sends_the_image_to_every_column_and_refuses_a_blind_one(
     before = len(fake.chat_requests())
     result = client.predict(
         "Both?", [VISION, VISION_TOO], "", 0.0, 8, [], [], [], handle_file(path),
-        api_name="/compare",
+        api_name="/compare_with_image",
     )  # fmt: skip
     sent = {r["model"]: r for r in fake.chat_requests()[before:] if r.get("messages")}
     assert set(sent) == {VISION, VISION_TOO}
@@ -268,7 +297,7 @@ def test_compare_sends_the_image_to_every_column_and_refuses_a_blind_one(
     assert [part["type"] for part in first_column[0]["content"]] == ["text", "file"]
     refused = client.predict(
         "Both?", [VISION, TEXT_ONLY], "", 0.0, 8, [], [], [], handle_file(path),
-        api_name="/compare",
+        api_name="/compare_with_image",
     )  # fmt: skip
     assert f"({TEXT_ONLY}) cannot see images" in refused[1]
 
@@ -279,7 +308,9 @@ def test_a_battle_with_an_image_is_drawn_among_models_that_see(
     client = Client(app_url, verbose=False)
     path = write(tmp_path, "e.png", photo(90, 120))
     before = len(fake.chat_requests())
-    result = client.predict("Which?", "", [], [], 0.0, 8, handle_file(path), api_name="/battle")
+    result = client.predict(
+        "Which?", "", [], [], 0.0, 8, handle_file(path), api_name="/battle_with_image"
+    )
     sent = [r for r in fake.chat_requests()[before:] if r.get("messages")]
     assert sorted(r["model"] for r in sent) == sorted([VISION, VISION_TOO])
     assert all(len(r["messages"][-1]["images"]) == 1 for r in sent)

@@ -8,15 +8,15 @@ not the column headers, not the warming banners or error messages (names are rep
 
 API endpoints (for `gradio_client`):
 
-    /battle       (message, battle_token, history_a, history_b, temperature, max_tokens
-                   [, image])
+    /battle       (message, battle_token, history_a, history_b, temperature, max_tokens)
                   -> (message box, banner, battle_token, head_a, chat_a, status_a,
                       head_b, chat_b, status_b)                                  streams
                   An empty battle_token starts a new battle: two models picked at random,
-                  empty conversations. Otherwise the battle continues. With an image
-                  (optional; ui/turn/images.py) a new battle is drawn among the models
-                  that see; the control shows when at least two can, and a refusal
-                  never says which model of a battle cannot see.
+                  empty conversations. Otherwise the battle continues.
+    /battle_with_image  (the same, then image) -> the same (the page's Send uses it).
+                  With an image (a file, or None; ui/turn/images.py) a new battle
+                  is drawn among the models that see; the control shows when at least
+                  two can, and a refusal never says which model of a battle cannot see.
     /battle_vote  (battle_token, choice, history_a, history_b)
                   -> (banner, battle_token, head_a, head_b)
                   choice: "a", "b", "tie" or "both_bad". Records the vote, reveals the
@@ -50,6 +50,7 @@ from ui.pages.widgets import (
     max_tokens_slider,
     prompt_row,
     temperature_slider,
+    text_api_trigger,
 )
 from ui.settings import Settings
 from ui.turn.checks import (
@@ -401,16 +402,21 @@ def _wire(page: BattlePage, c: BattleComponents) -> None:
     column_outputs: list[Any] = []
     for head, chat, status in zip(c.heads, c.chats, c.statuses, strict=True):
         column_outputs += [head, chat, status]
+    battle_inputs = [c.message, c.token, *c.chats, c.temperature, c.max_tokens]
+    battle_kwargs: dict[str, Any] = {
+        "outputs": [c.message, c.banner, c.token, *column_outputs],
+        "preprocess": False,
+        "show_progress": "hidden",  # each column has its status line
+        "concurrency_limit": "default",
+    }
     battle_event = gr.on(
         triggers=[c.message.submit, c.send.click],
         fn=page.battle,
-        inputs=[c.message, c.token, *c.chats, c.temperature, c.max_tokens, c.image],
-        outputs=[c.message, c.banner, c.token, *column_outputs],
-        api_name="battle",
-        preprocess=False,
-        show_progress="hidden",  # each column has its status line
-        concurrency_limit="default",
+        inputs=[*battle_inputs, c.image],
+        api_name="battle_with_image",
+        **battle_kwargs,
     )
+    text_api_trigger().click(page.battle, inputs=battle_inputs, api_name="battle", **battle_kwargs)
     battle_event.then(**announce_reply_end("battle", [*c.heads, *c.statuses]))
     battle_event.then(**clear_image_when_sent(c.message, c.image))
     c.stop.click(page.stop, api_name="battle_stop", queue=False, show_progress="hidden").failure(

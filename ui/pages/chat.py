@@ -7,9 +7,11 @@ instance can serve any request.
 API endpoints (for `gradio_client`; all inputs are checked by ui/turn/, not by the
 widgets):
 
-    /chat   (message, history, model, system_prompt, temperature, top_p, max_tokens[, image])
-            -> (message box, history, banner)        streams; `image` (optional, a file
-            from gradio_client's handle_file) for a model that sees (ui/turn/images.py)
+    /chat   (message, history, model, system_prompt, temperature, top_p, max_tokens)
+            -> (message box, history, banner)        streams
+    /chat_with_image  (the same, then image) -> the same; `image`: a file (gradio_client's
+            handle_file) or None, for a model that sees (ui/turn/images.py). The page's
+            Send uses it
     /retry  (history, model, system_prompt, temperature, top_p, max_tokens)
             -> (message box, history, banner)        streams a new last reply
     /undo   (history) -> (history, message box)      gives the last message back
@@ -41,6 +43,7 @@ from ui.pages.widgets import (
     image_input,
     max_tokens_slider,
     temperature_slider,
+    text_api_trigger,
 )
 from ui.settings import Settings
 from ui.share.deep_links import chat_link, query_params
@@ -459,9 +462,13 @@ def _wire(demo: gr.Blocks, page: ChatPage, c: ChatComponents) -> None:
         fn=page.chat,
         inputs=[c.message, c.chatbot, *params, c.image],
         outputs=stream_outputs,
-        api_name="chat",
+        api_name="chat_with_image",
         **stream_kwargs,
     )
+    text_api_trigger().click(
+        page.chat, inputs=[c.message, c.chatbot, *params], outputs=stream_outputs,
+        api_name="chat", **stream_kwargs,
+    )  # fmt: skip
     chat_event.then(**clear_image_when_sent(c.message, c.image))
     retry_event = c.chatbot.retry(
         page.retry, inputs=[c.chatbot, *params], outputs=stream_outputs, api_name="retry",

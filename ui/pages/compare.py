@@ -8,14 +8,15 @@ API endpoints (for `gradio_client`; every input is checked by ui/turn/, not by t
 widgets):
 
     /compare       (message, models, system_prompt, temperature, max_tokens,
-                    history_1, history_2, history_3[, image])
+                    history_1, history_2, history_3)
                    -> (message box, banner, chat_1, status_1, chat_2, status_2,
                        chat_3, status_3)                                        streams
+    /compare_with_image  (the same, then image) -> the same (the page's Send uses it)
     /compare_stop  ()                                  stops every column of this session
 
 `models` is a list of 2-3 model names (or one comma-separated string); column i answers
-with models[i] and continues history_i. Unused columns come back empty. `image` (optional)
-goes to every column, so it is offered only when every picked model sees
+with models[i] and continues history_i. Unused columns come back empty. `image` (a file,
+or None) goes to every column, so it is offered only when every picked model sees
 (ui/turn/images.py). Each status is
 HTML: a warming banner while that column's backend is cold, then the reply's figures.
 The columns stream concurrently through ui/turn/ (`stream_turn`).
@@ -41,6 +42,7 @@ from ui.pages.widgets import (
     max_tokens_slider,
     prompt_row,
     temperature_slider,
+    text_api_trigger,
 )
 from ui.settings import Settings
 from ui.share.deep_links import (
@@ -351,25 +353,24 @@ def _wire(demo: gr.Blocks, page: ComparePage, c: CompareComponents) -> None:
     column_outputs: list[Any] = []
     for chat, status in zip(c.chats, c.statuses, strict=True):
         column_outputs += [chat, status]
+    compare_inputs = [c.message, c.models, c.system_prompt, c.temperature, c.max_tokens, *c.chats]
+    compare_kwargs: dict[str, Any] = {
+        "outputs": [c.message, c.banner, *column_outputs],
+        # Raw values: the handler checks them itself (ui/turn/).
+        "preprocess": False,
+        # Each column shows its own progress in its status line.
+        "show_progress": "hidden",
+        "concurrency_limit": "default",
+    }
     compare_event = gr.on(
         triggers=[c.message.submit, c.send.click],
         fn=page.compare,
-        inputs=[
-            c.message,
-            c.models,
-            c.system_prompt,
-            c.temperature,
-            c.max_tokens,
-            *c.chats,
-            c.image,
-        ],
-        outputs=[c.message, c.banner, *column_outputs],
-        api_name="compare",
-        # Raw values: the handler checks them itself (ui/turn/).
-        preprocess=False,
-        # Each column shows its own progress in its status line.
-        show_progress="hidden",
-        concurrency_limit="default",
+        inputs=[*compare_inputs, c.image],
+        api_name="compare_with_image",
+        **compare_kwargs,
+    )
+    text_api_trigger().click(
+        page.compare, inputs=compare_inputs, api_name="compare", **compare_kwargs
     )
     compare_event.then(**announce_reply_end("compare", [*c.heads, *c.statuses]))
     compare_event.then(**clear_image_when_sent(c.message, c.image))

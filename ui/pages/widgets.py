@@ -96,3 +96,11 @@ def clear_image_when_sent(message: gr.Textbox, image: gr.Image) -> dict[str, Any
         "inputs": [message, image],
         "outputs": [image],
     }
+
+
+def text_api_trigger() -> gr.Button:
+    """A never-shown button for a page's text-only API endpoint (`/chat`, `/compare`,
+    `/battle`): those keep their inputs, so callers that send exactly them (the queue API
+    checks the count) are unchanged, while the page's own Send goes to the endpoint that
+    also takes the image (`/chat_with_image`, ...). Nothing in the page clicks it."""
+    return gr.Button(visible=False)

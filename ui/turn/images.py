@@ -113,17 +113,18 @@ def _read_uploaded(path: str, max_bytes: int) -> bytes:
         raise ImageRejected("The attached image was not uploaded to this app: attach it again.")
     try:
         size = os.stat(path).st_size
-        if size > max_bytes:
-            raise ImageRejected(
-                f"The image is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:g} MB. "
-                "Attach a smaller one."
-            )
         with open(path, "rb") as file:
-            return file.read(max_bytes + 1)[: max_bytes + 1]
+            data = file.read(max_bytes + 1)  # never more than the cap, whatever stat said
     except OSError:
         raise ImageRejected(
             "The attached image is no longer on this server: attach it again."
         ) from None
+    if len(data) > max_bytes:
+        raise ImageRejected(
+            f"The image is {max(size, len(data)) / 1e6:.1f} MB; the limit is "
+            f"{max_bytes / 1e6:g} MB. Attach a smaller one."
+        )
+    return data
 
 
 def encode_for_model(data: bytes) -> SentImage:

@@ -89,9 +89,9 @@ def with_images(
         sent.append(plain)
     if not left_out:
         return sent, None
-    why = "this model cannot see images" if not sees else "it is no longer on this server"
-    which = "an earlier image" if left_out == 1 else f"{left_out} earlier images"
-    return sent, f"The model got the text only of {which}: {why}."
+    which = "An earlier image was" if left_out == 1 else f"{left_out} earlier images were"
+    why = "this model cannot see images" if not sees else "no longer on this server"
+    return sent, f"{which} left out ({why}): the model got the text of those messages only."
 
 
 def session_of(request: object) -> str | None:
