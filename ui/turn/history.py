@@ -37,7 +37,15 @@ MAX_PATH_CHARS = 1000
 IMAGE_ALT_TEXT = "Image sent with this message"
 # How ui/turn/images.py names an image it sent: the sha256 of its bytes.
 SENT_IMAGE_NAME = re.compile(r"^([0-9a-f]{64})\.(png|jpg)$")
-IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg"}  # what is sent
+# The images a message may hold (ui/turn/images.py sends PNG and JPEG; an imported chat may
+# bring the other two, which reach the model only once sent again as an attachment).
+IMAGE_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "gif": "image/gif",
+}
 
 Message = dict[str, Any]
 
