@@ -174,31 +174,26 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcloudRun]:
             "PYTHONPATH": str(shim),
         },
     )
-    backend_url, ui_url = fake.url_of(BACKEND), fake.url_of(UI)
+    # Each deploy's plan by its prefix; ${BACKEND_URL} and ${UI_URL} as its describe steps
+    # would capture them.
+    plans = {"llm-chat": commands, VLLM_PREFIX: vllm_commands, RTX_PREFIX: rtx_commands}
     steps: dict[str, subprocess.CompletedProcess[str]] = {}
-    for name, prefix in (
-        ("backend deploy", ("gcloud", "run", "deploy", BACKEND)),
-        ("backend url", ("gcloud", "run", "services", "describe", BACKEND)),
-        ("backend invoker", ("gcloud", "run", "services", "add-iam-policy-binding", BACKEND)),
-        ("ui deploy", ("gcloud", "run", "deploy", UI)),
-        ("ui public url", ("gcloud", "run", "services", "update", UI)),
-    ):
+    for name, plan, prefix in (
+        ("backend deploy", "llm-chat", ("run", "deploy", BACKEND)),
+        ("backend url", "llm-chat", ("run", "services", "describe", BACKEND)),
+        ("backend invoker", "llm-chat", ("run", "services", "add-iam-policy-binding", BACKEND)),
+        ("ui deploy", "llm-chat", ("run", "deploy", UI)),
+        ("ui public url", "llm-chat", ("run", "services", "update", UI)),
+        ("vllm backend deploy", VLLM_PREFIX, ("run", "deploy", f"{VLLM_PREFIX}-backend")),
+        ("vllm backend invoker", VLLM_PREFIX,
+         ("run", "services", "add-iam-policy-binding", f"{VLLM_PREFIX}-backend")),
+        ("vllm ui deploy", VLLM_PREFIX, ("run", "deploy", f"{VLLM_PREFIX}-ui")),
+        ("rtx backend deploy", RTX_PREFIX, ("run", "deploy", f"{RTX_PREFIX}-backend")),
+    ):  # fmt: skip
+        backend_url, ui_url = fake.url_of(f"{plan}-backend"), fake.url_of(f"{plan}-ui")
         argv = [
             arg.replace("${BACKEND_URL}", backend_url).replace("${UI_URL}", ui_url)
-            for arg in find(commands, *prefix)
-        ]
-        steps[name] = gcloud(argv, env)
-    vllm_backend = f"{VLLM_PREFIX}-backend"
-    for name, plan, prefix in (
-        ("vllm backend deploy", vllm_commands, ("run", "deploy", vllm_backend)),
-        ("vllm backend invoker", vllm_commands,
-         ("run", "services", "add-iam-policy-binding", vllm_backend)),
-        ("vllm ui deploy", vllm_commands, ("run", "deploy", f"{VLLM_PREFIX}-ui")),
-        ("rtx backend deploy", rtx_commands, ("run", "deploy", f"{RTX_PREFIX}-backend")),
-    ):  # fmt: skip
-        argv = [
-            arg.replace("${BACKEND_URL}", fake.url_of(vllm_backend))
-            for arg in find(plan, "gcloud", *prefix)
+            for arg in find(plans[plan], "gcloud", *prefix)
         ]
         steps[name] = gcloud(argv, env)
     # Per-family routing: the UI gets a JSON route table, which needs gcloud's alternate
