@@ -64,3 +64,15 @@ GRADIO_DOM: dict[str, str] = {
     "COLUMN": COLUMN,
     "CHATBOT_CLEAR_BUTTON": CHATBOT_CLEAR_BUTTON,
 }
+
+
+# === Gradio's file cache (ui/pages/export.py) ====================================================
+
+
+def upload_folder() -> str:
+    """The folder Gradio keeps uploaded and served files in (GRADIO_TEMP_DIR, else
+    <tmp>/gradio): a file part's path in a Chatbot value points into it (Gradio refuses an
+    input file outside it), and a file written there is served as it is."""
+    from gradio import utils  # Gradio: see the module docstring
+
+    return str(utils.get_upload_folder())
