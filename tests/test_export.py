@@ -67,8 +67,12 @@ def an_export(messages: list[Any], **changes: Any) -> dict[str, Any]:
         "version": 1,
         "kind": "chat",
         "exported_at": "2026-12-07T13:04:05Z",
-        "parameters": {"system_prompt": "Be brief.", "temperature": 0.0, "top_p": 0.9,
-                       "max_tokens": 16},  # fmt: skip
+        "parameters": {
+            "system_prompt": "Be brief.",
+            "temperature": 0.0,
+            "top_p": 0.9,
+            "max_tokens": 16,
+        },
         "columns": [{"model": SMOL, "messages": messages}],
     }
     return {**document, **changes}
@@ -267,15 +271,12 @@ def test_an_import_restores_the_parameters_and_the_app_serves_its_image(
 
 
 def test_compare_exports_every_column_with_its_figures(client: Client) -> None:
-    outputs = client.predict(
-        "Say hi.", [SMOL, GEMMA], "", 0.0, 8, [], [], [], api_name="/compare"
-    )
+    outputs = client.predict("Say hi.", [SMOL, GEMMA], "", 0.0, 8, [], [], [], api_name="/compare")
     chats = [outputs[2], outputs[4], outputs[6]]
-    file, said = client.predict(
-        [SMOL, GEMMA], "", 0.0, 8, *chats, api_name="/export_compare_json"
-    )
+    file, said = client.predict([SMOL, GEMMA], "", 0.0, 8, *chats, api_name="/export_compare_json")
     export = ConversationExport.model_validate_json(file["text"], strict=True)
     assert file["name"].startswith("compare-") and file["name"].endswith(".json")
+    assert f"Saved {file['name']}." in notice_text(said)
     assert export.kind == "compare" and [c.model for c in export.columns] == [SMOL, GEMMA]
     for column in export.columns:
         user, reply, note = column.messages
@@ -299,7 +300,9 @@ def test_compare_exports_every_column_with_its_figures(client: Client) -> None:
 def open_chat(browser: Browser, url: str) -> Page:
     page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
     page.goto(url)
-    expect(page.locator("#model input")).to_have_value(re.compile("SmolLM2|smollm2"), timeout=30_000)
+    expect(page.locator("#model input")).to_have_value(
+        re.compile("SmolLM2|smollm2"), timeout=30_000
+    )
     return page
 
 
@@ -367,3 +370,28 @@ def test_a_chat_exported_and_imported_in_chromium_is_the_same_and_continues(
     expect(fresh.locator("#chat-export-notice")).to_contain_text("it is not JSON")
     expect(fresh.locator("#chatbot .thought .title")).to_have_count(3)
     fresh.locator("#chat-side").screenshot(path=ARTIFACTS / "export-menu-bad-file.png")
+
+    # An export holding an image: imported, it shows as a picture the app serves, and
+    # exporting it again gives the same bytes.
+    image = "data:image/png;base64," + base64.b64encode(png_bytes("green")).decode()
+    with_image = an_export([
+        {"type": "message", "role": "user", "content": [
+            {"type": "text", "text": "Colour?"},
+            {"type": "file", "mime_type": "image/png", "name": "green.png", "data_url": image}]},
+        text_message("assistant", "Green."),
+    ])  # fmt: skip
+    picture = tmp_path / "with-image.json"
+    picture.write_text(json.dumps(with_image))
+    with page.expect_file_chooser() as chooser:
+        page.locator("#chat-import").click()
+    chooser.value.set_files(str(picture))
+    expect(page.locator("#chat-export-notice")).to_contain_text("Imported with-image.json")
+    shown = page.locator("#chatbot img").first
+    expect(shown).to_be_visible()
+    assert page.evaluate("(img) => img.naturalWidth", shown.element_handle()) == 8
+    reexported = json.loads(download(page, "#chat-export-json", tmp_path).read_text())
+    assert reexported["columns"] == with_image["columns"]
+
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-export").get_by_text("Export").click()
+    page.locator("#compare-export").screenshot(path=ARTIFACTS / "export-menu-compare.png")
