@@ -30,7 +30,6 @@ from ui.share.export import (
     export_messages,
     import_limit_bytes,
     parse_export,
-    read_upload,
     to_chatbot,
     to_markdown,
 )
@@ -191,15 +190,6 @@ def test_each_bad_file_gets_a_message_naming_its_problem(raw: bytes, message: st
     assert message in caught.value.user_message
 
 
-def test_the_import_cap_fits_the_request_body_cap() -> None:
-    limit = import_limit_bytes(MAX_REQUEST)
-    # The page sends the file as base64 (4 bytes per 3) plus a small envelope.
-    assert len(json.dumps(upload(None, raw=b"x" * limit))) < MAX_REQUEST - 3000
-    with pytest.raises(ImportRejected, match=r"“big.json” is 191 KB; the largest export that "
-                                             r"can be imported is 189 KB\."):  # fmt: skip
-        read_upload({"name": "big.json", "size": limit + 2000, "data_url": None}, limit)
-
-
 # === the real app: bad files, an image, Compare ==========================================
 @pytest.fixture(scope="module")
 def app_url(engine: str) -> Iterator[str]:
@@ -240,12 +230,24 @@ def test_the_app_rejects_a_bad_import_and_changes_nothing(
     assert "chat-banner-error" in said and message in notice_text(said)
 
 
+def test_a_file_at_the_cap_passes_the_request_body_cap_and_one_byte_more_is_refused(
+    client: Client,
+) -> None:
+    limit = import_limit_bytes(MAX_REQUEST)
+    padded = json.dumps({"format": "other"}).encode()
+    at_limit = padded[:-1] + b" " * (limit - len(padded)) + b"}"
+    *_, said = client.predict(upload(None, raw=at_limit), api_name="/import_chat")
+    assert "is not a conversation export of this app" in notice_text(said)  # it was read
+    *_, said = client.predict(upload(None, raw=at_limit + b" "), api_name="/import_chat")
+    too_large = "“chat.json” is too large to import (189 KB); the largest export that can"
+    assert f"{too_large} be imported is 189 KB." in notice_text(said)
+
+
 def test_a_file_over_the_cap_is_refused_before_it_is_read(client: Client) -> None:
     too_big = {"name": "big.json", "size": MAX_REQUEST, "data_url": None}
     *_, said = client.predict(too_big, api_name="/import_chat")
-    assert "“big.json” is 256 KB; the largest export that can be imported is 189 KB." in (
-        notice_text(said)
-    )
+    too_large = "“big.json” is too large to import (256 KB); the largest export that can"
+    assert f"{too_large} be imported is 189 KB." in notice_text(said)
 
 
 def test_an_import_restores_the_parameters_and_the_app_serves_its_image(

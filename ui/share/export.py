@@ -274,6 +274,8 @@ def export_messages(
     """A Chatbot value (as the browser sends it) as export entries. The text and notes are
     checked by ui/turn/history.py `parse_history` (which raises HistoryRejected); files are
     read with `read`, and one that cannot be is left out with a notice."""
+    if isinstance(raw_history, dict) and "root" in raw_history:  # a ChatbotDataMessages
+        raw_history = raw_history["root"]
     messages = parse_history(_without_files(raw_history))
     raw_items = raw_history if isinstance(raw_history, list) else []
     entries: list[ExportedMessage | ExportedNote] = []
@@ -458,8 +460,8 @@ def read_upload(upload: object, limit_bytes: int) -> tuple[str, ConversationExpo
         raise ImportRejected("The file could not be read: pick it again.") from None
     if picked.size > limit_bytes or picked.data_url is None:
         raise ImportRejected(
-            f"“{picked.name}” is {_kb(picked.size)}; the largest export that can be imported "
-            f"is {_kb(limit_bytes)}."
+            f"“{picked.name}” is too large to import ({_kb(picked.size)}); the largest "
+            f"export that can be imported is {_kb(limit_bytes)}."
         )
     try:
         data = base64.b64decode(picked.data_url.partition(";base64,")[2], validate=True)
@@ -467,8 +469,8 @@ def read_upload(upload: object, limit_bytes: int) -> tuple[str, ConversationExpo
         raise ImportRejected("The file could not be read: pick it again.") from None
     if len(data) > limit_bytes:
         raise ImportRejected(
-            f"“{picked.name}” is {_kb(len(data))}; the largest export that can be imported "
-            f"is {_kb(limit_bytes)}."
+            f"“{picked.name}” is too large to import ({_kb(len(data))}); the largest "
+            f"export that can be imported is {_kb(limit_bytes)}."
         )
     return picked.name, parse_export(data)
 
