@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from gradio_client import Client
@@ -19,7 +20,7 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
 from devtools.testkit.browser import set_max_tokens, set_number
-from devtools.testkit.chat_app import msg, running_app
+from devtools.testkit.chat_app import chat, msg, running_app
 from devtools.testkit.procs import ARTIFACTS
 from ui.share.export import (
     ConversationExport,
@@ -33,12 +34,14 @@ from ui.share.export import (
     to_chatbot,
     to_markdown,
 )
+from ui.share.format import decode_share
 from ui.turn.figures import NoteData, ReplyFigures
 from ui.view.notes import error_note, stats_note, stopped_note
 
 SMOL, GEMMA = "smollm2:135m", "gemma3:270m"
 MAX_CHARS = 300
 MAX_REQUEST = 256 * 1024
+SECRET = "export-test-share-secret-0123456789"
 WHEN = datetime(2026, 12, 7, 13, 4, 5, tzinfo=UTC)
 
 
@@ -200,6 +203,7 @@ def app_url(engine: str) -> Iterator[str]:
         max_tokens_limit=64,
         max_request_bytes=MAX_REQUEST,
         rate_limit_per_minute=1000,
+        share_secret=SECRET,
     ) as url:
         yield url
 
@@ -270,6 +274,28 @@ def test_an_import_restores_the_parameters_and_the_app_serves_its_image(
     [text, image_part] = history[0]["content"]
     assert text == {"type": "text", "text": "Colour?"} and image_part["type"] == "file"
     assert Path(image_part["file"]).read_bytes() == png_bytes("blue")
+
+
+def shared_macs(client: Client, history: Any) -> list[str | None]:
+    """The MACs a share link of `history` keeps: a reply's, only if it verifies."""
+    link, _ = client.predict(history, SMOL, "", 0.0, 0.9, 8, api_name="/share_chat")
+    token = parse_qs(urlsplit(link).query)["share"][0]
+    conv = decode_share(token, SECRET.encode())
+    return [m.mac for m in conv.columns[0].messages if m.role == "assistant"]
+
+
+def test_an_imported_reply_stays_verified_unless_the_file_changed_it(client: Client) -> None:
+    _, history, _ = chat(client, "Say hi.", temperature=0.0, max_tokens=8)
+    file, _ = client.predict(history, SMOL, "", 0.0, 0.9, 8, api_name="/export_chat_json")
+    document = json.loads(file["text"])
+    [mac] = shared_macs(client, history)
+    assert mac is not None and document["columns"][0]["messages"][2]["reply"]["mac"] == mac
+
+    imported, *_ = client.predict(upload(document), api_name="/import_chat")
+    assert shared_macs(client, imported) == [mac]
+    document["columns"][0]["messages"][1]["content"][0]["text"] += " (edited)"
+    edited, *_ = client.predict(upload(document), api_name="/import_chat")
+    assert shared_macs(client, edited) == [None]
 
 
 def test_compare_exports_every_column_with_its_figures(client: Client) -> None:

@@ -35,6 +35,7 @@ from ui.compat.gradio_internals import upload_folder
 from ui.context import AppContext
 from ui.errors import InputRejected
 from ui.share.export import (
+    MAX_FILE_BYTES,
     ConversationExport,
     ExportedColumn,
     ExportedParameters,
@@ -64,7 +65,6 @@ Format = Literal["markdown", "json"]
 MIME = {"markdown": "text/markdown", "json": "application/json"}
 SUFFIX = {"markdown": "md", "json": "json"}
 NOTHING_TO_EXPORT = "There is nothing to export yet: send a message first."
-MAX_FILE_READ_BYTES = 10 * 1024 * 1024  # a file part of a history, read for the export
 
 
 def read_cached_file(path: str) -> bytes | None:
@@ -72,7 +72,7 @@ def read_cached_file(path: str) -> bytes | None:
     root = Path(upload_folder()).resolve()
     try:
         resolved = Path(path).resolve(strict=True)
-        if not resolved.is_relative_to(root) or resolved.stat().st_size > MAX_FILE_READ_BYTES:
+        if not resolved.is_relative_to(root) or resolved.stat().st_size > MAX_FILE_BYTES:
             return None
         return resolved.read_bytes()
     except (OSError, ValueError):
