@@ -21,7 +21,6 @@ A rejected import changes nothing but the notice, which names the problem.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +34,8 @@ from ui.compat.gradio_internals import upload_folder
 from ui.context import AppContext
 from ui.errors import InputRejected
 from ui.share.export import (
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
     MAX_FILE_BYTES,
     ConversationExport,
     ExportedColumn,
@@ -59,8 +60,6 @@ from ui.turn.checks import (
 from ui.view.file_scripts import SAVE_FILE_JS, pick_file_js
 from ui.view.render import banner_html as notice
 
-logger = logging.getLogger(__name__)
-
 Format = Literal["markdown", "json"]
 MIME = {"markdown": "text/markdown", "json": "application/json"}
 SUFFIX = {"markdown": "md", "json": "json"}
@@ -80,9 +79,8 @@ def read_cached_file(path: str) -> bytes | None:
 
 
 class ExportHandlers:
-    def __init__(self, ctx: AppContext, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
-        self.clock = clock or (lambda: datetime.now(UTC))
         self.limit_bytes = import_limit_bytes(ctx.settings.max_request_bytes)
 
     def _file(
@@ -96,9 +94,9 @@ class ExportHandlers:
             return None, notice(exc.user_message, "error")
         if not has_user_message(columns):
             return None, notice(NOTHING_TO_EXPORT, "warning")
-        now = self.clock()
+        now = datetime.now(UTC)
         export = ConversationExport(
-            format="serverless-llm-chat/conversation", version=1, kind=kind,
+            format=EXPORT_FORMAT, version=EXPORT_VERSION, kind=kind,
             exported_at=now, parameters=parameters, columns=columns,
         )  # fmt: skip
         text = export.to_json() if fmt == "json" else to_markdown(export)
