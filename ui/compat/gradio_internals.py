@@ -1,8 +1,8 @@
 """Every use of Gradio's internals, in one place: the queue's events, Gradio's reading of a
-request's origin, and the DOM the Chatbot and the layout draw, which our CSS and page
-scripts select on (ui/view/render.py). None of it is Gradio's public API, so an upgrade may
-change any of it without notice; tests/test_compat_gradio.py pins each one against the
-Gradio in uv.lock and names what changed.
+request's origin, the folder it serves files from, and the DOM the Chatbot and the layout
+draw, which our CSS and page scripts select on (ui/view/render.py). None of it is Gradio's
+public API, so an upgrade may change any of it without notice; tests/test_compat_gradio.py
+pins each one against the Gradio in uv.lock and names what changed.
 
 Gradio is imported only where a function needs it, so that importing the selectors (the
 page styles, ui/view/render.py) does not load Gradio.
@@ -64,3 +64,15 @@ GRADIO_DOM: dict[str, str] = {
     "COLUMN": COLUMN,
     "CHATBOT_CLEAR_BUTTON": CHATBOT_CLEAR_BUTTON,
 }
+
+
+# === Gradio's file cache (ui/pages/export.py) ====================================================
+
+
+def upload_folder() -> str:
+    """The folder Gradio keeps uploaded and served files in (GRADIO_TEMP_DIR, else
+    <tmp>/gradio): a file part's path in a Chatbot value points into it (Gradio refuses an
+    input file outside it), and a file written there is served as it is."""
+    from gradio import utils  # Gradio: see the module docstring
+
+    return str(utils.get_upload_folder())
