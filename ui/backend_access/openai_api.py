@@ -116,7 +116,8 @@ class OpenAIBackend:
             **chat_fields(options),
         )
         pieces = 0
-        first = last = 0.0
+        first: float | None = None  # when the first and the last piece came
+        last = 0.0
         usage: openai.types.CompletionUsage | None = None
         finish: str | None = None
         # Closing the stream (Stop, or an error) closes the HTTP response: the server
@@ -130,7 +131,7 @@ class OpenAIBackend:
                     text = choice.delta.content if choice.delta else None
                     if text:
                         last = self.clock()
-                        first = first or last
+                        first = last if first is None else first
                         pieces += 1
                         yield TokenDelta(text)
         if finish is None:
@@ -146,10 +147,10 @@ class OpenAIBackend:
         )
 
 
-def measured_rate(tokens: int, pieces: int, first: float, last: float) -> float | None:
+def measured_rate(tokens: int, pieces: int, first: float | None, last: float) -> float | None:
     """Tokens/s from the stream: the tokens after the first piece over the time from the
     first piece to the last (a piece holds tokens / pieces of them on average)."""
-    if pieces < 2 or last <= first:
+    if first is None or pieces < 2 or last <= first:
         return None
     return tokens * (pieces - 1) / pieces / (last - first)
 
