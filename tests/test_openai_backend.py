@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from devtools.testkit.google_fakes import emulator, metadata_for_test
 from devtools.testkit.openai_servers import LLAMA_CPP_MODEL, FakeOpenAI
 from devtools.testkit.procs import refusing_url
 from ui.backend_access.client import BackendClient, ReplyDone, ReplyStats, TokenDelta
@@ -135,6 +136,28 @@ def test_an_ollama_route_and_an_openai_route_in_one_client(engine: str, llama_se
     assert models == {"smollm2:135m": llama_server, "gemma3:270m": engine}
     assert smol and gemma
     assert (smol_loads, gemma_loads) == (False, True)
+
+
+def test_the_google_id_token_reaches_an_openai_backend_behind_cloud_run(
+    llama_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Cloud Run emulator (IAM on: real google-auth verification of the ID token from
+    the fake metadata server) in front of llama-cpp-python's server."""
+
+    async def scenario(url: str) -> tuple[str, list[str], str]:
+        client = openai_client(url, auth="google")
+        try:
+            version = await client.probe()
+            models = [m.name for m in await client.list_models()]
+            text, _ = await reply_of(client, LLAMA_CPP_MODEL, {"num_predict": 3})
+            return version, models, text
+        finally:
+            await client.aclose()
+
+    with metadata_for_test(monkeypatch) as metadata, emulator(upstream_url=llama_server) as run:
+        version, models, text = asyncio.run(scenario(run.url))
+        assert metadata.issued_for(run.url) <= 1  # one token for the probe, list and chat
+    assert version == "unknown" and models == [LLAMA_CPP_MODEL] and text
 
 
 # === what the API check says =============================================================

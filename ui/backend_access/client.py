@@ -50,14 +50,11 @@ import pydantic
 from catalog import Family, family_of
 from ui.backend_access.auth import auth_for, denied_message, root_url
 from ui.backend_access.events import (  # re-exported: callers import them from here
-    MODEL_LOAD_MIN_S,
-    NS_PER_S,
-    ChatEvent,
-    ReplyDone,
-    ReplyStats,
-    TokenDelta,
-    was_a_model_load,
+    MODEL_LOAD_MIN_S as MODEL_LOAD_MIN_S,
 )
+from ui.backend_access.events import NS_PER_S as NS_PER_S
+from ui.backend_access.events import ChatEvent, ReplyDone, ReplyStats, TokenDelta
+from ui.backend_access.events import was_a_model_load as was_a_model_load
 from ui.backend_access.openai_api import HEALTH_PATH, MODELS_PATH, OpenAIBackend
 from ui.errors import (
     BackendAuthError,
@@ -70,19 +67,6 @@ from ui.errors import (
     ModelNotFound,
 )
 from ui.settings import DEFAULT_LOCAL_BACKEND, BackendApi, Settings
-
-__all__ = [
-    "MODEL_LOAD_MIN_S",
-    "NS_PER_S",
-    "BackendClient",
-    "ChatEvent",
-    "ModelInfo",
-    "ReplyDone",
-    "ReplyStats",
-    "RunningModel",
-    "TokenDelta",
-    "was_a_model_load",
-]
 
 logger = logging.getLogger(__name__)
 
