@@ -38,7 +38,9 @@ GREETING = [
 
 
 def openai_client(url: str, **settings: Any) -> BackendClient:
-    return BackendClient(Settings(backend_url=url, backend_api="openai", auth="none", **settings))
+    return BackendClient(
+        Settings(**{"backend_url": url, "backend_api": "openai", "auth": "none", **settings})
+    )
 
 
 async def reply_of(
