@@ -69,8 +69,11 @@ clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache .mypy_cache test-artifacts
 
 # Deploy to Cloud Run (needs gcloud); add DEPLOY_ARGS=--dry-run to only print the commands.
+# BACKEND=vllm and GPU_TYPE=nvidia-rtx-pro-6000 choose the GPU server and GPU (deploy/README.md).
 deploy:
-	$(PYTHON) -m deploy.deploy --project "$(PROJECT)" --region "$(REGION)" $(DEPLOY_ARGS)
+	$(PYTHON) -m deploy.deploy --project "$(PROJECT)" --region "$(REGION)" \
+	    $(if $(BACKEND),--backend "$(BACKEND)") $(if $(GPU_TYPE),--gpu-type "$(GPU_TYPE)") \
+	    $(DEPLOY_ARGS)
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.run_all

@@ -8,7 +8,7 @@ token (request sent -> first text), and tokens/s from the growth of the text (to
 the first / time from the first to the last text growth). Paired medians are printed, and
 the UI process's CPU per reply.
 
-Three set-ups:
+Four set-ups:
 1. the real local engine (`python -m backend`, one slot) on every core. It is a CPU
    engine, so on this machine the UI's own CPU use is taken from the engine: the tokens/s
    ratio measures that sharing as well as the relay;
@@ -16,7 +16,11 @@ Three set-ups:
    the other core: as in production, where the model runs in another service, the UI
    cannot slow the engine down, so what is left is the relay itself;
 3. a GPU-like backend (bench/synthetic_ollama.py: fixed token rate, its own core, the UI
-   pinned to the other): the relay at a GPU's token rate.
+   pinned to the other): the relay at a GPU's token rate;
+4. the OpenAI-compatible kind (LLM_BACKEND_API=openai): llama-cpp-python's own server on the
+   same smollm2 GGUF, on a core of its own with one thread like set-up 2, called directly
+   with the official `openai` client; the summary sets its added TTFT and tokens/s ratio
+   beside set-up 2's (the Ollama kind), measured in the same run.
 
 Clients for the UI side:
 - `queue API`: a lean client of Gradio's queue API (bench/gradio_queue.py), what the
@@ -29,6 +33,7 @@ Goals: UI >= 0.98 x direct tokens/s; added TTFT p50 <= 20 ms.
 
     .venv/bin/python -m bench.relay_overhead [--runs 9] [--tokens 128] [--model smollm2:135m]
                                              [--gradio-client] [--gpu-like-rate 100]
+                                             [--no-openai]
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import ollama
+import openai
 from gradio_client import Client
 
 from backend.engine import usable_cores
@@ -57,6 +64,7 @@ from bench.common import (
 )
 from bench.gradio_queue import GradioQueue, last_note, reply_text
 from bench.synthetic_ollama import MODEL as MODEL_GPU_LIKE
+from devtools.testkit.openai_servers import LLAMA_CPP_MODEL, start_llama_cpp_server
 from devtools.testkit.procs import Proc, start_engine
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
@@ -97,6 +105,32 @@ def run_direct(url: str, model: str, tokens: int) -> Run:
         if part.done:
             count = int(part.eval_count or 0)
     return Run(first - t0, rate(count, first, last), count, text)
+
+
+def run_direct_openai(url: str, model: str, tokens: int) -> Run:
+    """The same request to an OpenAI-compatible server, with the official client; the
+    tokens are the stream's pieces, as the UI counts them when no usage comes."""
+    client = openai.OpenAI(base_url=url + "/v1", api_key="not-used", max_retries=0, timeout=300)
+    t0 = time.perf_counter()
+    first = last = 0.0
+    text = ""
+    count = 0
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": PROMPT}], stream=True,
+        temperature=0.0, top_p=0.9, max_tokens=tokens,
+    )  # fmt: skip
+    for chunk in stream:
+        piece = chunk.choices[0].delta.content if chunk.choices else None
+        if piece:
+            last = time.perf_counter()
+            first = first or last
+            text += piece
+            count += 1
+    client.close()
+    return Run(first - t0, rate(count, first, last), count, text)
+
+
+Direct = Callable[[str, str, int], Run]
 
 
 def eval_count(history: Any) -> int:
@@ -156,6 +190,9 @@ def run_gradio_client(client: Client, model: str, tokens: int) -> Run:
 @dataclass
 class Section:
     title: str
+    kind: str  # the API the UI spoke to the backend
+    backend: str  # what served it
+    direct_label: str
     direct: list[Run]
     lean: list[Run]
     official: list[Run]
@@ -163,9 +200,9 @@ class Section:
 
 
 async def measure(
-    title: str, backend_url: str, ui_url: str, ui_pid: int, model: str, args: argparse.Namespace
-) -> Section:
-    section = Section(title, [], [], [], 0.0)
+    section: Section, direct: Direct, backend_url: str, ui_url: str, ui_pid: int, model: str,
+    args: argparse.Namespace,
+) -> Section:  # fmt: skip
     cpu: list[float] = []
     async with GradioQueue(ui_url) as gq:
         fn = await gq.fn_index("chat")
@@ -173,9 +210,9 @@ async def measure(
         session = uuid.uuid4().hex[:11]
         await gq.call(await gq.fn_index("model_dropdown"), [], session_hash=session)
         await run_ui(gq, fn, model, 8, session)  # load the model, warm the code paths
-        run_direct(backend_url, model, 8)
+        direct(backend_url, model, 8)
         for _ in range(args.runs):  # interleaved: direct, UI, direct, UI, ...
-            section.direct.append(run_direct(backend_url, model, args.tokens))
+            section.direct.append(direct(backend_url, model, args.tokens))
             before = process_cpu(ui_pid)
             section.lean.append(await run_ui(gq, fn, model, args.tokens, session))
             cpu.append((process_cpu(ui_pid).cpu_s - before.cpu_s) * 1000)
@@ -184,7 +221,7 @@ async def measure(
         client = Client(ui_url, verbose=False)
         run_gradio_client(client, model, 8)
         for _ in range(args.runs):
-            section.direct.append(run_direct(backend_url, model, args.tokens))
+            section.direct.append(direct(backend_url, model, args.tokens))
             section.official.append(run_gradio_client(client, model, args.tokens))
         client.close()
     return section
@@ -196,8 +233,8 @@ def report(section: Section, runs: int) -> tuple[float, float]:
     same = all(d.text == u.text for d, u in zip(direct, lean + official, strict=True))
     ttft_d = median([r.ttft_s for r in direct]) * 1000
     tps_d = median([r.tokens_per_s for r in direct])
-    rows: list[list[object]] = [["backend directly (ollama client)", f"{ttft_d:.1f}", "",
-                                 f"{tps_d:.1f}", ""]]  # fmt: skip
+    rows: list[list[object]] = [[f"backend directly ({section.direct_label})", f"{ttft_d:.1f}",
+                                 "", f"{tps_d:.1f}", ""]]  # fmt: skip
     results: dict[str, tuple[float, float]] = {}
     pairs = {
         "through the UI (queue API)": (direct[: len(lean)], lean),
@@ -245,18 +282,31 @@ def main() -> None:
         "--gpu-like-rate", type=float, default=100.0,
         help="tokens/s of the GPU-like synthetic backend (0: skip that part)",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-openai", action="store_true", help="skip the OpenAI-compatible kind (set-up 4)"
+    )
     args = parser.parse_args()
     sections: list[Section] = []
 
     def through_ui(
-        title: str, backend: Proc, backend_url: str, model: str, ui_cpu: int | None
-    ) -> None:
+        title: str, backend: Proc, backend_url: str, model: str, ui_cpu: int | None,
+        kind: str = "ollama", served_by: str = "the engine (python -m backend)",
+    ) -> None:  # fmt: skip
         """Start a UI in front of `backend`, measure, stop both."""
         ui = None
+        direct, label = (
+            (run_direct_openai, "openai client") if kind == "openai"
+            else (run_direct, "ollama client")
+        )  # fmt: skip
         try:
-            ui, ui_url = start_ui(backend_url, cpu=ui_cpu, name="bench-relay-ui")
+            ui, ui_url = start_ui(
+                backend_url, cpu=ui_cpu, name="bench-relay-ui", LLM_BACKEND_API=kind
+            )
+            section = Section(title, kind, served_by, label, [], [], [], 0.0)
             sections.append(
-                asyncio.run(measure(title, backend_url, ui_url, ui.popen.pid, model, args))
+                asyncio.run(
+                    measure(section, direct, backend_url, ui_url, ui.popen.pid, model, args)
+                )
             )
         finally:
             if ui is not None:
@@ -295,8 +345,30 @@ def main() -> None:
         )
         through_ui(title, backend, backend_url, MODEL_GPU_LIKE, 0)
 
-    for section in sections:
-        report(section, args.runs)
+    # 4. The OpenAI-compatible kind: llama-cpp-python's server on the same GGUF, on a core
+    #    of its own with one thread, as the engine in set-up 2.
+    if not args.no_openai and cores >= 2:
+        pin_self({0})
+        server, server_url = start_llama_cpp_server(name="bench-relay-llama-cpp", cpu=cores - 1)
+        title = (
+            f"Relay overhead, OpenAI-compatible kind (llama-cpp-python's server, "
+            f"{LLAMA_CPP_MODEL}, its own core, one thread; UI and clients on core 0)"
+        )
+        through_ui(
+            title, server, server_url, LLAMA_CPP_MODEL, 0, kind="openai",
+            served_by="llama-cpp-python's server (python -m llama_cpp.server)",
+        )  # fmt: skip
+
+    results = [(section, report(section, args.runs)) for section in sections]
+    own_core = [(s, r) for s, r in results if "own core" in s.title]
+    if len(own_core) > 1:
+        print("\n### Per backend kind (backend on its own core, same run)\n")
+        print(table(
+            ["backend kind (LLM_BACKEND_API)", "backend", "added TTFT ms (paired median)",
+             "tokens/s ratio to direct (paired median)"],
+            [[s.kind, s.backend, f"{added:+.1f}", f"{ratio:.3f}"]
+             for s, (added, ratio) in own_core],
+        ))  # fmt: skip
     sys.exit(0)
 
 

@@ -1,13 +1,15 @@
 """Deploy the chat to Cloud Run with one command.
 
     python -m deploy.deploy --project P --region R [--dry-run] [--routing single|per-family]
+        [--backend ollama|vllm] [--gpu-type nvidia-l4|nvidia-rtx-pro-6000]
     python -m deploy.deploy --project P --region R --teardown | --budget-alert USD
 
 It checks billing and the GPU quota first (deploy/preflight.py), builds both images with Cloud
 Build (as its own service account) into Artifact Registry, deploys the private GPU backend
-(Ollama on an NVIDIA L4) and the public UI, lets only the UI's service account invoke the
-backend, keeps the share-link key in Secret Manager, and prints the demo URL. `--teardown`
-deletes all of it; `--budget-alert` only adds a monthly budget alert.
+(Ollama, or vLLM with `--backend vllm`, on the GPU of deploy/gpus.py that `--gpu-type` names)
+and the public UI, lets only the UI's service account invoke the backend, keeps the share-link
+key in Secret Manager, and prints the demo URL. `--teardown` deletes all of it;
+`--budget-alert` only adds a monthly budget alert.
 
 Every step is a gcloud command. `--dry-run` prints them as a bash script, shell-quoted and one
 per line, instead of running them; the real run executes exactly the same steps through
@@ -31,7 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catalog import production_models
-from deploy.preflight import GPU_QUOTA_ID, GPU_QUOTA_SERVICE, PreflightFailed, run_check
+from deploy.gpus import GPUS, L4, Gpu, region_list
+from deploy.preflight import (
+    GPU_QUOTA_ID,
+    GPU_QUOTA_SERVICE,
+    PreflightFailed,
+    check_gpu_region,
+    check_gpu_shape,
+    run_check,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,18 +70,23 @@ REQUEST_TIMEOUT_SECONDS = 3600
 UI_CONCURRENCY = 80
 UI_MAX_INSTANCES = 5
 
-# Regions where Cloud Run offers NVIDIA L4 GPUs, from Google's GPU pages for Cloud Run
-# (cloud.google.com/run/docs/configuring/services/gpu and .../workerpools/gpu), checked when
-# this was written. The latest version marks us-central1 and asia-south1 "by invitation only"
-# for L4. Google adds regions over time: --skip-region-check deploys elsewhere at your own risk.
-L4_REGIONS: dict[str, str] = {
-    "asia-south1": "Mumbai, by invitation only",
-    "asia-southeast1": "Singapore",
-    "europe-west1": "Belgium",
-    "europe-west4": "Netherlands",
-    "us-central1": "Iowa, by invitation only for L4 in Google's latest list",
-    "us-east4": "Northern Virginia",
-}
+# The vLLM backend (--backend vllm), as Google's notebook serves Gemma 3 on Cloud Run
+# (GoogleCloudPlatform/generative-ai, open-models/serving/cloud_run_vllm_gemma3_inference.ipynb:
+# google/gemma-3-4b-it baked into the image, --max-num-seqs=4, --max-model-len 32768, 8 vCPU,
+# 32 GiB, one L4). One model per server; it is served under its catalog tag, so the UI's
+# labels, allow-list and families apply to it as to the Ollama model.
+BACKEND_KINDS = ("ollama", "vllm")
+VLLM_MODEL = "google/gemma-3-4b-it"
+VLLM_SERVED_MODEL = "gemma3:4b"
+# Sequences vLLM runs at once; Cloud Run --concurrency is the same number (as for Ollama).
+VLLM_MAX_NUM_SEQS = 4
+VLLM_MAX_MODEL_LEN = 32768
+# vLLM listens only once the model is loaded; /health then answers 200. HTTP probe every 5 s
+# for up to 240 s, the longest Cloud Run's default TCP startup probe waits (the notebook's).
+VLLM_HEALTH_PATH = "/health"
+VLLM_PROBE_PERIOD_SECONDS = 5
+VLLM_PROBE_TIMEOUT_SECONDS = 4
+VLLM_PROBE_FAILURE_THRESHOLD = 48
 
 # Enabled first: the preflight checks read billing and quota through them, and neither needs
 # billing itself (enabling Cloud Run does).
@@ -304,6 +319,12 @@ class Config:
     project: str
     region: str
     routing: str = "single"
+    backend: str = "ollama"  # one of BACKEND_KINDS
+    gpu: Gpu = L4
+    backend_cpu: int = L4.cpu
+    backend_memory_gib: int = L4.memory_gib
+    gpu_price_per_hour: float | None = None  # None: the UI's default (the L4 instance's)
+    hf_token_secret: str = ""  # vLLM builds: the Secret Manager secret with a Hugging Face token
     prefix: str = "llm-chat"
     tag: str = "latest"
     max_instances: int = 1
@@ -343,6 +364,11 @@ class Config:
     def ui_image(self) -> str:
         return f"{self.registry}/ui:{self.tag}"
 
+    @property
+    def backend_concurrency(self) -> int:
+        """Requests one GPU instance runs at once: Cloud Run's --concurrency for the backend."""
+        return VLLM_MAX_NUM_SEQS if self.backend == "vllm" else OLLAMA_NUM_PARALLEL
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -371,6 +397,16 @@ def families() -> list[str]:
 
 def backends(config: Config) -> list[Backend]:
     models = production_models()
+    if config.backend == "vllm":
+        return [
+            Backend(
+                family=None,
+                service=f"{config.prefix}-backend",
+                image=f"{config.registry}/backend-vllm:{config.tag}",
+                models=(VLLM_SERVED_MODEL,),
+                url_variable="BACKEND_URL",
+            )
+        ]
     if config.routing == "single":
         return [
             Backend(
@@ -400,12 +436,32 @@ def env_vars_flag(env: dict[str, str]) -> str:
     return "--set-env-vars=" + ",".join(f"{k}={v}" for k, v in env.items())
 
 
-def startup_probe() -> str:
+def startup_probe(config: Config) -> str:
+    if config.backend == "vllm":
+        return (
+            f"--startup-probe=httpGet.path={VLLM_HEALTH_PATH},httpGet.port={SERVING_PORT},"
+            f"initialDelaySeconds=0,periodSeconds={VLLM_PROBE_PERIOD_SECONDS},"
+            f"timeoutSeconds={VLLM_PROBE_TIMEOUT_SECONDS},"
+            f"failureThreshold={VLLM_PROBE_FAILURE_THRESHOLD}"
+        )
     return (
         f"--startup-probe=tcpSocket.port={SERVING_PORT},"
         f"initialDelaySeconds=0,periodSeconds={PROBE_PERIOD_SECONDS},"
         f"timeoutSeconds={PROBE_TIMEOUT_SECONDS},failureThreshold={PROBE_FAILURE_THRESHOLD}"
     )
+
+
+def vllm_args() -> list[str]:
+    """vLLM's serving flags, the Cloud Run container's args (Dockerfile.vllm's ENTRYPOINT is
+    the OpenAI-compatible server); the notebook's, plus the port and the served name."""
+    return [
+        "--host=0.0.0.0",
+        f"--port={SERVING_PORT}",
+        f"--model={VLLM_MODEL}",
+        f"--served-model-name={VLLM_SERVED_MODEL}",
+        f"--max-num-seqs={VLLM_MAX_NUM_SEQS}",
+        f"--max-model-len={VLLM_MAX_MODEL_LEN}",
+    ]
 
 
 def model_substitutions(models: Sequence[str]) -> str:
@@ -448,21 +504,26 @@ def build_plan(config: Config) -> Plan:
 def check_billing_and_gpu_quota(config: Config, targets: Sequence[Backend]) -> list[Step]:
     """Preflight: nothing is built before the project can run what the build produces (a
     missing GPU quota would otherwise surface only at the backend deploy, after an hour of
-    builds). The region itself was checked against L4_REGIONS when parsing the arguments."""
+    builds). The region and the instance shape were checked against deploy/gpus.py when
+    parsing the arguments."""
     p, r = config.project_flag, config.region_flag
-    return [
+    steps = [
         Step(("gcloud", "services", "enable", *PREFLIGHT_APIS, p)),
         Step(
             ("gcloud", "billing", "projects", "describe", config.project, "--format=json"),
             preflight=("billing", p),
         ),
-        Step(
-            ("gcloud", "beta", "quotas", "info", "describe", GPU_QUOTA_ID,
-             f"--service={GPU_QUOTA_SERVICE}", p, "--format=json"),
-            # Every GPU service of the deploy draws from the same regional quota.
-            preflight=("gpu-quota", p, r, f"--need={config.max_instances * len(targets)}"),
-        ),
-    ]  # fmt: skip
+    ]
+    if config.gpu.quota_checked:
+        steps.append(
+            Step(
+                ("gcloud", "beta", "quotas", "info", "describe", GPU_QUOTA_ID,
+                 f"--service={GPU_QUOTA_SERVICE}", p, "--format=json"),
+                # Every GPU service of the deploy draws from the same regional quota.
+                preflight=("gpu-quota", p, r, f"--need={config.max_instances * len(targets)}"),
+            )
+        )  # fmt: skip
+    return steps
 
 
 def enable_apis(config: Config) -> list[Step]:
@@ -529,6 +590,15 @@ def grant_build_account(config: Config) -> list[Step]:
             )
             for role in BUILD_ROLES_PROJECT
         ),
+        # The vLLM build reads the Hugging Face token, this one secret only (it fails here,
+        # before any build, when the secret does not exist: deploy/README.md).
+        *(
+            [Step(
+                ("gcloud", "secrets", "add-iam-policy-binding", config.hf_token_secret, p,
+                 build_member, "--role=roles/secretmanager.secretAccessor", "--quiet"),
+            )]
+            if config.backend == "vllm" else []
+        ),
     ]  # fmt: skip
 
 
@@ -542,17 +612,27 @@ def build_flags(config: Config) -> tuple[str, ...]:
 
 
 def build_backend_images(config: Config, targets: Sequence[Backend]) -> list[Step]:
-    """One GPU image per backend with its models baked in (deploy/cloudbuild-llm.yaml)."""
+    """One GPU image per backend with its models baked in: deploy/cloudbuild-llm.yaml (Ollama,
+    with the GPU's Ollama pin) or deploy/cloudbuild-vllm.yaml."""
     steps: list[Step] = []
     for backend in targets:
-        substitutions = (
-            f"_IMAGE={backend.image},_CACHE={backend.cache_image},"
-            f"{model_substitutions(backend.models)},_NUM_PARALLEL={OLLAMA_NUM_PARALLEL}"
-        )
+        if config.backend == "vllm":
+            build_config = "cloudbuild-vllm.yaml"
+            substitutions = (
+                f"_IMAGE={backend.image},_MODEL={VLLM_MODEL},"
+                f"_HF_TOKEN_SECRET={config.hf_token_secret}"
+            )
+        else:
+            build_config = "cloudbuild-llm.yaml"
+            substitutions = (
+                f"_IMAGE={backend.image},_CACHE={backend.cache_image},"
+                f"{model_substitutions(backend.models)},_NUM_PARALLEL={OLLAMA_NUM_PARALLEL},"
+                f"_OLLAMA_VERSION={config.gpu.ollama_version}"
+            )
         steps.append(
             Step(
                 ("gcloud", "builds", "submit", str(REPO_ROOT),
-                 f"--config={REPO_ROOT / 'deploy' / 'cloudbuild-llm.yaml'}",
+                 f"--config={REPO_ROOT / 'deploy' / build_config}",
                  f"--substitutions={substitutions}", *build_flags(config), config.project_flag),
                 timeout=BUILD_TIMEOUT_SECONDS,
             )
@@ -579,16 +659,19 @@ def deploy_backends(config: Config, targets: Sequence[Backend]) -> list[Step]:
 def deploy_backend(config: Config, backend: Backend) -> list[Step]:
     """The private GPU service, its URL for the UI, and the UI's right to call it."""
     p, r = config.project_flag, config.region_flag
+    # Ollama's settings live in its image; vLLM's serving flags are the container's args.
+    args = ["--args=" + ",".join(vllm_args())] if config.backend == "vllm" else []
     return [
         Step(
             ("gcloud", "run", "deploy", backend.service, f"--image={backend.image}", p, r,
-             "--gpu=1", "--gpu-type=nvidia-l4", "--no-gpu-zonal-redundancy",
-             "--cpu=8", "--memory=32Gi", "--no-cpu-throttling",
-             f"--concurrency={OLLAMA_NUM_PARALLEL}",
+             "--gpu=1", f"--gpu-type={config.gpu.gcloud_name}", "--no-gpu-zonal-redundancy",
+             f"--cpu={config.backend_cpu}", f"--memory={config.backend_memory_gib}Gi",
+             "--no-cpu-throttling",
+             f"--concurrency={config.backend_concurrency}",
              f"--max-instances={config.max_instances}",
              f"--min-instances={config.min_instances}",
              f"--timeout={REQUEST_TIMEOUT_SECONDS}",
-             f"--port={SERVING_PORT}", startup_probe(),
+             f"--port={SERVING_PORT}", startup_probe(config), *args,
              "--no-allow-unauthenticated",
              f"--service-account={config.service_account('backend')}",
              f"--labels=app={config.prefix},component=backend", "--quiet"),
@@ -660,17 +743,21 @@ def ui_environment(config: Config, targets: Sequence[Backend]) -> dict[str, str]
     """The UI service's environment: auth, models, vote store and where the backends are."""
     # The UI offers exactly the baked models: it can fill its picker from this list while
     # a GPU backend is still scaled to zero.
-    baked = [m.tag for m in production_models()]
+    baked = [tag for backend in targets for tag in backend.models]
     env = {
         "LLM_AUTH": "google",
         "LLM_ALLOWED_MODELS": ",".join(baked),
         "LLM_VOTES": "firestore",
         "GOOGLE_CLOUD_PROJECT": config.project,  # the Firestore client's project
     }
+    if config.backend == "vllm":
+        env["LLM_BACKEND_API"] = "openai"  # vLLM speaks the OpenAI API, not Ollama's
+    if config.gpu_price_per_hour is not None:
+        env["LLM_GPU_PRICE_PER_HOUR"] = f"{config.gpu_price_per_hour:g}"  # the cost estimates
     if config.max_instances > 1:
         # The UI shares each model's slots out fairly between clients (ui/turn/fair_slots.py);
-        # by default one instance's worth (LLM_GPU_CONCURRENCY = OLLAMA_NUM_PARALLEL).
-        env["LLM_MODEL_SLOTS"] = str(OLLAMA_NUM_PARALLEL * config.max_instances)
+        # by default one instance's worth (LLM_GPU_CONCURRENCY, the backend's --concurrency).
+        env["LLM_MODEL_SLOTS"] = str(config.backend_concurrency * config.max_instances)
     if config.routing == "single":
         env["LLM_BACKEND_URL"] = f"${{{targets[0].url_variable}}}"
     else:
@@ -801,20 +888,13 @@ def budget_plan(config: Config, amount: int) -> Plan:
 # --- command line -----------------------------------------------------------------------------
 
 
-def region_list() -> str:
-    return ", ".join(
-        f"{name} (by invitation only)" if "invitation" in where else name
-        for name, where in sorted(L4_REGIONS.items())
-    )
-
-
 def parse_args(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.deploy",
         description="Build and deploy the chat (GPU backend + UI) to Cloud Run.",
     )
     parser.add_argument("--project", default="", help="Google Cloud project id (required)")
-    parser.add_argument("--region", default="", help="a Cloud Run region with L4 GPUs")
+    parser.add_argument("--region", default="", help="a Cloud Run region with the GPU")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the gcloud commands, run nothing"
     )
@@ -824,6 +904,33 @@ def parse_args(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
         default="single",
         help="one GPU service for all models (default) or one per model family",
     )
+    parser.add_argument(
+        "--backend", choices=BACKEND_KINDS, default="ollama",
+        help=f"GPU server: Ollama with the production models (default) or vLLM serving "
+        f"{VLLM_MODEL} as {VLLM_SERVED_MODEL} (OpenAI API)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gpu-type", choices=sorted(GPUS), default=L4.gcloud_name,
+        help="Cloud Run GPU (deploy/README.md, \"Choosing the GPU\"; default nvidia-l4)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backend-cpu", type=int, default=0,
+        help="vCPU per GPU instance (default: the GPU's shape in deploy/gpus.py)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backend-memory", type=int, default=0, metavar="GIB",
+        help="memory per GPU instance in GiB (default: the GPU's shape)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gpu-price-per-hour", type=float, default=None, metavar="USD",
+        help="the GPU instance's price per hour for the UI's cost estimates "
+        "(required with nvidia-rtx-pro-6000; the L4's is the UI's default)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--hf-token-secret", default="",
+        help="Secret Manager secret with a Hugging Face read token, for --backend vllm "
+        "(default: PREFIX-hf-token)",
+    )  # fmt: skip
     parser.add_argument(
         "--max-instances", type=int, default=1,
         help="GPU instances per backend service (each needs one L4 of GPU quota; default 1)",
@@ -853,7 +960,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
     )  # fmt: skip
     parser.add_argument(
         "--skip-region-check", action="store_true",
-        help="deploy to a region missing from the known L4 list",
+        help="deploy to a region missing from the GPU's known region list",
     )  # fmt: skip
     args = parser.parse_args(argv)
 
@@ -868,17 +975,40 @@ def parse_args(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
             f"project {project!r} is not a Google Cloud project id (6-30 characters: "
             "lowercase letters, digits and hyphens, starting with a letter)"
         )
+    gpu = GPUS[args.gpu_type]
     region = args.region.strip()
     if not region:
         raise DeployError(
             f"missing region: pass REGION=<region> to `make deploy` (or --region); "
-            f"Cloud Run L4 GPU regions: {region_list()}"
+            f"Cloud Run regions with {gpu.label}: {region_list(gpu)}"
         )
-    if region not in L4_REGIONS and not args.skip_region_check:
+    cpu = args.backend_cpu or gpu.cpu
+    memory_gib = args.backend_memory or gpu.memory_gib
+    try:
+        if not args.skip_region_check:
+            check_gpu_region(gpu, region)
+        check_gpu_shape(gpu, cpu, memory_gib)
+    except PreflightFailed as exc:
+        raise DeployError(str(exc)) from None
+    if args.backend == "vllm" and gpu is not L4:
         raise DeployError(
-            f"region {region!r} does not offer Cloud Run NVIDIA L4 GPUs. "
-            f"Choose one of: {region_list()} "
-            "(or pass --skip-region-check if Google has added it since)"
+            f"--backend vllm runs on nvidia-l4 only: its image pin (Dockerfile.vllm) is the one "
+            f"checked against the L4's driver; use --backend ollama with {gpu.gcloud_name}"
+        )
+    if args.backend == "vllm" and args.routing != "single":
+        raise DeployError(
+            f"--backend vllm serves one model ({VLLM_SERVED_MODEL}) from one service: "
+            "--routing per-family is for the Ollama backend"
+        )
+    if args.gpu_price_per_hour is None and not gpu.ui_default_price:
+        raise DeployError(
+            f"--gpu-price-per-hour is required with --gpu-type {gpu.gcloud_name}: the price of "
+            f"one instance ({gpu.label}, {cpu} vCPU, {memory_gib} GiB) per hour in {region}, "
+            "from https://cloud.google.com/run/pricing; the UI's cost estimates use it"
+        )
+    if args.gpu_price_per_hour is not None and not args.gpu_price_per_hour > 0:
+        raise DeployError(
+            f"--gpu-price-per-hour must be a positive amount of USD, got {args.gpu_price_per_hour}"
         )
     if not re.fullmatch(r"[a-z]+-[a-z]+[0-9]+", region):
         raise DeployError(f"region {region!r} is not a region name like us-central1")
@@ -909,6 +1039,12 @@ def parse_args(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
         project=project,
         region=region,
         routing=args.routing,
+        backend=args.backend,
+        gpu=gpu,
+        backend_cpu=cpu,
+        backend_memory_gib=memory_gib,
+        gpu_price_per_hour=args.gpu_price_per_hour,
+        hf_token_secret=args.hf_token_secret or f"{args.prefix}-hf-token",
         prefix=args.prefix,
         tag=tag,
         max_instances=args.max_instances,
@@ -928,11 +1064,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan = budget_plan(config, args.budget_alert)
         else:
             plan = build_plan(config)
-        if "invitation" in L4_REGIONS.get(config.region, ""):
+        if "invitation" in config.gpu.regions.get(config.region, ""):
+            others = [r for r, where in config.gpu.regions.items() if "invitation" not in where]
             print(
-                f"deploy: note: {config.region} offers L4 GPUs by invitation only; if the "
-                "backend deploy is refused, use europe-west1, europe-west4, us-east4 or "
-                "asia-southeast1",
+                f"deploy: note: {config.region} offers {config.gpu.label} GPUs by invitation "
+                f"only; if the backend deploy is refused, use {', '.join(sorted(others))}",
                 file=sys.stderr,
             )
         if args.dry_run:

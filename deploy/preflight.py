@@ -9,6 +9,9 @@
 Each check exits 0 when the project is ready and otherwise prints what to request and where
 (exit 1). deploy.py runs the same functions in process on the captured output; its dry-run
 script pipes into this module, so the printed script checks exactly the same things.
+
+The GPU choice itself (region, instance shape) is checked before any command runs:
+check_gpu_region() and check_gpu_shape(), on the facts in deploy/gpus.py.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from deploy.gpus import L4_QUOTA_ID, L4_QUOTA_NAME, Gpu, region_list
+
 # Cloud Run's quota for L4 GPUs without zonal redundancy (the deploy passes
-# --no-gpu-zonal-redundancy). Its console name is "Total Nvidia L4 GPU allocation without
-# zonal redundancy, per project per region"; Google grants none by default.
+# --no-gpu-zonal-redundancy); Google grants none by default.
 GPU_QUOTA_SERVICE = "run.googleapis.com"
-GPU_QUOTA_ID = "NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion"
-GPU_QUOTA_NAME = "Total Nvidia L4 GPU allocation without zonal redundancy, per project per region"
+GPU_QUOTA_ID = L4_QUOTA_ID
+GPU_QUOTA_NAME = L4_QUOTA_NAME
 
 
 class PreflightFailed(Exception):
@@ -74,6 +78,26 @@ def check_gpu_quota(output: str, project: str, region: str, need: int) -> None:
             f"--quota-id={GPU_QUOTA_ID} --dimensions=region={region} --preferred-value={need} "
             f"--project={project} --email=YOU@EXAMPLE.COM`; Google answers within days, "
             "before any build runs."
+        )
+
+
+def check_gpu_region(gpu: Gpu, region: str) -> None:
+    if region not in gpu.regions:
+        raise PreflightFailed(
+            f"region {region!r} does not offer Cloud Run {gpu.label} GPUs "
+            f"(--gpu-type {gpu.gcloud_name}). Choose one of: {region_list(gpu)} "
+            "(or pass --skip-region-check if Google has added it since)"
+        )
+
+
+def check_gpu_shape(gpu: Gpu, cpu: int, memory_gib: int) -> None:
+    """Cloud Run refuses a GPU instance below the GPU's minimum; say so before any build."""
+    if cpu < gpu.min_cpu or memory_gib < gpu.min_memory_gib:
+        raise PreflightFailed(
+            f"{cpu} vCPU and {memory_gib} GiB is below what Cloud Run requires with "
+            f"{gpu.label}: at least {gpu.min_cpu} vCPU and {gpu.min_memory_gib} GiB "
+            f"(default for --gpu-type {gpu.gcloud_name}: --backend-cpu {gpu.cpu} "
+            f"--backend-memory {gpu.memory_gib})"
         )
 
 

@@ -10,6 +10,7 @@ from gradio_client import Client
 from playwright.sync_api import Browser
 
 from devtools.testkit.browser import chromium
+from devtools.testkit.openai_servers import start_llama_cpp_server
 from devtools.testkit.procs import Proc, free_port, start_engine, wait_http
 
 
@@ -75,5 +76,16 @@ def firestore_emulator() -> Iterator[str]:
     try:
         wait_http(f"http://127.0.0.1:{port}/", timeout=90, proc=proc.popen)
         yield f"127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[str]:
+    """llama-cpp-python's own OpenAI-compatible server on the smollm2 GGUF, one for the whole
+    session (devtools/testkit/openai_servers.py), one thread; yields its URL."""
+    proc, url = start_llama_cpp_server(name="llama-cpp-session")
+    try:
+        yield url
     finally:
         proc.stop()

@@ -29,7 +29,7 @@ from ui.errors import (
     BackendUnreachable,
     ModelNotFound,
 )
-from ui.settings import Settings
+from ui.settings import BackendRoute, Settings
 
 MODEL = "smollm2:135m"
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -361,7 +361,16 @@ def test_a_timeout_in_a_call_without_a_deadline_names_the_read_timeout() -> None
 # value differs from the field's default, so a variable that misses its field fails the test.
 SETTINGS_ENVIRONMENT: list[tuple[str, str, str, object]] = [
     ("LLM_BACKEND_URL", "10.1.2.3:8000", "backend_url", "http://10.1.2.3:8000"),
-    ("LLM_BACKEND_ROUTES", "gemma=10.1.2.4", "backend_routes", {"gemma": "http://10.1.2.4:11434"}),
+    ("LLM_BACKEND_API", "openai", "backend_api", "openai"),
+    (
+        "LLM_BACKEND_ROUTES",
+        "gemma=10.1.2.4,llama=openai+10.1.2.5:8000",
+        "backend_routes",
+        {
+            "gemma": BackendRoute(url="http://10.1.2.4:11434", api="ollama"),
+            "llama": BackendRoute(url="http://10.1.2.5:8000", api="openai"),
+        },
+    ),
     ("LLM_ALLOWED_MODELS", "a:1, b:2", "allowed_models", ["a:1", "b:2"]),
     ("LLM_AUTH", "google", "auth", "google"),
     ("LLM_AUTH_AUDIENCE", "https://audience.example", "auth_audience", "https://audience.example"),

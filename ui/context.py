@@ -53,6 +53,7 @@ class AppContext:
             GpuPrice(settings.gpu_price_per_hour, settings.gpu_concurrency),
             idle_timeout=settings.backend_idle_timeout,
             typical=lambda: tracker.typical,
+            reports_loads=client.reports_loads,
         )
         models = ModelDirectory(settings, client)
         models.on_answer.append(watch.answered)

@@ -9,6 +9,7 @@ handles a handful of cases and shows words a user understands::
     ├── BackendBusy               429/503: all instances busy or the queue is full
     ├── BackendAuthError          401/403, or no ID token could be obtained
     ├── ModelNotFound             404 for the model
+    ├── BackendMisconfigured      the backend speaks another API than it is set up for
     └── BackendResponseError      any other status, or an error line mid-stream
 
 Each carries `status_code` (None when there was no HTTP answer) and a `user_message`
@@ -66,6 +67,10 @@ class BackendAuthError(BackendError):
 
 class ModelNotFound(BackendError):
     default_message = "That model is not available on the backend."
+
+
+class BackendMisconfigured(BackendError):
+    default_message = "The model backend is not set up the way it answers."
 
 
 class BackendResponseError(BackendError):

@@ -9,13 +9,48 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_LOCAL_BACKEND = "http://127.0.0.1:11434"
+
+# The HTTP APIs a backend may speak: Ollama's (/api/...) or the OpenAI-compatible one
+# (/v1/models, /v1/chat/completions) of vLLM, llama.cpp's server, TGI, SGLang.
+BackendApi = Literal["ollama", "openai"]
+BACKEND_APIS: tuple[str, ...] = get_args(BackendApi)
+# A route's URL may name its API first: `openai+https://...` (as in git+https://).
+_API_PREFIX = re.compile(r"(?P<api>[a-z0-9_-]+)\+(?P<url>.+)", re.IGNORECASE)
+
+
+class BackendRoute(BaseModel):
+    """Where one family's models are served, and which API that backend speaks (None in
+    an unresolved route: it speaks LLM_BACKEND_API's)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str
+    api: BackendApi | None = None
+
+
+def parse_route(family: str, value: object) -> object:
+    """A route as written in LLM_BACKEND_ROUTES: `[API+]URL`, e.g. `openai+https://...`."""
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    match = _API_PREFIX.fullmatch(value)
+    if match is None:
+        return {"url": value}
+    api = match["api"].lower()
+    if api not in BACKEND_APIS:
+        raise ValueError(
+            f"LLM_BACKEND_ROUTES entry {family!r}: {match['api']!r} is not a backend API "
+            f"(write {' or '.join(a + '+URL' for a in BACKEND_APIS)}, or the URL alone)"
+        )
+    return {"url": match["url"], "api": api}
 
 
 def _split_csv(value: object) -> object:
@@ -42,11 +77,20 @@ class Settings(BaseSettings):
             "on 127.0.0.1:11434 if one answers, else start the embedded CPU engine."
         ),
     )
-    backend_routes: Annotated[dict[str, str], NoDecode] = Field(
+    backend_api: BackendApi = Field(
+        default="ollama",
+        description=(
+            "The API the backend at backend_url speaks (env LLM_BACKEND_API): 'ollama' or "
+            "'openai' (an OpenAI-compatible server: vLLM, llama.cpp's server, TGI, ...)."
+        ),
+    )
+    backend_routes: Annotated[dict[str, BackendRoute], NoDecode] = Field(
         default_factory=dict,
         description=(
             'Per-family backends (env LLM_BACKEND_ROUTES), JSON like {"gemma": "https://..."}'
-            " or gemma=https://...,llama=https://... Families not listed use backend_url."
+            " or gemma=https://...,llama=openai+https://... A URL may start with its API "
+            "(ollama+ or openai+); without one it speaks LLM_BACKEND_API's. Families not "
+            "listed use backend_url."
         ),
     )
     allowed_models: Annotated[list[str], NoDecode] = Field(
@@ -261,12 +305,15 @@ class Settings(BaseSettings):
             if not value:
                 return {}
             if value.startswith("{"):
-                return json.loads(value)
-            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
-            bad = [p[0] for p in pairs if len(p) != 2]
-            if bad:
-                raise ValueError(f"LLM_BACKEND_ROUTES entry {bad[0]!r} is not family=url")
-            return {k.strip().lower(): v.strip() for k, v in pairs}
+                value = json.loads(value)
+            else:
+                pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+                bad = [p[0] for p in pairs if len(p) != 2]
+                if bad:
+                    raise ValueError(f"LLM_BACKEND_ROUTES entry {bad[0]!r} is not family=url")
+                value = {k.strip().lower(): v.strip() for k, v in pairs}
+        if isinstance(value, dict):
+            return {family: parse_route(family, route) for family, route in value.items()}
         return value
 
     @field_validator("backend_url", mode="before")
@@ -281,7 +328,23 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_routes(self) -> Settings:
-        self.backend_routes = {k: normalize_backend_url(v) for k, v in self.backend_routes.items()}
+        self.backend_routes = {
+            family: BackendRoute(
+                url=normalize_backend_url(route.url), api=route.api or self.backend_api
+            )
+            for family, route in self.backend_routes.items()
+        }
+        # One URL is one server: it cannot speak two APIs.
+        seen: dict[str, tuple[str | None, str]] = {}  # url -> (api, where it was set)
+        if self.backend_url:
+            seen[self.backend_url.rstrip("/")] = (self.backend_api, "LLM_BACKEND_URL")
+        for family, route in self.backend_routes.items():
+            api, where = seen.setdefault(route.url.rstrip("/"), (route.api, family))
+            if api != route.api:
+                raise ValueError(
+                    f"LLM_BACKEND_ROUTES: {family!r} speaks {route.api} to the backend that "
+                    f"{where} speaks {api} to; one server speaks one API"
+                )
         return self
 
 

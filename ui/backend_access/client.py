@@ -1,4 +1,5 @@
-"""The one boundary between the UI and the model backends (Ollama's HTTP API).
+"""The one boundary between the UI and the model backends (Ollama's HTTP API, or an
+OpenAI-compatible one: ui/backend_access/openai_api.py).
 
 Built on the official `ollama.AsyncClient`, which forwards httpx keyword arguments, so each
 client gets explicit timeouts, a bounded connection pool and (for Cloud Run backends) an
@@ -18,6 +19,14 @@ Routing: `settings.backend_routes` maps a model family ("gemma", "llama", ...) t
 backend URL; every other model uses the default backend URL. One `BackendClients` is kept
 per backend URL per event loop (httpx clients must not cross loops; Gradio runs all async
 handlers in one loop, so in practice there is one set of clients per backend).
+
+Kinds: each backend URL speaks one API (`settings.backend_api`, or its route's). Every
+public call below dispatches on it in one place: an `OpenAIBackend` in `BackendClients`
+means the OpenAI-compatible API, else Ollama's. Callers (the turn pipeline, warming, the
+model directory) get the same events, stats and errors from both; what only Ollama can
+tell (a load under way, /api/ps) is asked through `reports_loads`. A 404 from a backend
+gets one check of which API it speaks (`ApiCheck`): one set up with the wrong API gets an
+error that names the setting to change (`BackendMisconfigured`).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
@@ -34,109 +44,42 @@ from typing import Any, NamedTuple, TypedDict, cast
 
 import httpx
 import ollama
+import openai
 import pydantic
 
 from catalog import Family, family_of
 from ui.backend_access.auth import auth_for, denied_message, root_url
+from ui.backend_access.events import (  # re-exported: callers import them from here
+    MODEL_LOAD_MIN_S as MODEL_LOAD_MIN_S,
+)
+from ui.backend_access.events import NS_PER_S as NS_PER_S
+from ui.backend_access.events import ChatEvent, ReplyDone, ReplyStats, TokenDelta
+from ui.backend_access.events import was_a_model_load as was_a_model_load
+from ui.backend_access.openai_api import HEALTH_PATH, MODELS_PATH, OpenAIBackend
 from ui.errors import (
     BackendAuthError,
     BackendBusy,
     BackendError,
+    BackendMisconfigured,
     BackendResponseError,
     BackendTimeout,
     BackendUnreachable,
     ModelNotFound,
 )
-from ui.settings import DEFAULT_LOCAL_BACKEND, Settings
+from ui.settings import DEFAULT_LOCAL_BACKEND, BackendApi, Settings
 
 logger = logging.getLogger(__name__)
 
-NS_PER_S = 1_000_000_000
-# A load_duration above this means the request waited for a model to load. Ollama measures it
-# from request start to the model being ready (server/routes.go ChatHandler, v0.24.0): only
-# scheduling when the model is loaded, the whole load (seconds on a GPU) otherwise. Measured
-# with the real engine (`python -m bench.load_duration`, 2026-12-07, 2 cores): a loaded model
-# 0.10-0.49 ms quiet, at most 4.3 ms with another process keeping a core busy; a real load
-# 117-392 ms for smollm2:135m (91 ms seen once on a quiet machine), 413-1687 ms for
-# gemma3:270m. 20 ms sits 4x above the slowest warm value and 4x below the fastest load.
-MODEL_LOAD_MIN_S = 0.020
-
-
-def was_a_model_load(load_seconds: float | None) -> bool:
-    """Whether a reply with this load_duration (in seconds) waited for its model to load."""
-    return load_seconds is not None and load_seconds > MODEL_LOAD_MIN_S
-
-
 # Ollama's 503 when OLLAMA_MAX_QUEUE requests already wait (server/sched.go ErrMaxQueue).
 OLLAMA_QUEUE_FULL = "maximum pending requests exceeded"
+OLLAMA_VERSION_PATH = "/api/version"  # Ollama's probe; what answers here speaks its API
 BODY_END_GRACE_S = 1.0  # how long a finished reply's body may take to end
 
 
-# === typed results =======================================================================
-@dataclass(frozen=True)
-class TokenDelta:
-    """A piece of reply text, in stream order."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class ReplyStats:
-    """Ollama's numbers from the final stream line (durations in nanoseconds)."""
-
-    eval_count: int | None = None
-    eval_duration: int | None = None
-    load_duration: int | None = None
-    prompt_eval_count: int | None = None
-    prompt_eval_duration: int | None = None
-    total_duration: int | None = None
-    done_reason: str | None = None
-
-    @property
-    def tokens_per_second(self) -> float | None:
-        if not self.eval_count or not self.eval_duration:
-            return None
-        return self.eval_count / (self.eval_duration / NS_PER_S)
-
-    @property
-    def load_seconds(self) -> float | None:
-        return None if self.load_duration is None else self.load_duration / NS_PER_S
-
-    @property
-    def model_was_loaded(self) -> bool:
-        """Whether this reply waited for its model to load (see MODEL_LOAD_MIN_S)."""
-        return was_a_model_load(self.load_seconds)
-
-    @property
-    def total_seconds(self) -> float | None:
-        return None if self.total_duration is None else self.total_duration / NS_PER_S
-
-    @classmethod
-    def from_response(cls, part: ollama.ChatResponse) -> ReplyStats:
-        return cls(
-            eval_count=part.eval_count,
-            eval_duration=part.eval_duration,
-            load_duration=part.load_duration,
-            prompt_eval_count=part.prompt_eval_count,
-            prompt_eval_duration=part.prompt_eval_duration,
-            total_duration=part.total_duration,
-            done_reason=part.done_reason,
-        )
-
-
-@dataclass(frozen=True)
-class ReplyDone:
-    """The last event of a reply."""
-
-    stats: ReplyStats
-
-
-ChatEvent = TokenDelta | ReplyDone
-
-
+# === typed results (the chat events and ReplyStats: ui/backend_access/events.py) =========
 @dataclass(frozen=True)
 class ModelInfo:
-    """One model a backend offers (from /api/tags)."""
+    """One model a backend offers (from /api/tags, or /v1/models: names only)."""
 
     name: str
     family: Family  # our grouping: gemma / llama / mistral / other
@@ -172,24 +115,35 @@ class HttpOptions(TypedDict):
 class BackendClients:
     """The clients of one backend in one event loop, built together from one `HttpOptions`."""
 
-    ollama: ollama.AsyncClient  # chat, load, /api/tags, /api/ps
-    # For what the ollama client has no call for: GET /api/version (the probe).
+    ollama: ollama.AsyncClient  # chat, load, /api/tags, /api/ps (an Ollama backend)
+    # For what the ollama client has no call for: the probe, the API check on a 404.
     http: httpx.AsyncClient
+    # An OpenAI-compatible backend: every call but the probe goes here (None: Ollama's API).
+    openai: OpenAIBackend | None = None
 
     async def aclose(self) -> None:
         await self.ollama.close()
         await self.http.aclose()
+        if self.openai is not None:
+            await self.openai.aclose()
 
 
 class BackendClient:
     """Talks to one default backend plus optional per-family backends."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.clock = clock  # times an OpenAI-compatible reply's pieces (its tokens/s)
         self.default_url = (settings.backend_url or DEFAULT_LOCAL_BACKEND).rstrip("/")
         self.routes: dict[str, str] = {
-            family.lower(): url.rstrip("/") for family, url in settings.backend_routes.items()
+            family.lower(): route.url.rstrip("/")
+            for family, route in settings.backend_routes.items()
         }
+        # The API each backend speaks (settings make sure a URL has one).
+        self.apis: dict[str, BackendApi] = {self.default_url: settings.backend_api}
+        for family, route in settings.backend_routes.items():
+            self.apis[self.routes[family.lower()]] = route.api or settings.backend_api
+        self.api_check = ApiCheck(self)
         self.timeout = httpx.Timeout(
             connect=settings.connect_timeout,
             read=settings.read_timeout,
@@ -216,6 +170,13 @@ class BackendClient:
     def url_for(self, model: str, reported_family: str | None = None) -> str:
         return self.routes.get(family_of(model, reported_family), self.default_url)
 
+    def reports_loads(self, model: str | None = None) -> bool:
+        """Whether the backend of `model` (None: the default one) tells a model load under
+        way (Ollama: /api/ps, load_duration). OpenAI-compatible servers load their models
+        at start and report no loads: the cold-start status then says only that the
+        instance answers (ui/turn/warming.py, ui/backend_access/status.py)."""
+        return self.apis[self.url_for(model) if model else self.default_url] == "ollama"
+
     def audience_for(self, url: str) -> str:
         """The ID-token audience for a backend (used in access-denied messages)."""
         return self.settings.auth_audience or root_url(url)
@@ -234,11 +195,15 @@ class BackendClient:
                 auth=auth_for(self.settings, url),
                 follow_redirects=True,
             )
+            speaks_openai = self.apis.get(url) == "openai"
             clients = per_loop[url] = BackendClients(
                 ollama=ollama.AsyncClient(host=url, **options),
                 http=httpx.AsyncClient(
                     base_url=url, headers={"Accept": "application/json"}, **options
                 ),
+                openai=OpenAIBackend(url, httpx.AsyncClient(**options), clock=self.clock)
+                if speaks_openai
+                else None,
             )
         return clients
 
@@ -264,8 +229,15 @@ class BackendClient:
         makes Ollama stop generating.
         """
         url = self.url_for(model)
-        client = self.clients_for(url).ollama
-        with BackendErrors(self, url, model=model) as call:
+        clients = self.clients_for(url)
+        client = clients.ollama
+        async with BackendErrors(self, url, model=model) as call:
+            if clients.openai is not None:
+                reply = clients.openai.chat_stream(model, messages, options, call.streaming)
+                async with aclosing(reply):
+                    async for event in reply:
+                        yield event
+                return
             parts = await client.chat(
                 model=model,
                 messages=list(messages),
@@ -290,8 +262,14 @@ class BackendClient:
     async def load_model(self, model: str, keep_alive: str | float | None = None) -> ReplyStats:
         """Load a model into memory without generating (a chat request with no messages)."""
         url = self.url_for(model)
-        with BackendErrors(self, url, model=model):
-            response = await self.clients_for(url).ollama.chat(
+        clients = self.clients_for(url)
+        async with BackendErrors(self, url, model=model) as call:
+            if clients.openai is not None:
+                # The server loaded its models at start: nothing to load if it serves this.
+                if model not in await clients.openai.model_ids():
+                    raise call.status_error(404, "not in its model list")
+                return ReplyStats()
+            response = await clients.ollama.chat(
                 model=model, messages=[], keep_alive=keep_alive, stream=False
             )
         return ReplyStats.from_response(response)
@@ -328,9 +306,19 @@ class BackendClient:
         return sorted(models.values(), key=lambda m: (m.family, m.name))
 
     async def _list_one(self, url: str, deadline: float | None) -> list[ModelInfo]:
-        with BackendErrors(self, url, deadline=deadline):
+        clients = self.clients_for(url)
+        if clients.openai is not None:
+            async with BackendErrors(self, url, deadline=deadline):
+                async with asyncio.timeout(deadline):
+                    names = await clients.openai.model_ids()
+            return [
+                ModelInfo(name, family_of(name), None, None, None, None, url)
+                for name in names
+                if self.url_for(name) == url
+            ]
+        async with BackendErrors(self, url, deadline=deadline):
             async with asyncio.timeout(deadline):
-                response = await self.clients_for(url).ollama.list()
+                response = await clients.ollama.list()
         found: list[ModelInfo] = []
         for entry in response.models:
             if not entry.model:
@@ -355,10 +343,12 @@ class BackendClient:
         return found
 
     async def running_models(self) -> list[RunningModel]:
-        """Models loaded right now, over all backends (from /api/ps)."""
+        """Models loaded right now, over the backends that tell (Ollama's /api/ps)."""
         running: list[RunningModel] = []
         for url in self.backend_urls:
-            with BackendErrors(self, url):
+            if self.apis[url] != "ollama":
+                continue
+            async with BackendErrors(self, url):
                 response = await self.clients_for(url).ollama.ps()
             for entry in response.models:
                 if not entry.model:
@@ -376,17 +366,22 @@ class BackendClient:
 
     async def probe(self, model: str | None = None) -> str:
         """Quick liveness check of the backend serving `model` (default backend if None):
-        GET /api/version within `settings.probe_timeout`. Returns the version string.
-        A warm Ollama answers in milliseconds; a scaled-to-zero one does not."""
+        GET /api/version (an OpenAI-compatible one: /health) within
+        `settings.probe_timeout`. Returns the version string ("unknown" when the backend
+        tells none). A warm backend answers in milliseconds; a scaled-to-zero one does not."""
         url = self.url_for(model) if model else self.default_url
         deadline = self.settings.probe_timeout
-        with BackendErrors(self, url, deadline=deadline):
+        speaks_openai = self.apis[url] == "openai"
+        async with BackendErrors(self, url, deadline=deadline):
             async with asyncio.timeout(deadline):
                 # The ollama client has no version call (ollama 0.6); `http` is built with
                 # the same auth, timeouts and redirects.
-                response = await self.clients_for(url).http.get("/api/version")
+                http = self.clients_for(url).http
+                response = await http.get(HEALTH_PATH if speaks_openai else OLLAMA_VERSION_PATH)
+                if speaks_openai and response.status_code in (404, 405):
+                    return "unknown"  # a server without /health: its answer proves it is up
                 response.raise_for_status()
-                version = response.json().get("version")
+                version = None if speaks_openai else response.json().get("version")
         return str(version or "unknown")
 
 
@@ -410,8 +405,20 @@ class _StatusOf(NamedTuple):
     read: Callable[[Any], tuple[int, str]]
 
 
-ERRORS: tuple[_Becomes | _StatusOf, ...] = (
+class _CauseOf(NamedTuple):
+    """A row of ERRORS: a wrapper whose cause (`__cause__`, when it has one) decides."""
+
+    catches: type[Exception]
+
+
+ERRORS: tuple[_Becomes | _StatusOf | _CauseOf, ...] = (
     _StatusOf(ollama.ResponseError, lambda exc: (exc.status_code, str(exc.error))),
+    # The openai client wraps the httpx error it met (openai/_base_client.py, _streaming.py):
+    # that error decides, as on the Ollama path.
+    _CauseOf(openai.APIConnectionError),
+    _StatusOf(openai.APIStatusError, lambda exc: (exc.status_code, _openai_message(exc))),
+    # Any other APIError is an {"error": ...} event inside a 200 stream (_streaming.py).
+    _StatusOf(openai.APIError, lambda exc: (-1, exc.message)),
     _Becomes(
         TimeoutError, BackendTimeout, "The model backend did not answer within {deadline:g} s."
     ),
@@ -446,19 +453,28 @@ ERRORS: tuple[_Becomes | _StatusOf, ...] = (
         "The model backend sent an answer the UI cannot read.",
         log="Unreadable answer from %(url)s: %(exc)r",
     ),
-    _Becomes(httpx.HTTPError, BackendUnreachable, "Talking to the model backend failed ({name})."),
+    _Becomes(
+        (httpx.HTTPError, openai.APIConnectionError),
+        BackendUnreachable,
+        "Talking to the model backend failed ({name}).",
+    ),
 )
 
 
 @dataclass
 class BackendErrors:
-    """`with BackendErrors(client, url, ...) as call:` turns any failure in the block into a
-    `ui.errors` error, raised from the original. The first row of ERRORS that matches wins,
-    so a subclass comes before its base::
+    """`async with BackendErrors(client, url, ...) as call:` turns any failure in the block
+    into a `ui.errors` error, raised from the original; a 404 then gets the API check
+    (`ApiCheck`: a backend that speaks the other API becomes `BackendMisconfigured`). The
+    first row of ERRORS that matches wins, so a subclass comes before its base::
 
         Exception                       becomes
         ├── ui.errors.BackendError      itself (ours already, also from ui.backend_access.auth)
         ├── ollama.ResponseError        by its status; -1: an error line inside a 200 stream
+        ├── openai.APIError
+        │   ├── APIConnectionError      (and APITimeoutError) what its httpx cause becomes
+        │   ├── APIStatusError          by its status (429, 503, 401, 404, ...)
+        │   └── any other               an error event inside a 200 stream, as ollama's -1
         ├── OSError
         │   ├── TimeoutError            BackendTimeout: asyncio.timeout around a whole call
         │   └── ConnectionError         BackendUnreachable, refused (logged): ollama's
@@ -486,6 +502,10 @@ class BackendErrors:
     deadline: float | None = None
     mid_stream: bool = False  # reply text arrived: a broken connection broke off the reply
 
+    def streaming(self) -> None:
+        """The reply has begun (its first chunk came)."""
+        self.mid_stream = True
+
     def __enter__(self) -> BackendErrors:
         return self
 
@@ -493,10 +513,27 @@ class BackendErrors:
         if isinstance(exc, Exception) and not isinstance(exc, BackendError):
             raise self.translate(exc) from exc
 
+    async def __aenter__(self) -> BackendErrors:
+        return self
+
+    async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if not isinstance(exc, Exception):
+            return
+        error = exc if isinstance(exc, BackendError) else self.translate(exc)
+        if error.status_code == 404:
+            error = await self.client.api_check.explain(self.url, error)
+        if error is not exc:
+            raise error from exc
+
     def translate(self, exc: Exception) -> BackendError:
         """The `ui.errors` error for `exc`, by the first matching row of ERRORS."""
         for row in ERRORS:
             if not isinstance(exc, row.catches):
+                continue
+            if isinstance(row, _CauseOf):
+                cause = exc.__cause__
+                if isinstance(cause, Exception):
+                    return self.translate(cause)
                 continue
             if isinstance(row, _StatusOf):
                 return self.status_error(*row.read(exc))
@@ -521,16 +558,21 @@ class BackendErrors:
         }
 
     def status_error(self, status: int, server_message: str) -> BackendError:
-        """The error for an HTTP error answer (or ollama's -1 for an error line)."""
+        """The error for an HTTP error answer (or -1 for an error inside a 200 stream)."""
         message = _shorten(server_message)
         if status == -1:  # ollama's marker for an {"error": ...} line inside a 200 stream
             return BackendResponseError(
                 f"The model backend reported an error in the middle of the reply: {message}"
             )
-        if status == 404:
-            name = f"“{self.model}”" if self.model else "That model"
+        if status == 404 and self.model:
             return ModelNotFound(
-                f"The model {name} is not available on the backend ({message}).", status_code=404
+                f"The model “{self.model}” is not available on the backend ({message}).",
+                status_code=404,
+            )
+        if status == 404:  # a call about no model: the backend has no such address
+            return BackendResponseError(
+                f"The model backend answered “not found” (HTTP 404: {message}).",
+                status_code=404,
             )
         if status in (429, 503):
             # A status comes before any reply text (Ollama writes nothing before the first
@@ -571,6 +613,19 @@ async def _finish_body(stream: AsyncIterator[Any]) -> None:
                 break
 
 
+def _openai_message(exc: openai.APIStatusError) -> str:
+    """The server's own words: openai keeps a JSON body's "error" object (or the whole
+    body) in `exc.body`; FastAPI servers say `detail`."""
+    body = exc.body
+    if isinstance(body, dict):
+        said = body.get("message") or body.get("detail")
+        if isinstance(said, str):
+            return said
+    if isinstance(body, str):
+        return body
+    return exc.response.text
+
+
 def _server_message(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -584,3 +639,75 @@ def _server_message(response: httpx.Response) -> str:
 def _shorten(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split()) or "no details"
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# === which API a backend speaks ==========================================================
+@dataclass(frozen=True)
+class _Marker:
+    """What answers only on a backend that speaks `api`: GET `path` gives JSON with `key`."""
+
+    api: BackendApi
+    path: str
+    key: str
+
+
+# Ollama also serves /v1 (its OpenAI compatibility): each API's own marker is asked first.
+_MARKERS = (
+    _Marker("ollama", OLLAMA_VERSION_PATH, "version"),
+    _Marker("openai", MODELS_PATH, "data"),
+)
+_API_NAMES: dict[str, str] = {"ollama": "Ollama's API", "openai": "the OpenAI API"}
+
+
+class ApiCheck:
+    """Tells, after a 404, whether the backend speaks the other API than it is set up for
+    (an OpenAI-compatible server behind LLM_BACKEND_API=ollama answers every call with
+    404). Asks each backend once: its configured API's marker first (found: the 404 was
+    genuine, e.g. an unknown model), then the other's."""
+
+    def __init__(self, client: BackendClient) -> None:
+        self.client = client
+        self._speaks: dict[str, BackendApi] = {}  # backend URL -> the API it answered
+
+    async def explain(self, url: str, error: BackendError) -> BackendError:
+        """`error` (a 404 from `url`), or the misconfiguration it shows."""
+        configured = self.client.apis[url]
+        speaks = self._speaks.get(url)
+        if speaks is None:
+            speaks = await self._ask(url, configured)
+            if speaks is not None:
+                self._speaks[url] = speaks
+        if speaks is None or speaks == configured:
+            return error
+        setting = self.setting_for(url, speaks)
+        logger.warning(
+            "The backend %s answers 404 to %s calls and speaks %s: %s",
+            url, _API_NAMES[configured], _API_NAMES[speaks], setting,
+        )  # fmt: skip
+        return BackendMisconfigured(
+            f"The model backend speaks {_API_NAMES[speaks]}, but this app is set up to "
+            f"talk to it with {_API_NAMES[configured]}: {setting}",
+            status_code=404,
+        )
+
+    async def _ask(self, url: str, configured: BackendApi) -> BackendApi | None:
+        http = self.client.clients_for(url).http
+        markers = sorted(_MARKERS, key=lambda marker: marker.api != configured)
+        for marker in markers:
+            try:
+                async with asyncio.timeout(self.client.settings.probe_timeout):
+                    response = await http.get(marker.path)
+                body = response.json() if response.status_code == 200 else None
+            except (httpx.HTTPError, TimeoutError, ValueError, BackendError):
+                return None  # no clear answer: nothing to conclude
+            if isinstance(body, dict) and marker.key in body:
+                return marker.api
+        return None
+
+    def setting_for(self, url: str, speaks: BackendApi) -> str:
+        """What to change, in the words of the settings (no URL: users may see it)."""
+        families = [family for family, routed in self.client.routes.items() if routed == url]
+        if not families:
+            return f"set LLM_BACKEND_API={speaks}."
+        entries = ", ".join(f"{family}={speaks}+URL" for family in families)
+        return f"in LLM_BACKEND_ROUTES, write {entries}."

@@ -110,8 +110,13 @@ def resolve_backend(
     The caller stops the engine on exit. `local_url` is where an Ollama is looked for and
     the engine started (Ollama's default address; tests pass a free port)."""
     if settings.backend_url:
-        logger.info("Model backend: %s", settings.backend_url)
+        logger.info("Model backend: %s (%s API)", settings.backend_url, settings.backend_api)
         return settings, None
+    if settings.backend_api != "ollama":
+        raise EngineStartError(
+            f"LLM_BACKEND_API={settings.backend_api} needs LLM_BACKEND_URL: the local "
+            "Ollama and the embedded engine speak Ollama's API."
+        )
     found = ollama_answers(local_url)
     if found:
         logger.info("Model backend: the Ollama already running on %s", local_url)

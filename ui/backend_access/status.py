@@ -13,6 +13,8 @@ reads this object only, so an idle page never keeps a GPU instance awake.
     asleep  no answer for longer than the backend's idle time         clock + last answer
     starting the backend does not answer yet: an instance starts      pre-warm, detector
     loading  the backend answers; <model> is being loaded             pre-warm, detector
+             (only a backend that reports loads: Ollama's API; an OpenAI-compatible
+             server loaded its model at start, so its answer after "starting" is "ready")
     ready    a model answered (or finished loading)                   pre-warm, replies
     unreachable the backend refused, failed or timed out (why)        pre-warm, replies
 
@@ -109,8 +111,13 @@ class BackendWatch:
         idle_timeout: float,
         typical: Callable[[], float],
         clock: Callable[[], float] = time.monotonic,
+        reports_loads: Callable[[str | None], bool] = lambda _model: True,
     ) -> None:
         self.price = price
+        # Whether the backend of a model (None: the default one) reports loads
+        # (BackendClient.reports_loads): only then does an answer after "starting" mean
+        # "loading" rather than "ready".
+        self.reports_loads = reports_loads
         self.idle_timeout = idle_timeout  # after this long without an answer: asleep
         self.typical = typical  # typical cold start (ColdStartTracker.typical)
         self.clock = clock
@@ -149,7 +156,8 @@ class BackendWatch:
         """The backend answered something (a model list, a probe)."""
         self.last_answer = self.clock()
         if self.state in ("unknown", "asleep", "starting", "unreachable"):
-            self._enter("ready" if self.state != "starting" else "loading")
+            loads_next = self.state == "starting" and self.reports_loads(self.model)
+            self._enter("loading" if loads_next else "ready")
 
     def loading(self, model: str | None) -> None:
         """The backend answers; `model` (None: not to be named) is loading."""

@@ -1,8 +1,8 @@
 """Every use of Gradio's internals, in one place: the queue's events, Gradio's reading of a
-request's origin, and the DOM the Chatbot and the layout draw, which our CSS and page
-scripts select on (ui/view/render.py). None of it is Gradio's public API, so an upgrade may
-change any of it without notice; tests/test_compat_gradio.py pins each one against the
-Gradio in uv.lock and names what changed.
+request's origin, the folder it serves files from, and the DOM the Chatbot and the layout
+draw, which our CSS and page scripts select on (ui/view/render.py). None of it is Gradio's
+public API, so an upgrade may change any of it without notice; tests/test_compat_gradio.py
+pins each one against the Gradio in uv.lock and names what changed.
 
 Gradio is imported only where a function needs it, so that importing the selectors (the
 page styles, ui/view/render.py) does not load Gradio.
@@ -38,12 +38,13 @@ def request_origin(request: Request, route_path: str) -> str:
     return str(route_utils.get_request_origin(request, route_path))
 
 
-# === the upload folder (ui/turn/images.py) ======================================================
+# === the upload folder (ui/turn/images.py, ui/pages/export.py) ==================================
 
 
 def upload_folder() -> str:
     """Where Gradio keeps uploads and the files components show (GRADIO_TEMP_DIR, else
-    the system's temp folder + "/gradio"): the only place an attached image may come from."""
+    the system's temp folder + "/gradio"): the only place an attached image may come from,
+    and where an imported chat's images are written (Gradio refuses a Chatbot file outside it)."""
     from gradio import utils  # Gradio: see the module docstring
 
     return str(utils.get_upload_folder())

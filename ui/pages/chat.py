@@ -36,6 +36,7 @@ import gradio as gr
 from ui.backend_access.models import ModelChoices, ModelRejected
 from ui.context import AppContext
 from ui.errors import InputRejected
+from ui.pages.export import ExportControls, ExportHandlers, layout_export, wire_export, wire_import
 from ui.pages.status_bar import Picker
 from ui.pages.widgets import (
     RAW_HTML_SHOWN_AS_TEXT,
@@ -355,6 +356,7 @@ class ChatComponents:
     max_tokens: gr.Slider
     store: gr.BrowserState
     page: ChatPage
+    export: ExportControls  # ui/pages/export.py
 
     def picker(self) -> Picker:
         """The model picker, refilled once the backend's real list is known."""
@@ -434,12 +436,13 @@ def _layout(settings: Settings, page: ChatPage) -> ChatComponents:
                     *TOP_P_RANGE, value=DEFAULT_TOP_P, step=0.01, label="Top-p", elem_id="top-p"
                 )
                 max_tokens = max_tokens_slider(settings, DEFAULT_MAX_TOKENS, "max-tokens")
+            export = layout_export("chat", importable=True)
     store = gr.BrowserState(
         [], storage_key=BROWSER_STORAGE_KEY, secret=BROWSER_STORAGE_KEY_MATERIAL
     )
     return ChatComponents(
         banner, chatbot, message, image, send, stop, model, model_info, system_prompt,
-        temperature, top_p, max_tokens, store, page,
+        temperature, top_p, max_tokens, store, page, export,
     )  # fmt: skip
 
 
@@ -513,3 +516,6 @@ def _wire(demo: gr.Blocks, page: ChatPage, c: ChatComponents) -> None:
         show_progress="hidden",
     )
     gr.api(page.models_api, api_name="models")
+    exports = ExportHandlers(page.ctx)
+    wire_export(c.export, "chat", exports.chat, c.share_inputs())
+    wire_import(c.export, exports, c.copy_outputs(), save)

@@ -34,6 +34,7 @@ from ui.backend_access.labels import ModelLabel
 from ui.backend_access.models import ModelChoices, ModelRejected
 from ui.context import AppContext
 from ui.errors import InputRejected
+from ui.pages.export import ExportControls, ExportHandlers, layout_export, wire_export
 from ui.pages.status_bar import Picker
 from ui.pages.widgets import (
     RAW_HTML_SHOWN_AS_TEXT,
@@ -259,6 +260,7 @@ class CompareComponents:
     temperature: gr.Slider
     max_tokens: gr.Slider
     share_row: gr.Row  # ui/pages/share.py puts its Share button and link here
+    export: ExportControls  # ui/pages/export.py
 
     def share_inputs(self) -> list[Any]:
         """What a share link of this comparison is made from (ui/pages/share.py)."""
@@ -343,9 +345,10 @@ def _layout(settings: Settings) -> CompareComponents:
             )
     with gr.Row(equal_height=True, elem_id="compare-share-row") as share_row:
         pass
+    export = layout_export("compare", importable=False)
     return CompareComponents(
         banner, models, heads, chats, statuses, columns[2], message, image, send, stop, clear,
-        system_prompt, temperature, max_tokens, share_row,
+        system_prompt, temperature, max_tokens, share_row, export,
     )  # fmt: skip
 
 
@@ -406,3 +409,4 @@ def _wire(demo: gr.Blocks, page: ComparePage, c: CompareComponents) -> None:
         api_visibility="undocumented",
         show_progress="hidden",
     ).then(**{**prewarm, "fn": page.prewarm_linked})
+    wire_export(c.export, "compare", ExportHandlers(page.ctx).compare, c.share_inputs())

@@ -247,9 +247,12 @@ def parse_histories(raw: Sequence[object]) -> list[list[Message]]:
 REPLY_CHARS_PER_TOKEN = 16
 
 
-def check_history(ctx: AppContext, history: Sequence[Message]) -> None:
-    """Every message of a history the browser sent back, checked like a new one: the
-    user's against the message limit, replies against the longest reply possible."""
+def check_history(
+    ctx: AppContext, history: Sequence[Message], *, then: str = "Start a new conversation."
+) -> None:
+    """Every message of a history the browser sent back (or a file imported), checked like
+    a new one: the user's against the message limit, replies against the longest reply
+    possible. `then`: what the user can do about a message too long."""
     user_limit = ctx.settings.max_message_chars
     reply_limit = ctx.settings.max_tokens_limit * REPLY_CHARS_PER_TOKEN
     for position, message in enumerate(history, start=1):
@@ -259,7 +262,7 @@ def check_history(ctx: AppContext, history: Sequence[Message]) -> None:
             who = "your message" if message["role"] == "user" else "a reply"
             raise HistoryRejected(
                 f"Message {position} of the conversation ({who}) is {len(text):,} characters "
-                f"long; the limit is {limit:,}. Start a new conversation."
+                f"long; the limit is {limit:,}. {then}"
             )
 
 

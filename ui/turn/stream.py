@@ -22,7 +22,13 @@ from catalog import normalize_tag
 from ui.backend_access.client import ReplyDone, TokenDelta
 from ui.backend_access.status import BackendWatch
 from ui.context import AppContext
-from ui.errors import BackendAuthError, BackendError, BackendTimeout, BackendUnreachable
+from ui.errors import (
+    BackendAuthError,
+    BackendError,
+    BackendMisconfigured,
+    BackendTimeout,
+    BackendUnreachable,
+)
 from ui.turn.fair_slots import FairSlots, SlotWait
 from ui.turn.pacing import interval_for_history, paced
 from ui.turn.prepare import ColumnRequest, PreparedTurn, session_of
@@ -66,7 +72,8 @@ async def reply_batches(
         async for batch in until_stopped(paced(events, interval), stop):
             yield batch
     except BackendError as exc:
-        if isinstance(exc, BackendUnreachable | BackendTimeout | BackendAuthError):
+        setup = BackendAuthError | BackendMisconfigured
+        if isinstance(exc, BackendUnreachable | BackendTimeout | setup):
             ctx.watch.failed(exc.user_message)
         yield [Failed(exc.user_message)]
     except Exception:

@@ -9,7 +9,10 @@ GPU memory. `stream_with_warmup` wraps one chat request and, until its first tok
     phase "loading"   the backend answers but the model is not ready in memory: it is loading
     phase "busy"      429/503: every instance is busy; retrying with backoff
     phase "unreachable" the connection was refused; retried briefly (connect_retry_window)
-    phase "ready"     the first token arrived (the banner goes away)
+    phase "ready"     the first token arrived (the banner goes away); for a backend that
+                      reports no loads (an OpenAI-compatible server, which loads its model
+                      at start) also when it answers again after "starting": that is all
+                      it can tell (BackendClient.reports_loads)
 
 The user's message is sent once. It is re-sent only after an answer that proves it was not
 processed (connection refused, 429, 503), with exponential backoff, all within one overall
@@ -141,6 +144,8 @@ class PhaseDetector:
             return "busy"
         except (BackendTimeout, BackendUnreachable):
             return "starting"
+        if not client.reports_loads(self.model):
+            return None  # it answers; whether its model is loaded it cannot tell
         sent = time.monotonic()
         try:
             # Not asyncio.wait_for: on Python 3.11 it drops a cancel that comes in the loop
@@ -357,7 +362,8 @@ async def _detect(opening: _Opening) -> None:
     """Find the cold phase, and look again every second until the first token (which
     cancels this): "starting" moves on to "loading", and a model listed in /api/ps needs
     three looks to tell loading from warm (PhaseDetector). Once a cold phase was seen, a
-    later "warm" shows as "loading": the model came up and the reply is on its way."""
+    later "warm" shows as "loading": the model came up and the reply is on its way (a
+    backend that reports no loads: "ready", the instance answers)."""
     # A warm backend usually sends its first token before this; the check is then
     # cancelled before it sends anything (no extra requests, and no connection dropped
     # mid-request). The first banner shows at the first tick anyway.
@@ -368,7 +374,8 @@ async def _detect(opening: _Opening) -> None:
         if found is not None:
             opening.phase = found
         elif opening.phase in ("starting", "busy"):
-            opening.phase = "loading"
+            reports_loads = opening.client.reports_loads(opening.model)
+            opening.phase = "loading" if reports_loads else "ready"
         # About a second apart, not exactly: looks in step with periodic traffic could
         # see expires_at keep its distance to the clock (PhaseDetector).
         await asyncio.sleep(random.uniform(0.75, 1.25))
@@ -443,7 +450,7 @@ class Prewarmer:
 
         async def attempt() -> None:
             await self._listed(deadline)
-            if watch is not None:
+            if watch is not None and self.client.reports_loads(model):
                 watch.loading(model)
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):  # not wait_for
                 await self._load(model)

@@ -62,9 +62,10 @@ MESSAGE_BOXES = {
 }
 
 # Where banners show: each page's banner above its content, each column's status slot (a
-# column's warming banner) and the share notices. Spoken when they appear or change.
+# column's warming banner), the share and export notices. Spoken when they appear or change.
 BANNER_SLOTS = (
-    '[id$="-banner"], [id^="compare-status-"], [id^="battle-status-"], [id$="-share-notice"]'
+    '[id$="-banner"], [id^="compare-status-"], [id^="battle-status-"], [id$="-share-notice"], '
+    '[id$="-export-notice"]'
 )
 
 LIVE_REGIONS_HTML = (
