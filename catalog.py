@@ -40,6 +40,9 @@ class ModelSpec:
     local: bool = False  # bundled with the embedded CPU engine
     production: bool = False  # baked into the GPU Ollama image
     prompt_format: PromptFormat | None = None  # local engine only
+    # Takes images (Ollama's /api/show `capabilities` has "vision"). The backend's own answer
+    # wins (ui/backend_access/models.py); this is what the UI says while it is cold.
+    vision: bool = False
     description: str = ""
 
     @property
@@ -89,6 +92,10 @@ CATALOG: tuple[ModelSpec, ...] = (
         quantization="Q4_K_M",
         chat_tuned=True,
         production=True,
+        # Gemma 3 4B and up have a SigLIP vision encoder; Ollama's gemma3:4b GGUF carries its
+        # projector, so /api/show lists "vision" (server/images.go Model.Capabilities:
+        # vision when the model has a projector or its GGUF has vision.block_count).
+        vision=True,
         description="Google Gemma 3, 4B instruction-tuned.",
     ),
     ModelSpec(

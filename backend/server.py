@@ -69,6 +69,63 @@ class OptionsIn(_Strict):
 class MessageIn(_Strict):
     role: str
     content: str = ""
+    images: list[str] | None = None  # base64, as Ollama's api.Message.Images ([]ImageData)
+
+
+def image_tags(messages: list[MessageIn]) -> list[prompts.Message] | str:
+    """The messages as this engine's text-only models get them, or the error text of an
+    image that is not base64. This follows Ollama v0.24.0 for a model without vision: its
+    ChatHandler (server/routes.go) asks for the completion capability only, never
+    `CapabilityVision`, so images are not refused; chatPrompt (server/prompt.go) puts an
+    `[img-N]` tag before the text of each message per image (N counting over the whole
+    conversation; a literal `[img]` in the text is replaced instead), and a model that is
+    not a MultimodalProcessor tokenizes that tag as plain text and never reads the image
+    (runner/ollamarunner/runner.go Server.inputs). Images that are not base64 fail JSON
+    binding first: Go's encoding/json decodes []byte with base64.StdEncoding, and gin's
+    ShouldBindJSON error (base64.CorruptInputError) is the 400's text."""
+    out: list[prompts.Message] = []
+    count = 0
+    for message in messages:
+        content, prefix = message.content, ""
+        for image in message.images or []:
+            bad = _corrupt_base64_at(image)
+            if bad is not None:
+                return f"illegal base64 data at input byte {bad}"
+            tag = f"[img-{count}]"
+            count += 1
+            if "[img]" in content:
+                content = content.replace("[img]", tag, 1)
+            else:
+                prefix += tag
+        out.append(prompts.Message(message.role, prefix + content))
+    return out
+
+
+_BASE64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def _corrupt_base64_at(text: str) -> int | None:
+    """Where Go's base64.StdEncoding.Decode reports corrupt input (None: valid). Go skips
+    \r and \n; its offset counts them too."""
+    data = text.encode("utf-8", "surrogatepass")
+    symbols = 0
+    for index, byte in enumerate(data):
+        if byte in b"\r\n":
+            continue
+        if byte == ord("="):
+            # Padding: only at the end, completing a 4-symbol block.
+            rest = data[index:].replace(b"\r", b"").replace(b"\n", b"")
+            if symbols % 4 in (2, 3) and rest == b"=" * (4 - symbols % 4):
+                return None
+            return index
+        if byte not in _BASE64:
+            return index
+        symbols += 1
+    if symbols % 4 == 1:
+        return len(data)
+    if symbols % 4:
+        return len(data)  # StdEncoding needs padding
+    return None
 
 
 class ChatIn(_Strict):
@@ -296,6 +353,8 @@ class _Handlers:
                 "general.description": spec.description,
                 "general.chat_tuned": spec.chat_tuned,
             },
+            # These GGUFs have no vision projector: what Ollama reports for a text-only
+            # model (server/images.go Model.Capabilities, v0.24.0).
             capabilities=["completion"],
             modified_at=_modified_at(spec),
         )
@@ -307,7 +366,9 @@ class _Handlers:
             body: ChatIn = await _parse(request, ChatIn)
         except BadRequest as exc:
             return _error(400, str(exc))
-        messages = [prompts.Message(m.role, m.content) for m in body.messages or []]
+        messages = image_tags(body.messages or [])
+        if isinstance(messages, str):
+            return _error(400, messages)
         bad_role = next(
             (m.role for m in messages if m.role not in ("system", "user", "assistant", "tool")),
             None,

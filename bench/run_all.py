@@ -23,6 +23,7 @@ BENCHMARKS = [
     "concurrency",
     "cold_start",
     "leaderboard",
+    "image_resize",
 ]
 TIMEOUT_S = 900  # per benchmark; each takes a few minutes at most by default
 

@@ -400,6 +400,7 @@ SETTINGS_ENVIRONMENT: list[tuple[str, str, str, object]] = [
     ),
     ("LLM_PUBLIC_URL", "https://chat.example.com", "public_url", "https://chat.example.com"),
     ("LLM_MAX_REQUEST_BYTES", "131072", "max_request_bytes", 131072),
+    ("LLM_IMAGE_MAX_BYTES", "5000000", "image_max_bytes", 5_000_000),
     ("LLM_EVENTS_PER_MINUTE", "601", "events_per_minute", 601),
     ("LLM_STREAMS_PER_CLIENT", "4", "streams_per_client", 4),
     ("LLM_EVENT_STREAM_GRACE", "2.5", "event_stream_grace", 2.5),

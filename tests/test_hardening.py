@@ -221,10 +221,12 @@ def test_one_client_holding_many_streams_does_not_starve_another() -> None:
 
 
 # --- bounded requests -----------------------------------------------------------------------
-def test_request_bodies_are_capped_before_parsing_and_uploads_are_refused(
+def test_request_bodies_are_capped_before_parsing_and_uploads_at_the_image_cap(
     fake: FakeOllama,
 ) -> None:
-    with running_app(backend_url=fake.url, max_request_bytes=256 * 1024) as url:
+    with running_app(
+        backend_url=fake.url, max_request_bytes=256 * 1024, image_max_bytes=1024 * 1024
+    ) as url:
         join = url + "/gradio_api/queue/join"
         big = b'{"data": ["' + b"x" * (5 * 1024 * 1024) + b'"], "fn_index": 0}'
         started = time.monotonic()
@@ -235,9 +237,12 @@ def test_request_bodies_are_capped_before_parsing_and_uploads_are_refused(
         answer = httpx.post(join, content=chunks, headers={"content-type": "application/json"})
         assert answer.status_code in (400, 413)  # 400: Gradio answers the aborted read
         assert time.monotonic() - started < 10
-        # The app takes no files: Gradio's upload route is closed.
-        answer = httpx.post(url + "/gradio_api/upload", files={"files": ("a.txt", b"hello")})
-        assert answer.status_code == 403
+        # Gradio's upload route (images) has the image cap, not the body cap.
+        upload = url + "/gradio_api/upload"
+        answer = httpx.post(upload, files={"files": ("a.png", b"x" * (512 * 1024))})
+        assert answer.status_code == 200
+        answer = httpx.post(upload, files={"files": ("b.png", b"x" * (2 * 1024 * 1024))})
+        assert answer.status_code == 413
         # A normal request still works.
         _, history, _ = chat(Client(url, verbose=False), "Hi", model="fake-ok", max_tokens=1)
         assert eval_count(last_note(history)) == 1

@@ -43,6 +43,7 @@ APP_ENDPOINTS = {
     "/chat", "/retry", "/stop", "/undo", "/models", "/prewarm", "/prewarm_1",
     "/compare", "/compare_stop", "/battle", "/battle_stop", "/battle_vote", "/leaderboard",
     "/share_chat", "/share_compare", "/continue_copy",
+    "/chat_with_image", "/compare_with_image", "/battle_with_image",
     "/export_chat_markdown", "/export_chat_json", "/export_compare_markdown",
     "/export_compare_json", "/import_chat",
 }  # fmt: skip

@@ -192,12 +192,16 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
         # (default 40), whatever the concurrency limits say: beyond it, streams wait for
         # others to finish. Room for every allowed stream plus page-load events.
         "max_threads": settings.concurrency_limit + 20,
+        # Gradio refuses larger uploads itself too (ui/web/request_limits.py caps the body).
+        "max_file_size": settings.image_max_bytes,
         # nosniff, referrer policy, no framing by other sites (ui/web/security_headers.py).
-        # Body size cap, no uploads, events per client (ui/web/request_limits.py).
+        # Body size caps (uploads: the image cap), events per client (ui/web/request_limits.py).
         "app_kwargs": {
             "middleware": [
                 security_headers_middleware(),
-                request_limits_middleware(settings.max_request_bytes, settings.events_per_minute),
+                request_limits_middleware(
+                    settings.max_request_bytes, settings.events_per_minute, settings.image_max_bytes
+                ),
                 # Who reads their events: unread or dropped turns end (ui/web/event_streams.py).
                 event_streams_middleware(
                     _EVENT_STREAMS.get(demo) or EventStreams(settings.event_stream_grace)

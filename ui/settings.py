@@ -220,6 +220,14 @@ class Settings(BaseSettings):
         ge=64 * 1024,
         description="Largest request body accepted, before parsing (env LLM_MAX_REQUEST_BYTES).",
     )
+    image_max_bytes: int = Field(
+        default=10 * 1000 * 1000,
+        ge=64 * 1024,
+        description=(
+            "Largest image a message may carry, before it is resized (env "
+            "LLM_IMAGE_MAX_BYTES); also the body cap of the upload route."
+        ),
+    )
     events_per_minute: int = Field(
         default=600,
         ge=1,

@@ -35,7 +35,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ollama import ChatResponse, ListResponse, Message, ProcessResponse
+from ollama import ChatResponse, ListResponse, Message, ProcessResponse, ShowResponse
 from pydantic import BaseModel, ByteSize
 
 MODELS = [
@@ -361,3 +361,41 @@ class FixedReplyOllama(FakeOllama):
         handler._chunk(final)
         handler.wfile.write(b"0\r\n\r\n")
         handler.wfile.flush()
+
+
+VISION = "fake-vision"
+VISION_TOO = "fake-vision-2"
+TEXT_ONLY = "fake-text"
+
+
+class VisionOllama(FixedReplyOllama):
+    """FixedReplyOllama whose `fake-vision` and `fake-vision-2` report the vision capability
+    in /api/show (`["completion", "vision"]`, as Ollama's server/images.go
+    Model.Capabilities does for a model with a projector) and `fake-text` does not
+    (`["completion"]`). All reply with `reply`; every /api/chat body is recorded
+    (`chat_requests()`), images included."""
+
+    def __init__(self, reply: str = "I see it.") -> None:
+        super().__init__(reply, names=(VISION, VISION_TOO, TEXT_ONLY))
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        base: Any = super()._handler_class()
+        fake = self
+
+        class Handler(base):  # type: ignore[misc, valid-type]
+            def do_POST(self) -> None:
+                if self.path != "/api/show":
+                    super().do_POST()
+                    return
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+                fake._record("POST", self.path, body)
+                model = body.get("model") or body.get("name")
+                if model not in fake.extra_models:
+                    self._json(404, {"error": f"model '{model}' not found"})
+                    return
+                sees = model in (VISION, VISION_TOO)
+                capabilities = ["completion", "vision"] if sees else ["completion"]
+                shown = ShowResponse(model_info={}, capabilities=capabilities)
+                self._json(200, shown.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+        return Handler

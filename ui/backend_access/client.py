@@ -274,6 +274,15 @@ class BackendClient:
             )
         return ReplyStats.from_response(response)
 
+    async def capabilities(self, model: str, *, deadline: float | None = None) -> list[str]:
+        """What `model` can do, as its backend's /api/show says (`capabilities`, e.g.
+        "completion", "vision"); [] when the backend does not say (older Ollama)."""
+        url = self.url_for(model)
+        with BackendErrors(self, url, model=model, deadline=deadline):
+            async with asyncio.timeout(deadline):
+                response = await self.clients_for(url).ollama.show(model)
+        return [str(c) for c in response.capabilities or []]
+
     # --- listing and probing -----------------------------------------------------------
     async def list_models(self, *, deadline: float | None = None) -> list[ModelInfo]:
         """The union of the models of all backends (each model from the backend that serves

@@ -7,6 +7,13 @@ The cache holds no user data, so the UI stays stateless.
 Model checks for chat requests (the API can be called without the dropdown):
 - with an allow-list (LLM_ALLOWED_MODELS), the allow-list decides, without a backend call;
 - without one, the model must be in the backends' current list (cached).
+
+Whether a model sees images (`can_see`) is its backend's /api/show `capabilities`
+containing "vision", asked once per model and kept for the process's life (a model's
+capabilities are fixed by its files). While the backend cannot be asked, the catalog says
+(`ModelSpec.vision`: the GPU image's Gemma 3), and nothing is kept, so the backend's own
+answer is asked again next time. A backend that says nothing of capabilities (older
+Ollama, other APIs) counts as blind unless the catalog says otherwise.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ class ModelDirectory:
         self._lock = asyncio.Lock()
         self.on_answer: list[Callable[[], None]] = []  # told when a backend answered
         self.on_held: list[Callable[[], None]] = []  # told when a list was held unanswered
+        self._vision: dict[str, bool] = {}  # normalized tag -> the backend's answer
 
     def remember(self, models: list[ModelInfo]) -> None:
         """A list the backends just gave (also from the pre-warm): cache it."""
@@ -132,6 +140,24 @@ class ModelDirectory:
         on_this_machine = host in ("localhost", "::1") or host.startswith("127.")
         specs = local_models() if on_this_machine else production_models()
         return [spec.tag for spec in specs]
+
+    async def can_see(self, model: str) -> bool:
+        """Whether `model` takes images (see the module docstring)."""
+        key = normalize_tag(model)
+        known = self._vision.get(key)
+        if known is not None:
+            return known
+        spec = find(model)
+        try:
+            capabilities = await self.client.capabilities(
+                model, deadline=self.settings.probe_timeout
+            )
+        except BackendError as exc:
+            logger.info("Could not ask %s for its capabilities: %s", model, exc.user_message)
+            return bool(spec and spec.vision)
+        sees = "vision" in capabilities or (not capabilities and bool(spec and spec.vision))
+        self._vision[key] = sees
+        return sees
 
     @staticmethod
     def _labels(models: list[ModelInfo]) -> list[ModelLabel]:

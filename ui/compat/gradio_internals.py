@@ -38,6 +38,28 @@ def request_origin(request: Request, route_path: str) -> str:
     return str(route_utils.get_request_origin(request, route_path))
 
 
+# === the upload folder (ui/turn/images.py, ui/pages/export.py) ==================================
+
+
+def upload_folder() -> str:
+    """Where Gradio keeps uploads and the files components show (GRADIO_TEMP_DIR, else
+    the system's temp folder + "/gradio"): the only place an attached image may come from,
+    and where an imported chat's images are written (Gradio refuses a Chatbot file outside it)."""
+    from gradio import utils  # Gradio: see the module docstring
+
+    return str(utils.get_upload_folder())
+
+
+def in_upload_folder(path: str) -> bool:
+    """Whether `path` (symbolic links resolved) lies inside Gradio's upload folder."""
+    from pathlib import Path
+
+    try:
+        return Path(path).resolve().is_relative_to(Path(upload_folder()).resolve())
+    except (OSError, ValueError):
+        return False
+
+
 # === the DOM Gradio draws (ui/view/render.py's CSS and NOTE_TOGGLE_JS) ===========================
 # A Chatbot note (a message with a metadata title) is a group whose title is a
 # `div role=button`, holding the arrow (an icon button); the title has NOTE_OPEN_CLASS while
@@ -64,15 +86,3 @@ GRADIO_DOM: dict[str, str] = {
     "COLUMN": COLUMN,
     "CHATBOT_CLEAR_BUTTON": CHATBOT_CLEAR_BUTTON,
 }
-
-
-# === Gradio's file cache (ui/pages/export.py) ====================================================
-
-
-def upload_folder() -> str:
-    """The folder Gradio keeps uploaded and served files in (GRADIO_TEMP_DIR, else
-    <tmp>/gradio): a file part's path in a Chatbot value points into it (Gradio refuses an
-    input file outside it), and a file written there is served as it is."""
-    from gradio import utils  # Gradio: see the module docstring
-
-    return str(utils.get_upload_folder())

@@ -13,6 +13,10 @@ API endpoints (for `gradio_client`):
                       head_b, chat_b, status_b)                                  streams
                   An empty battle_token starts a new battle: two models picked at random,
                   empty conversations. Otherwise the battle continues.
+    /battle_with_image  (the same, then image) -> the same (the page's Send uses it).
+                  With an image (a file, or None; ui/turn/images.py) a new battle
+                  is drawn among the models that see; the control shows when at least
+                  two can, and a refusal never says which model of a battle cannot see.
     /battle_vote  (battle_token, choice, history_a, history_b)
                   -> (banner, battle_token, head_a, head_b)
                   choice: "a", "b", "tie" or "both_bad". Records the vote, reveals the
@@ -41,9 +45,12 @@ from ui.context import AppContext
 from ui.errors import BackendError, InputRejected
 from ui.pages.widgets import (
     RAW_HTML_SHOWN_AS_TEXT,
+    clear_image_when_sent,
+    image_input,
     max_tokens_slider,
     prompt_row,
     temperature_slider,
+    text_api_trigger,
 )
 from ui.settings import Settings
 from ui.turn.checks import (
@@ -51,12 +58,14 @@ from ui.turn.checks import (
     DEFAULT_TOP_P,
     EMPTY_MESSAGE_HINT,
     MODEL_LIST_DEADLINE_S,
+    check_image,
     check_message,
     check_parameters,
     check_rate,
     check_vote_quota,
 )
 from ui.turn.history import Message, has_reply, is_note, parse_history
+from ui.turn.images import upload_path
 from ui.turn.prepare import Column, PreparedTurn, prepare
 from ui.turn.reply import ColumnView
 from ui.turn.scope import BATTLE
@@ -100,7 +109,8 @@ class BattlePage:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
 
-    async def _pick_pair(self) -> tuple[str, str]:
+    async def _pick_pair(self, *, seeing: bool = False) -> tuple[str, str]:
+        """Two models at random (`seeing`: among those that take images)."""
         models = self.ctx.models
         choices = await models.choices(deadline=MODEL_LIST_DEADLINE_S)
         tags = [label.tag for label in choices.labels]
@@ -113,9 +123,16 @@ class BattlePage:
                 )]  # fmt: skip
             except BackendError as exc:
                 raise InputRejected(exc.user_message) from None
+        if seeing:
+            tags = [tag for tag in tags if await models.can_see(tag)]
         try:
             return pick_battle_pair(tags)
         except ValueError:
+            if seeing:
+                raise InputRejected(
+                    f"A battle with an image needs two models that see images; {len(tags)} "
+                    f"{'is' if len(tags) == 1 else 'are'} available. Remove the image."
+                ) from None
             why = f" ({choices.problem})" if choices.problem else ""
             raise InputRejected(
                 f"A battle needs at least two models and {len(tags)} "
@@ -131,13 +148,14 @@ class BattlePage:
         temperature: object,
         max_tokens: object,
         request: gr.Request | None,
+        image: object = None,
     ) -> tuple[BattlePairing, PreparedTurn]:
         """(the battle's pairing, the turn): a new battle when `token` is empty."""
         ctx = self.ctx
         # No system prompt; the chat's default top-p (there is no control for either).
         params = check_parameters(ctx, "", temperature, DEFAULT_TOP_P, max_tokens)
         if not (isinstance(token, str) and token.strip()):
-            model_a, model_b = await self._pick_pair()
+            model_a, model_b = await self._pick_pair(seeing=upload_path(image) is not None)
             pairing = new_pairing(model_a, model_b)
             histories: list[list[Message]] = [[], []]
         else:
@@ -150,11 +168,14 @@ class BattlePage:
             except ModelRejected:
                 raise InputRejected(MISSING_MODEL_MESSAGE) from None
             histories = [parse_history(history_a), parse_history(history_b)]
+        attached, sees = await check_image(ctx, image, (model_a, model_b), histories, blind=True)
         columns = [
-            Column(model, history, label=side, blind=True)
-            for model, side, history in zip((model_a, model_b), SIDES, histories, strict=True)
+            Column(model, history, label=side, blind=True, sees=can)
+            for model, side, history, can in zip(
+                (model_a, model_b), SIDES, histories, sees, strict=True
+            )
         ]
-        turn = prepare(ctx, text, params, columns, request=request, scope=BATTLE)
+        turn = prepare(ctx, text, params, columns, request=request, scope=BATTLE, image=attached)
         return replace(pairing, replies=None), turn
 
     async def battle(
@@ -165,7 +186,8 @@ class BattlePage:
         history_b: object,
         temperature: object,
         max_tokens: object,
-        request: gr.Request,
+        image: object = None,
+        request: gr.Request | None = None,
     ) -> AsyncIterator[tuple[Any, ...]]:
         try:
             text = check_message(self.ctx, message)
@@ -176,7 +198,7 @@ class BattlePage:
                 waiting = "Waiting for the GPU backend to start and list its models…"
                 yield (gr.skip(), banner_html(waiting), *[gr.skip()] * 7)
             pairing, turn = await self._prepare(
-                text, token, history_a, history_b, temperature, max_tokens, request
+                text, token, history_a, history_b, temperature, max_tokens, request, image
             )
         except InputRejected as exc:
             yield (gr.skip(), banner_html(exc.user_message, "error"), *[gr.skip()] * 7)
@@ -205,6 +227,13 @@ class BattlePage:
             else:
                 bound = seal_pairing(votable(pairing, ended[0], ended[1]), self.ctx.secret)
                 yield (box, banner, bound, *_battle_columns(views, heads))
+
+    async def image_control(self) -> Any:
+        """The image input shows when at least two offered models see (a battle with an
+        image is drawn among them)."""
+        choices = await self.ctx.models.choices(deadline=MODEL_LIST_DEADLINE_S)
+        seeing = [label.tag for label in choices.labels if await self.ctx.models.can_see(label.tag)]
+        return gr.update(visible=len(seeing) >= 2)
 
     async def vote(
         self,
@@ -294,6 +323,7 @@ class BattleComponents:
     statuses: list[gr.HTML]
     votes: dict[str, gr.Button]
     message: gr.Textbox
+    image: gr.Image
     send: gr.Button
     stop: gr.Button
     new_battle: gr.Button
@@ -306,7 +336,12 @@ class BattleComponents:
 def build_battle_page(demo: gr.Blocks, ctx: AppContext) -> BattleComponents:
     """Lay out the Battle tab inside the current Blocks context and wire its events."""
     components = _layout(ctx.settings)
-    _wire(BattlePage(ctx), components)
+    page = BattlePage(ctx)
+    _wire(page, components)
+    demo.load(
+        page.image_control, outputs=[components.image], api_visibility="undocumented",
+        show_progress="hidden",
+    )  # fmt: skip
     return components
 
 
@@ -350,6 +385,7 @@ def _layout(settings: Settings) -> BattleComponents:
     )
     with row:
         new_battle = gr.Button("New battle", scale=1, min_width=110, elem_id="battle-new")
+    image = image_input("battle-image")
     with gr.Accordion("Parameters", open=False, elem_id="battle-params"), gr.Row():
         temperature = temperature_slider("battle-temperature")
         max_tokens = max_tokens_slider(settings, DEFAULT_COLUMNS_MAX_TOKENS, "battle-max-tokens")
@@ -357,7 +393,7 @@ def _layout(settings: Settings) -> BattleComponents:
     token = gr.Textbox("", visible=False, elem_id="battle-token")
     choice = gr.Textbox("", visible=False, elem_id="battle-choice")
     return BattleComponents(
-        banner, heads, chats, statuses, votes, message, send, stop, new_battle,
+        banner, heads, chats, statuses, votes, message, image, send, stop, new_battle,
         temperature, max_tokens, token, choice,
     )  # fmt: skip
 
@@ -366,17 +402,23 @@ def _wire(page: BattlePage, c: BattleComponents) -> None:
     column_outputs: list[Any] = []
     for head, chat, status in zip(c.heads, c.chats, c.statuses, strict=True):
         column_outputs += [head, chat, status]
+    battle_inputs = [c.message, c.token, *c.chats, c.temperature, c.max_tokens]
+    battle_kwargs: dict[str, Any] = {
+        "outputs": [c.message, c.banner, c.token, *column_outputs],
+        "preprocess": False,
+        "show_progress": "hidden",  # each column has its status line
+        "concurrency_limit": "default",
+    }
     battle_event = gr.on(
         triggers=[c.message.submit, c.send.click],
         fn=page.battle,
-        inputs=[c.message, c.token, *c.chats, c.temperature, c.max_tokens],
-        outputs=[c.message, c.banner, c.token, *column_outputs],
-        api_name="battle",
-        preprocess=False,
-        show_progress="hidden",  # each column has its status line
-        concurrency_limit="default",
+        inputs=[*battle_inputs, c.image],
+        api_name="battle_with_image",
+        **battle_kwargs,
     )
+    text_api_trigger().click(page.battle, inputs=battle_inputs, api_name="battle", **battle_kwargs)
     battle_event.then(**announce_reply_end("battle", [*c.heads, *c.statuses]))
+    battle_event.then(**clear_image_when_sent(c.message, c.image))
     c.stop.click(page.stop, api_name="battle_stop", queue=False, show_progress="hidden").failure(
         fn=None, cancels=[battle_event]
     )

@@ -9,6 +9,9 @@ widgets):
 
     /chat   (message, history, model, system_prompt, temperature, top_p, max_tokens)
             -> (message box, history, banner)        streams
+    /chat_with_image  (the same, then image) -> the same; `image`: a file (gradio_client's
+            handle_file) or None, for a model that sees (ui/turn/images.py). The page's
+            Send uses it
     /retry  (history, model, system_prompt, temperature, top_p, max_tokens)
             -> (message box, history, banner)        streams a new last reply
     /undo   (history) -> (history, message box)      gives the last message back
@@ -35,7 +38,14 @@ from ui.context import AppContext
 from ui.errors import InputRejected
 from ui.pages.export import ExportControls, ExportHandlers, layout_export, wire_export, wire_import
 from ui.pages.status_bar import Picker
-from ui.pages.widgets import RAW_HTML_SHOWN_AS_TEXT, max_tokens_slider, temperature_slider
+from ui.pages.widgets import (
+    RAW_HTML_SHOWN_AS_TEXT,
+    clear_image_when_sent,
+    image_input,
+    max_tokens_slider,
+    temperature_slider,
+    text_api_trigger,
+)
 from ui.settings import Settings
 from ui.share.deep_links import chat_link, query_params
 from ui.turn.checks import (
@@ -44,11 +54,19 @@ from ui.turn.checks import (
     EMPTY_MESSAGE_HINT,
     MODEL_LIST_DEADLINE_S,
     TOP_P_RANGE,
+    check_image,
     check_message,
     check_models,
     check_parameters,
 )
-from ui.turn.history import Message, history_before, parse_history, split_last_user_turn
+from ui.turn.history import (
+    Message,
+    history_before,
+    parse_history,
+    split_last_user_message,
+    split_last_user_turn,
+    to_chatbot,
+)
 from ui.turn.prepare import Column, prepare
 from ui.turn.scope import CHAT
 from ui.turn.stream import stop_turn, stream_turn
@@ -89,13 +107,14 @@ class ChatPage:
         temperature: object,
         top_p: object,
         max_tokens: object,
-        request: gr.Request,
+        image: object = None,
+        request: gr.Request | None = None,
     ) -> AsyncIterator[tuple[Any, Any, Any]]:
         def start() -> tuple[list[Message], str | None, str]:
             return parse_history(history), check_message(self.ctx, message), EMPTY_MESSAGE_HINT
 
         parameters = (model, system_prompt, temperature, top_p, max_tokens)
-        async for update in self._send(start, parameters, request, clear_box=True):
+        async for update in self._send(start, parameters, request, clear_box=True, image=image):
             yield update
 
     async def retry(
@@ -108,12 +127,19 @@ class ChatPage:
         max_tokens: object,
         request: gr.Request,
     ) -> AsyncIterator[tuple[Any, Any, Any]]:
+        earlier_image: dict[str, str] | None = None
+
         def start() -> tuple[list[Message], str | None, str]:
-            earlier, text = split_last_user_turn(parse_history(history))
+            nonlocal earlier_image
+            earlier, last = split_last_user_message(parse_history(history))
+            earlier_image = last.get("image") if last is not None else None
+            text = last["content"] if last is not None else None
             return earlier, text, "There is no message to retry yet."
 
         parameters = (model, system_prompt, temperature, top_p, max_tokens)
-        async for update in self._send(start, parameters, request):
+        async for update in self._send(
+            start, parameters, request, resent_image=lambda: earlier_image
+        ):
             yield update
 
     async def edit(
@@ -139,7 +165,12 @@ class ChatPage:
             yield _rejected(getattr(exc, "user_message", "That message cannot be edited."))
             return
         restored = list(display)
-        restored[int(index)] = {"role": "user", "content": _edited_text(edit_data.previous_value)}
+        restored[int(index)] = {
+            **display[int(index)],
+            "content": _edited_text(edit_data.previous_value),
+        }
+        restored = to_chatbot(restored)
+        edited_image = display[int(index)].get("image")
 
         def start() -> tuple[list[Message], str | None, str]:
             return (
@@ -149,7 +180,9 @@ class ChatPage:
             )
 
         parameters = (model, system_prompt, temperature, top_p, max_tokens)
-        async for update in self._send(start, parameters, request, restore=restored):
+        async for update in self._send(
+            start, parameters, request, restore=restored, resent_image=lambda: edited_image
+        ):
             yield update
 
     async def _send(
@@ -160,10 +193,14 @@ class ChatPage:
         *,
         clear_box: bool = False,
         restore: Any = None,
+        image: object = None,
+        resent_image: Callable[[], dict[str, str] | None] = lambda: None,
     ) -> AsyncIterator[tuple[Any, Any, Any]]:
         """Check the turn, then stream it. `start` gives (history before the message, the
         message or None when there is none to send, what to say then). A rejected turn
-        leaves the box alone and shows `restore` (None: leaves the chat alone)."""
+        leaves the box alone and shows `restore` (None: leaves the chat alone). `image`:
+        the image input's raw value; `resent_image`: the image of a message sent again
+        (retry, edit), known once `start` ran."""
         history = gr.skip() if restore is None else restore
         model, system_prompt, temperature, top_p, max_tokens = parameters
         try:
@@ -173,9 +210,11 @@ class ChatPage:
                 return
             params = check_parameters(self.ctx, system_prompt, temperature, top_p, max_tokens)
             names = await check_models(self.ctx, model, several=False)
+            resent = resent_image()
+            attached, sees = await check_image(self.ctx, image, names, [earlier], resent=resent)
             turn = prepare(
-                self.ctx, text, params, [Column(names[0], earlier)],
-                request=request, scope=CHAT, retry_hint=True,
+                self.ctx, text, params, [Column(names[0], earlier, sees=sees[0])],
+                request=request, scope=CHAT, retry_hint=True, image=attached or resent,
             )  # fmt: skip
         except InputRejected as exc:
             yield gr.skip(), history, banner_html(exc.user_message, "error")
@@ -195,7 +234,7 @@ class ChatPage:
         except InputRejected as exc:
             gr.Warning(exc.user_message)
             return gr.skip(), gr.skip()
-        return earlier, (text if text is not None else gr.skip())
+        return to_chatbot(earlier), (text if text is not None else gr.skip())
 
     async def stop(self, request: gr.Request) -> None:
         """Stop this page's running reply. Raises (silently) when none is running, so the
@@ -213,6 +252,12 @@ class ChatPage:
             except ModelRejected:
                 return
             self.ctx.prewarmer.warm(name)
+
+    async def image_control(self, model: object) -> Any:
+        """The image input is offered only for a model that sees (ui/turn/images.py)."""
+        name = model.strip() if isinstance(model, str) else ""
+        offered = bool(name) and self.ctx.models.is_allowed(name)
+        return gr.update(visible=offered and await self.ctx.models.can_see(name))
 
     async def model_dropdown(self, request: gr.Request) -> Any:
         """Fill the picker; a deep link (?model=, ?q=) preselects the model and fills the
@@ -300,6 +345,7 @@ class ChatComponents:
     banner: gr.HTML
     chatbot: gr.Chatbot
     message: gr.Textbox
+    image: gr.Image
     send: gr.Button
     stop: gr.Button
     model: gr.Dropdown
@@ -365,6 +411,7 @@ def _layout(settings: Settings, page: ChatPage) -> ChatComponents:
                 )
                 send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
                 stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop")
+            image = image_input("image")
         with gr.Column(scale=1, min_width=260, elem_id="chat-side"):
             model = gr.Dropdown(
                 label="Model",
@@ -394,7 +441,7 @@ def _layout(settings: Settings, page: ChatPage) -> ChatComponents:
         [], storage_key=BROWSER_STORAGE_KEY, secret=BROWSER_STORAGE_KEY_MATERIAL
     )
     return ChatComponents(
-        banner, chatbot, message, send, stop, model, model_info, system_prompt,
+        banner, chatbot, message, image, send, stop, model, model_info, system_prompt,
         temperature, top_p, max_tokens, store, page, export,
     )  # fmt: skip
 
@@ -416,11 +463,16 @@ def _wire(demo: gr.Blocks, page: ChatPage, c: ChatComponents) -> None:
     chat_event = gr.on(
         triggers=[c.message.submit, c.send.click],
         fn=page.chat,
-        inputs=[c.message, c.chatbot, *params],
+        inputs=[c.message, c.chatbot, *params, c.image],
         outputs=stream_outputs,
-        api_name="chat",
+        api_name="chat_with_image",
         **stream_kwargs,
     )
+    text_api_trigger().click(
+        page.chat, inputs=[c.message, c.chatbot, *params], outputs=stream_outputs,
+        api_name="chat", **stream_kwargs,
+    )  # fmt: skip
+    chat_event.then(**clear_image_when_sent(c.message, c.image))
     retry_event = c.chatbot.retry(
         page.retry, inputs=[c.chatbot, *params], outputs=stream_outputs, api_name="retry",
         **stream_kwargs,
@@ -451,6 +503,10 @@ def _wire(demo: gr.Blocks, page: ChatPage, c: ChatComponents) -> None:
         show_progress="hidden",
     ).then(page.prewarm, inputs=[c.model], api_name="prewarm", show_progress="hidden")
     c.model.input(page.prewarm, inputs=[c.model], show_progress="hidden", queue=False)
+    c.model.change(
+        page.image_control, inputs=[c.model], outputs=[c.image], queue=False,
+        api_visibility="undocumented", show_progress="hidden",
+    )  # fmt: skip
     c.model.change(
         lambda tag: model_info_markdown(tag if isinstance(tag, str) else None),
         inputs=[c.model],

@@ -11,10 +11,13 @@ widgets):
                     history_1, history_2, history_3)
                    -> (message box, banner, chat_1, status_1, chat_2, status_2,
                        chat_3, status_3)                                        streams
+    /compare_with_image  (the same, then image) -> the same (the page's Send uses it)
     /compare_stop  ()                                  stops every column of this session
 
 `models` is a list of 2-3 model names (or one comma-separated string); column i answers
-with models[i] and continues history_i. Unused columns come back empty. Each status is
+with models[i] and continues history_i. Unused columns come back empty. `image` (a file,
+or None) goes to every column, so it is offered only when every picked model sees
+(ui/turn/images.py). Each status is
 HTML: a warming banner while that column's backend is cold, then the reply's figures.
 The columns stream concurrently through ui/turn/ (`stream_turn`).
 """
@@ -35,9 +38,12 @@ from ui.pages.export import ExportControls, ExportHandlers, layout_export, wire_
 from ui.pages.status_bar import Picker
 from ui.pages.widgets import (
     RAW_HTML_SHOWN_AS_TEXT,
+    clear_image_when_sent,
+    image_input,
     max_tokens_slider,
     prompt_row,
     temperature_slider,
+    text_api_trigger,
 )
 from ui.settings import Settings
 from ui.share.deep_links import (
@@ -52,6 +58,7 @@ from ui.turn.checks import (
     DEFAULT_TOP_P,
     EMPTY_MESSAGE_HINT,
     MODEL_LIST_DEADLINE_S,
+    check_image,
     check_message,
     check_models,
     check_parameters,
@@ -103,7 +110,8 @@ class ComparePage:
         history_1: object,
         history_2: object,
         history_3: object,
-        request: gr.Request,
+        image: object = None,
+        request: gr.Request | None = None,
     ) -> AsyncIterator[tuple[Any, ...]]:
         ctx = self.ctx
         try:
@@ -115,8 +123,11 @@ class ComparePage:
             # Compare sends the chat's default top-p (it has no top-p control).
             params = check_parameters(ctx, system_prompt, temperature, DEFAULT_TOP_P, max_tokens)
             histories = parse_histories([history_1, history_2, history_3][: len(names)])
-            columns = [Column(n, h) for n, h in zip(names, histories, strict=True)]
-            turn = prepare(ctx, text, params, columns, request=request, scope=COMPARE)
+            attached, sees = await check_image(ctx, image, names, histories)
+            columns = [Column(n, h, sees=s) for n, h, s in zip(names, histories, sees, strict=True)]
+            turn = prepare(
+                ctx, text, params, columns, request=request, scope=COMPARE, image=attached
+            )
         except InputRejected as exc:
             # Nothing changes but the banner (not gr.Error: it would cover the columns).
             yield (gr.skip(), banner_html(exc.user_message, "error"), *_unchanged_columns())
@@ -145,6 +156,17 @@ class ComparePage:
                 self.ctx.prewarmer.warm(await self.ctx.models.check(name))
             except ModelRejected:
                 continue
+
+    async def image_control(self, models: object) -> Any:
+        """The image input is offered only when every picked model sees."""
+        try:
+            names = parse_model_list(models)[:MAX_COMPARE_MODELS]
+        except InputRejected:
+            names = []
+        models = self.ctx.models
+        offered = bool(names) and all(models.is_allowed(n) for n in names)
+        sees = offered and all([await models.can_see(n) for n in names])
+        return gr.update(visible=sees)
 
     async def prewarm_linked(self, models: object, request: gr.Request) -> None:
         """After page load: warm the models only when a ?compare= link asked for them (a
@@ -230,6 +252,7 @@ class CompareComponents:
     statuses: list[gr.HTML]
     third_column: gr.Column
     message: gr.Textbox
+    image: gr.Image
     send: gr.Button
     stop: gr.Button
     clear: gr.Button
@@ -306,6 +329,7 @@ def _layout(settings: Settings) -> CompareComponents:
     )
     with row:
         clear = gr.Button("Clear", scale=1, min_width=80, elem_id="compare-clear")
+    image = image_input("compare-image")
     with gr.Accordion("Parameters (apply to every model)", open=False, elem_id="compare-params"):
         system_prompt = gr.Textbox(
             label="System prompt",
@@ -323,7 +347,7 @@ def _layout(settings: Settings) -> CompareComponents:
         pass
     export = layout_export("compare", importable=False)
     return CompareComponents(
-        banner, models, heads, chats, statuses, columns[2], message, send, stop, clear,
+        banner, models, heads, chats, statuses, columns[2], message, image, send, stop, clear,
         system_prompt, temperature, max_tokens, share_row, export,
     )  # fmt: skip
 
@@ -332,19 +356,27 @@ def _wire(demo: gr.Blocks, page: ComparePage, c: CompareComponents) -> None:
     column_outputs: list[Any] = []
     for chat, status in zip(c.chats, c.statuses, strict=True):
         column_outputs += [chat, status]
+    compare_inputs = [c.message, c.models, c.system_prompt, c.temperature, c.max_tokens, *c.chats]
+    compare_kwargs: dict[str, Any] = {
+        "outputs": [c.message, c.banner, *column_outputs],
+        # Raw values: the handler checks them itself (ui/turn/).
+        "preprocess": False,
+        # Each column shows its own progress in its status line.
+        "show_progress": "hidden",
+        "concurrency_limit": "default",
+    }
     compare_event = gr.on(
         triggers=[c.message.submit, c.send.click],
         fn=page.compare,
-        inputs=[c.message, c.models, c.system_prompt, c.temperature, c.max_tokens, *c.chats],
-        outputs=[c.message, c.banner, *column_outputs],
-        api_name="compare",
-        # Raw values: the handler checks them itself (ui/turn/).
-        preprocess=False,
-        # Each column shows its own progress in its status line.
-        show_progress="hidden",
-        concurrency_limit="default",
+        inputs=[*compare_inputs, c.image],
+        api_name="compare_with_image",
+        **compare_kwargs,
+    )
+    text_api_trigger().click(
+        page.compare, inputs=compare_inputs, api_name="compare", **compare_kwargs
     )
     compare_event.then(**announce_reply_end("compare", [*c.heads, *c.statuses]))
+    compare_event.then(**clear_image_when_sent(c.message, c.image))
     c.stop.click(page.stop, api_name="compare_stop", queue=False, show_progress="hidden").failure(
         fn=None, cancels=[compare_event]
     )
@@ -362,6 +394,10 @@ def _wire(demo: gr.Blocks, page: ComparePage, c: CompareComponents) -> None:
         show_progress="hidden",
         preprocess=False,
     )
+    c.models.change(
+        page.image_control, inputs=[c.models], outputs=[c.image], queue=False,
+        api_visibility="undocumented", show_progress="hidden", preprocess=False,
+    )  # fmt: skip
     prewarm: dict[str, Any] = {
         "fn": page.prewarm, "inputs": [c.models], "api_visibility": "undocumented",
         "show_progress": "hidden", "preprocess": False,

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import gradio as gr
 from pydantic import ValidationError
 
-from ui.compat.gradio_internals import upload_folder
+from ui.compat.gradio_internals import in_upload_folder, upload_folder
 from ui.context import AppContext
 from ui.errors import InputRejected
 from ui.share.export import (
@@ -68,14 +68,14 @@ NOTHING_TO_EXPORT = "There is nothing to export yet: send a message first."
 
 def read_cached_file(path: str) -> bytes | None:
     """A file part's bytes, only from Gradio's cache (the path comes from the browser)."""
-    root = Path(upload_folder()).resolve()
-    try:
-        resolved = Path(path).resolve(strict=True)
-        if not resolved.is_relative_to(root) or resolved.stat().st_size > MAX_FILE_BYTES:
-            return None
-        return resolved.read_bytes()
-    except (OSError, ValueError):
+    if not in_upload_folder(path):
         return None
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+    except OSError:
+        return None
+    return data if len(data) <= MAX_FILE_BYTES else None
 
 
 class ExportHandlers:

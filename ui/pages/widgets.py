@@ -6,6 +6,8 @@ The bounds and defaults are those the checks use (ui/turn/).
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 
 from ui.settings import Settings
@@ -67,3 +69,38 @@ def max_tokens_slider(settings: Settings, default: int, elem_id: str) -> gr.Slid
         label="Max tokens",
         elem_id=elem_id,
     )
+
+
+def image_input(elem_id: str) -> gr.Image:
+    """The image a message may carry (ui/turn/images.py): pick, drop or paste (the
+    clipboard button) a PNG, JPEG, WebP or GIF. Hidden until the picked model(s) can see;
+    the handlers read its raw upload (`preprocess=False`) and check it themselves."""
+    return gr.Image(
+        label="Image for the model (PNG, JPEG, WebP, GIF)",
+        type="filepath",
+        sources=["upload", "clipboard"],
+        height=140,
+        visible=False,
+        elem_id=elem_id,
+        buttons=[],
+    )
+
+
+def clear_image_when_sent(message: gr.Textbox, image: gr.Image) -> dict[str, Any]:
+    """Keyword arguments of a `.then()` after a send: the image input empties when the
+    message went out (the box was cleared) and keeps the image when it was refused (the
+    typed text is still there), in the browser with no round trip."""
+    return {
+        "fn": None,
+        "js": "(text, image) => (text === '' ? null : image)",
+        "inputs": [message, image],
+        "outputs": [image],
+    }
+
+
+def text_api_trigger() -> gr.Button:
+    """A never-shown button for a page's text-only API endpoint (`/chat`, `/compare`,
+    `/battle`): those keep their inputs, so callers that send exactly them (the queue API
+    checks the count) are unchanged, while the page's own Send goes to the endpoint that
+    also takes the image (`/chat_with_image`, ...). Nothing in the page clicks it."""
+    return gr.Button(visible=False)

@@ -56,20 +56,16 @@ from ui.backend_access.labels import display_name  # the one way a model is name
 from ui.errors import InputRejected
 from ui.share.deep_links import MAX_COMPARE_MODELS, MIN_COMPARE_MODELS
 from ui.turn.figures import MAX_MODEL_CHARS, NoteData, read_note_data
-from ui.turn.history import MAX_HISTORY_MESSAGES, Message, is_note, parse_history
+from ui.turn.history import IMAGE_TYPES, MAX_HISTORY_MESSAGES, Message, is_note, parse_history
 
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMAT: Final = "serverless-llm-chat/conversation"
 EXPORT_VERSION: Final = 1
-# The file types a file part may have: the images Chat takes. Nothing else is written back to
-# a file this origin serves on import (an SVG or HTML file could run script there).
-FILE_TYPES: Final = {
-    "image/png": ".png",
-    "image/jpeg": ".jpg",
-    "image/webp": ".webp",
-    "image/gif": ".gif",
-}
+# The file types a file part may have: the images a message may hold (ui/turn/history.py).
+# Nothing else is written back to a file this origin serves on import (an SVG or HTML file
+# could run script there).
+FILE_TYPES: Final = {mime: f".{ext}" for ext, mime in IMAGE_TYPES.items() if ext != "jpeg"}
 FileType = Literal["image/png", "image/jpeg", "image/webp", "image/gif"]
 MAX_FILE_BYTES: Final = 10 * 1024 * 1024  # one file part, before base64 (the image cap)
 MAX_NOTE_TITLE_CHARS: Final = 2000
@@ -477,11 +473,13 @@ def read_upload(upload: object, limit_bytes: int) -> tuple[str, ConversationExpo
 
 def write_file(part: FilePart, files_dir: Path) -> Path:
     """Write an imported file part where Gradio serves it from (its cache: `files_dir`),
-    named by its content's hash so that importing the same file again reuses it."""
+    named `<sha256>.<ext>` as ui/turn/images.py names what it sends: importing the same file
+    again reuses it, and a PNG or JPEG reaches the model again when the chat goes on
+    (ui/turn/history.py `image_digest`)."""
     data = part.data
-    folder = files_dir / "imported" / hashlib.sha256(data).hexdigest()[:32]
+    folder = files_dir / "imported"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"image{FILE_TYPES[part.mime_type]}"
+    path = folder / f"{hashlib.sha256(data).hexdigest()}{FILE_TYPES[part.mime_type]}"
     if not path.exists():
         partial = path.with_suffix(".partial")
         partial.write_bytes(data)

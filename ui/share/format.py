@@ -144,9 +144,14 @@ class SharedMessage(_Strict):
     # and the model that wrote it when that is not the column's.
     mac: str | None = Field(default=None, pattern=MAC_PATTERN)
     model: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_CHARS)
+    # A question sent with an image: its sha256 (the image itself does not fit a link; the
+    # shared view shows IMAGE_PLACEHOLDER), which a reply's MAC binds.
+    image: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
     @model_validator(mode="after")
     def _stats_only_on_replies(self) -> SharedMessage:
+        if self.image is not None and self.role != "user":
+            raise ValueError(f"only user messages carry an image, not {self.role!r} ones")
         if self.stats is not None and self.role != "assistant":
             raise ValueError(f"only assistant messages carry stats, not {self.role!r} ones")
         if self.mac is not None and self.stats is None:

@@ -6,7 +6,9 @@ So when a reply streams to its end, ui/turn/ makes an HMAC-SHA256 (stdlib `hmac`
 what a reader of the shared view would take as this server's word:
 
     the model tag, the system prompt, the question (the user message the reply answers),
-    the reply's text, and its figures as the stats note shows them
+    the sha256 of the image sent with that question (when there was one: the digest of
+    the bytes the model got, ui/turn/images.py), the reply's text, and its figures as the
+    stats note shows them
 
 and puts it, with the model and the figures, in the data of the note under the reply
 (ui/turn/figures.py `NoteData`: the browser sends it back with the history). /share_chat
@@ -89,6 +91,7 @@ class ReplyClaim:
     question: str
     reply: str
     figures: ReplyFigures  # only its bound figures count (ReplyFigures.bound)
+    image: str | None = None  # sha256 (hex) of the question's image, as sent to the model
 
     def message(self) -> bytes:
         """The bytes the MAC is made over: one JSON array, so no field can run into
@@ -108,6 +111,8 @@ class ReplyClaim:
             shown_text(self.reply),
             figures,
         ]
+        if self.image is not None:  # absent for text: MACs made before images still verify
+            fields.append({"image": self.image})
         return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 

@@ -34,8 +34,12 @@ from ui.share.format import (
 )
 from ui.share.reply_mac import ReplyClaim, ReplyMacs
 from ui.turn.figures import NoteData, read_note_data
-from ui.turn.history import Message, is_note
+from ui.turn.history import Message, image_digest, is_note
 from ui.view.notes import shared_reply_note
+
+# What a shared conversation shows where an image was sent: a link cannot carry the image
+# (a 1 MB picture in a URL), only its digest.
+IMAGE_PLACEHOLDER = "[image]"
 
 
 # === conversions between the Chatbot's messages and the share format ====================
@@ -51,7 +55,7 @@ def to_shared_messages(
     (they carry no data). A reply keeps the MAC in its note's data only if it verifies
     against what is shared (`model`: the column's; `system_prompt`: the shared one)."""
     shared: list[SharedMessage] = []
-    question = ""
+    question, image = "", None
     for message in history:
         if is_note(message):
             data = read_note_data(message)
@@ -60,7 +64,9 @@ def to_shared_messages(
                 figures = data.figures.bound()  # what a share carries and a MAC binds
                 update: dict[str, object] = {"stats": figures}
                 if macs is not None and data.mac is not None:
-                    claim = ReplyClaim(data.model, system_prompt, question, last.content, figures)
+                    claim = ReplyClaim(
+                        data.model, system_prompt, question, last.content, figures, image
+                    )
                     if macs.verify(claim, data.mac):
                         writer = data.model
                         update |= {"mac": data.mac, "model": None if writer == model else writer}
@@ -68,9 +74,12 @@ def to_shared_messages(
             continue
         if message["role"] == "system":
             continue
+        digest = None
         if message["role"] == "user":
             question = message["content"]
-        shared.append(SharedMessage(role=message["role"], content=message["content"]))
+            sent = message.get("image")
+            image = digest = image_digest(sent["path"]) if sent else None
+        shared.append(SharedMessage(role=message["role"], content=message["content"], image=digest))
     return shared
 
 
@@ -85,17 +94,20 @@ def to_display_messages(
     whose MAC verifies keep it (a copy shared again stays verified). `marked` (the shared
     view): each reply says whether this server generated it."""
     shown: list[Message] = []
-    question = ""
+    question, image = "", None
     for message in column.messages:
-        shown.append({"role": message.role, "content": message.content})
+        text = message.content
+        if message.image is not None:
+            text = f"{IMAGE_PLACEHOLDER} {text}" if text else IMAGE_PLACEHOLDER
+        shown.append({"role": message.role, "content": text})
         if message.role == "user":
-            question = message.content
+            question, image = message.content, message.image
         if message.role != "assistant":
             continue
         writer = message.model or column.model
         figures = message.stats
         claim = (
-            ReplyClaim(writer, system_prompt, question, message.content, figures)
+            ReplyClaim(writer, system_prompt, question, message.content, figures, image)
             if figures
             else None
         )

@@ -9,16 +9,19 @@ count.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from catalog import normalize_tag
+from ui.backend_access.labels import display_name
 from ui.context import AppContext
 from ui.errors import InputRejected
 from ui.share.deep_links import MAX_COMPARE_MODELS, MIN_COMPARE_MODELS
 from ui.turn.history import HistoryRejected, Message, parse_history
+from ui.turn.images import ImageRejected, prepare_upload, upload_path
 from ui.turn.scope import Scope
 from ui.web.rate_limit import client_key
 
@@ -178,6 +181,51 @@ async def check_models(ctx: AppContext, models: object, *, several: bool) -> lis
     names = parse_model_list(models)
     check_model_count(names)
     return [await ctx.models.check(name) for name in names]
+
+
+BLIND_PAIR_CANNOT_SEE = (
+    "The models of this battle cannot both see images: remove the image, or start a new "
+    "battle to send one."
+)
+
+
+async def check_image(
+    ctx: AppContext,
+    raw: object,
+    names: Sequence[str],
+    histories: Sequence[Sequence[Message]] = (),
+    *,
+    blind: bool = False,
+    resent: dict[str, str] | None = None,
+) -> tuple[dict[str, str] | None, list[bool]]:
+    """The attached image, checked and resized for the model (ui/turn/images.py), as a
+    display message holds it (None: none attached), and whether each model sees images
+    (asked only when an image is attached, sent again (`resent`: retry, edit) or in
+    `histories`: a text turn costs nothing).
+    An image for a model that cannot see is refused naming the model (`blind`, a battle:
+    without naming either)."""
+    attached = upload_path(raw) is not None
+    earlier = resent is not None or any(
+        "image" in message for history in histories for message in history
+    )
+    if not attached and not earlier:
+        return None, [False] * len(names)
+    sees = [await ctx.models.can_see(name) for name in names]
+    if not attached:
+        return None, sees
+    blind_models = [name for name, can in zip(names, sees, strict=True) if not can]
+    if blind_models and blind:
+        raise ImageRejected(BLIND_PAIR_CANNOT_SEE)
+    if blind_models:
+        name = blind_models[0]
+        raise ImageRejected(
+            f"{display_name(name)} ({name}) cannot see images: remove the image, or pick a "
+            "model that can."
+        )
+    max_bytes = ctx.settings.image_max_bytes
+    # Decoding and resizing a photo takes tens of milliseconds of CPU: off the event loop.
+    image = await asyncio.to_thread(prepare_upload, raw, max_bytes=max_bytes)
+    return (image.ref() if image is not None else None), sees
 
 
 def parse_histories(raw: Sequence[object]) -> list[list[Message]]:

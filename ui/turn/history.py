@@ -8,11 +8,17 @@ Display messages are Gradio message dicts. Two kinds of assistant messages:
 - notes: messages with `metadata["title"]` (Gradio shows them as a small collapsible line):
   the figures under a reply, or an error line (made by ui/view/notes.py). Notes are never
   sent to the model.
+
+A user message may carry one image (ui/turn/images.py). The browser holds it as Gradio's
+file part next to the text, `{"type": "file", "file": {"path", "mime_type", ...},
+"alt_text"}` (its path in Gradio's upload folder); here it is `message["image"] =
+{"path", "mime_type"}` beside the text `content`, and `to_chatbot` gives the part back.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +30,22 @@ MAX_NOTE_ID_CHARS = 600  # a note's data (ui/turn/figures.py NoteData): figures,
 CHARS_PER_TOKEN = 4  # rough average for English text with these tokenizers
 TOKENS_PER_MESSAGE = 4  # role markers and separators of chat templates
 MAX_HISTORY_MESSAGES = 500  # far more than any context holds; bounds the work per request
+# What Ollama counts for an image when it fits a prompt to the context (ollama/ollama
+# v0.24.0 server/prompt.go chatPrompt: `imageNumTokens := 768`).
+TOKENS_PER_IMAGE = 768
+MAX_PATH_CHARS = 1000
+IMAGE_ALT_TEXT = "Image sent with this message"
+# How ui/turn/images.py names an image it sent: the sha256 of its bytes.
+SENT_IMAGE_NAME = re.compile(r"^([0-9a-f]{64})\.(png|jpg)$")
+# The images a message may hold (ui/turn/images.py sends PNG and JPEG; an imported chat may
+# bring the other two, which reach the model only once sent again as an attachment).
+IMAGE_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "gif": "image/gif",
+}
 
 Message = dict[str, Any]
 
@@ -56,8 +78,14 @@ def parse_history(raw: object) -> list[Message]:
             raise HistoryRejected(
                 f"Chat history entry {position} has role {role!r}; expected 'user' or 'assistant'."
             )
-        text = _content_text(item.get("content"), position)
+        text, image = _content_text(item.get("content"), position)
         message: Message = {"role": role, "content": text}
+        if image is not None:
+            if role != "user":
+                raise HistoryRejected(
+                    f"Chat history entry {position}: only your messages hold images."
+                )
+            message["image"] = image
         metadata = item.get("metadata")
         if isinstance(metadata, dict) and isinstance(metadata.get("title"), str):
             message["metadata"] = {
@@ -73,13 +101,15 @@ def parse_history(raw: object) -> list[Message]:
     return history
 
 
-def _content_text(content: object, position: int) -> str:
+def _content_text(content: object, position: int) -> tuple[str, dict[str, str] | None]:
+    """(the text, the image `{"path", "mime_type"}` or None) of a message's content."""
     if isinstance(content, str):
-        return content
+        return content, None
     if isinstance(content, dict):
         content = [content]
     if isinstance(content, list):
         parts: list[str] = []
+        image: dict[str, str] | None = None
         for part in content:
             if isinstance(part, str):
                 parts.append(part)
@@ -88,13 +118,63 @@ def _content_text(content: object, position: int) -> str:
                 if not isinstance(text, str):
                     raise HistoryRejected(f"Chat history entry {position} has no text.")
                 parts.append(text)
+            elif image is None and (found := _image_part(part)) is not None:
+                image = found
             else:
                 raise HistoryRejected(
-                    f"Chat history entry {position} holds a file or component; "
-                    "this chat handles text only."
+                    f"Chat history entry {position} holds a file or component that is not "
+                    "one image; this chat handles text and one image per message."
                 )
-        return "".join(parts)
+        return "".join(parts), image
     raise HistoryRejected(f"Chat history entry {position} has no text content.")
+
+
+def _image_part(part: object) -> dict[str, str] | None:
+    """The image of a Gradio file part, or None when `part` is not an image file."""
+    if not isinstance(part, dict) or part.get("type") != "file":
+        return None
+    file = part.get("file")
+    if not isinstance(file, dict):
+        return None
+    path = file.get("path")
+    if not isinstance(path, str) or not 0 < len(path) <= MAX_PATH_CHARS:
+        return None
+    # Gradio drops `mime_type` when it copies a file into its cache: the name says it.
+    mime = IMAGE_TYPES.get(path.rsplit(".", 1)[-1].lower())
+    return {"path": path, "mime_type": mime} if mime else None
+
+
+def file_part(path: str, mime_type: str) -> dict[str, Any]:
+    """A Gradio Chatbot file part: `{"type": "file", "file": FileData, "alt_text"}`."""
+    return {
+        "type": "file",
+        "file": {"path": path, "mime_type": mime_type, "meta": {"_type": "gradio.FileData"}},
+        "alt_text": IMAGE_ALT_TEXT,
+    }
+
+
+def image_digest(path: str) -> str | None:
+    """The sha256 of an image this app sent, from its saved name; None for any other file
+    (it was not prepared here, so no MAC can bind it)."""
+    match = SENT_IMAGE_NAME.match(path.replace("\\", "/").rsplit("/", 1)[-1])
+    return match.group(1) if match else None
+
+
+def to_chatbot(history: Sequence[Message]) -> list[Message]:
+    """Display messages as the Chatbot takes them: a message with an image gets its text
+    and its file part (the shape the module docstring describes)."""
+    shown: list[Message] = []
+    for message in history:
+        image = message.get("image")
+        if image is None:
+            shown.append(message)
+            continue
+        rest = {k: v for k, v in message.items() if k not in ("image", "content")}
+        parts = [file_part(image["path"], image["mime_type"])]
+        if message["content"]:
+            parts.insert(0, {"type": "text", "text": message["content"]})
+        shown.append({**rest, "content": parts})
+    return shown
 
 
 def is_note(message: Message) -> bool:
@@ -116,12 +196,21 @@ def conversation(history: Sequence[Message]) -> list[Message]:
             continue
         if message["role"] == "assistant" and not message["content"].strip():
             continue
-        turns.append({"role": message["role"], "content": message["content"]})
+        turn: Message = {"role": message["role"], "content": message["content"]}
+        if "image" in message:
+            turn["image"] = message["image"]
+        turns.append(turn)
     return turns
 
 
 def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE
+
+
+def message_tokens(message: Message) -> int:
+    """A turn's estimated share of the context: its text and its image, if any."""
+    image = TOKENS_PER_IMAGE if message.get("image") else 0
+    return estimate_tokens(message["content"]) + image
 
 
 @dataclass
@@ -141,10 +230,10 @@ def fit_to_context(
     """
     budget = context_tokens - min(reply_tokens, context_tokens // 2)
     system = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
-    used = sum(estimate_tokens(m["content"]) for m in system)
+    used = sum(message_tokens(m) for m in system)
     kept: list[Message] = []
     for message in reversed(turns):
-        cost = estimate_tokens(message["content"])
+        cost = message_tokens(message)
         if kept and used + cost > budget:
             break
         kept.append(message)
@@ -152,7 +241,7 @@ def fit_to_context(
     kept.reverse()
     # Start on a user turn: a reply without its question confuses chat templates.
     while len(kept) > 1 and kept[0]["role"] != "user":
-        used -= estimate_tokens(kept.pop(0)["content"])
+        used -= message_tokens(kept.pop(0))
     return FittedPrompt(system + kept, dropped=len(turns) - len(kept), estimated_tokens=used)
 
 
@@ -160,9 +249,15 @@ def fit_to_context(
 def split_last_user_turn(history: Sequence[Message]) -> tuple[list[Message], str | None]:
     """(history before the last user message, that message's text); (history, None) if
     there is no user message. Used by retry (resend it) and undo (give it back)."""
+    earlier, message = split_last_user_message(history)
+    return earlier, (message["content"] if message is not None else None)
+
+
+def split_last_user_message(history: Sequence[Message]) -> tuple[list[Message], Message | None]:
+    """Like `split_last_user_turn`, with the whole message (its image too)."""
     for index in range(len(history) - 1, -1, -1):
         if history[index]["role"] == "user":
-            return list(history[:index]), history[index]["content"]
+            return list(history[:index]), history[index]
     return list(history), None
 
 

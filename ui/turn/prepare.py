@@ -18,6 +18,7 @@ from ui.context import AppContext
 from ui.errors import InputRejected
 from ui.turn.checks import Parameters, check_history, check_rate
 from ui.turn.history import Message, conversation, fit_to_context
+from ui.turn.images import history_image_bytes
 from ui.turn.scope import Scope
 from ui.web.rate_limit import StreamLease, client_key
 
@@ -56,6 +57,7 @@ class Column:
     history: list[Message]  # the conversation so far, as shown
     label: str | None = None  # None: the model's display name
     blind: bool = False
+    sees: bool = False  # takes images: earlier images are sent to it (ui/turn/images.py)
 
 
 def dropped_notice(ctx: AppContext, dropped: int) -> str:
@@ -64,6 +66,32 @@ def dropped_notice(ctx: AppContext, dropped: int) -> str:
         f"The {dropped} oldest message{plural} were left out to fit the model's context "
         f"(about {ctx.settings.context_tokens:,} tokens)."
     )
+
+
+def with_images(
+    ctx: AppContext, messages: list[Message], *, sees: bool
+) -> tuple[list[Message], str | None]:
+    """The backend's messages with each image as Ollama takes it (`images`: the bytes, which
+    the ollama client sends base64-encoded), and a notice when images were left out: the
+    model cannot see, or an earlier image is no longer on this server (a restart, another
+    instance). The new message's image was checked already (ui/turn/checks.py)."""
+    sent: list[Message] = []
+    left_out = 0
+    for message in messages:
+        image = message.get("image")
+        plain = {k: v for k, v in message.items() if k != "image"}
+        if image is not None:
+            data = history_image_bytes(image["path"], max_bytes=ctx.settings.image_max_bytes)
+            if sees and data is not None:
+                plain["images"] = [data]
+            else:
+                left_out += 1
+        sent.append(plain)
+    if not left_out:
+        return sent, None
+    which = "An earlier image was" if left_out == 1 else f"{left_out} earlier images were"
+    why = "this model cannot see images" if not sees else "no longer on this server"
+    return sent, f"{which} left out ({why}): the model got the text of those messages only."
 
 
 def session_of(request: object) -> str | None:
@@ -80,6 +108,7 @@ def prepare(
     request: Any,
     scope: Scope,
     retry_hint: bool = False,
+    image: dict[str, str] | None = None,
 ) -> PreparedTurn:
     """The last step before streaming, after every check passed (see the module docstring).
     Raises InputRejected when the client has too many replies running or is over its
@@ -101,7 +130,10 @@ def prepare(
         raise
     prepared = []
     for column in columns:
-        display = [*column.history, {"role": "user", "content": text}]
+        new: Message = {"role": "user", "content": text}
+        if image is not None:
+            new["image"] = image
+        display = [*column.history, new]
         fitted = fit_to_context(
             params.system_prompt,
             conversation(display),
@@ -111,9 +143,12 @@ def prepare(
         notices = [*params.notices]
         if fitted.dropped:
             notices.append(dropped_notice(ctx, fitted.dropped))
+        messages, image_notice = with_images(ctx, fitted.messages, sees=column.sees)
+        if image_notice:
+            notices.append(image_notice)
         label = column.label or display_name(column.model)
         prepared.append(
-            ColumnRequest(column.model, display, fitted.messages, label, column.blind, notices)
+            ColumnRequest(column.model, display, messages, label, column.blind, notices)
         )
     session = session_of(request)
     stop_key = scope.stop_key(session) if session else None

@@ -24,7 +24,7 @@ from ui.backend_access.status import GpuPrice
 from ui.share.reply_mac import ReplyClaim, ReplyMacs
 from ui.turn.fair_slots import SlotWait
 from ui.turn.figures import ReplyCost, ReplyFigures
-from ui.turn.history import Message
+from ui.turn.history import Message, image_digest
 from ui.turn.prepare import ColumnRequest
 from ui.turn.warming import WarmingStatus
 
@@ -154,7 +154,9 @@ class ReplyProgress:
         system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
         display = self.request.display
         question = display[-1]["content"] if display else ""
-        return ReplyClaim(self.request.model, system, question, self.text, figures)
+        image = display[-1].get("image") if display else None
+        digest = image_digest(image["path"]) if image else None
+        return ReplyClaim(self.request.model, system, question, self.text, figures, digest)
 
     @property
     def phase(self) -> Phase:

@@ -16,7 +16,7 @@ from typing import Any
 from ui.backend_access.labels import display_name
 from ui.backend_access.status import reply_cost_text
 from ui.turn.figures import NoteData, ReplyCost, ReplyFigures
-from ui.turn.history import Message
+from ui.turn.history import Message, to_chatbot
 from ui.turn.reply import ColumnView
 
 WARNING_SIGN = "⚠"  # U+26A0 without the emoji selector: common text fonts have it
@@ -131,7 +131,7 @@ def reply_note(view: ColumnView) -> Message | None:
 
 def column_messages(view: ColumnView) -> list[Message]:
     """A column's Chatbot value: the conversation, the reply so far, and its note."""
-    shown = list(view.display)
+    shown = to_chatbot(view.display)
     if view.text:
         shown.append({"role": "assistant", "content": view.text})
     note = reply_note(view)

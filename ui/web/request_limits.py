@@ -4,8 +4,13 @@
   anything is read, or (chunked, or a lying length) as soon as more arrives: Gradio would
   otherwise parse a 50 MB JSON history into memory, and CPython seldom gives that memory
   back to the system;
-- Gradio's file upload route is refused (403): this app takes no files, and the route
-  would let anyone store files on the instance;
+- Gradio's file upload route (`/gradio_api/upload`, multipart; how an image reaches a
+  message: ui/turn/images.py) has a cap of its own, `max_upload_bytes`: the image cap
+  (LLM_IMAGE_MAX_BYTES, 10 MB) plus `MULTIPART_OVERHEAD_BYTES` for the form's headers.
+  Only that route gets it; every other body keeps `max_body_bytes` (1 MiB), so an image
+  never travels inside a queue join (the join carries the uploaded file's path). Each
+  upload counts as an event against `events_per_minute`, so a client cannot fill the
+  instance's disk faster than it may send messages;
 - a URL query longer than `MAX_QUERY_BYTES` gets a short page (414) saying the link is
   too long: Gradio parses the page's URL with httpx, which raises on URLs over 64 KB, and
   the user would see "Internal Server Error";
@@ -30,8 +35,10 @@ from ui.web.rate_limit import RateLimiter, client_key_from
 
 # The paths (after the app's root) that start an event; everything else (page, assets,
 # the event stream, heartbeats) is not counted.
-EVENT_PATH_PARTS = ("/queue/join", "/call/", "/run/")
-UPLOAD_PATH_SUFFIXES = ("/upload", "/upload_progress")
+EVENT_PATH_PARTS = ("/queue/join", "/call/", "/run/", "/upload")
+UPLOAD_PATH_SUFFIX = "/upload"
+# A multipart form around one file: boundaries and part headers, with room for a long name.
+MULTIPART_OVERHEAD_BYTES = 16 * 1024
 # Above any share link this app reads (ui/share/format.py: MAX_DECODE_TOKEN_CHARS, 13 500), and
 # below what uvicorn's HTTP parser reads reliably: h11 refuses (400, or a reset) a request
 # head over 16 KiB that arrives in more than one read (h11 DEFAULT_MAX_INCOMPLETE_EVENT_SIZE),
@@ -61,9 +68,17 @@ async def _plain(
 
 
 class RequestLimits:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, events_per_minute: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        events_per_minute: int,
+        max_upload_bytes: int | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes if max_upload_bytes is not None else max_body_bytes
         self.events = RateLimiter(events_per_minute)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -71,9 +86,7 @@ class RequestLimits:
             await self.app(scope, receive, send)
             return
         path: str = scope.get("path", "")
-        if path.endswith(UPLOAD_PATH_SUFFIXES):
-            await _plain(send, 403, "This app takes no file uploads.\n", [])
-            return
+        limit = self.max_upload_bytes if path.endswith(UPLOAD_PATH_SUFFIX) else self.max_body_bytes
         if len(scope.get("query_string", b"")) > MAX_QUERY_BYTES:
             await _plain(send, 414, TOO_LONG_PAGE, [], "text/html")
             return
@@ -88,8 +101,8 @@ class RequestLimits:
                              [(b"retry-after", retry)])  # fmt: skip
                 return
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            await _plain(send, 413, self._too_large(), [])
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await _plain(send, 413, self._too_large(limit), [])
             return
         received = 0
         started = False
@@ -99,7 +112,7 @@ class RequestLimits:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise BodyTooLarge()
             return message
 
@@ -113,13 +126,22 @@ class RequestLimits:
             await self.app(scope, bounded_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await _plain(send, 413, self._too_large(), [])
+                await _plain(send, 413, self._too_large(limit), [])
 
-    def _too_large(self) -> str:
-        return f"Request too large (the limit is {self.max_body_bytes // 1024} KB).\n"
+    @staticmethod
+    def _too_large(limit: int) -> str:
+        return f"Request too large (the limit is {limit // 1024} KB).\n"
 
 
-def request_limits_middleware(max_body_bytes: int, events_per_minute: int) -> Middleware:
+def request_limits_middleware(
+    max_body_bytes: int, events_per_minute: int, max_image_bytes: int | None = None
+) -> Middleware:
+    """`max_image_bytes`: the image cap; the upload route takes that plus the multipart
+    form's overhead (None: uploads get `max_body_bytes` too)."""
+    upload = None if max_image_bytes is None else max_image_bytes + MULTIPART_OVERHEAD_BYTES
     return Middleware(
-        RequestLimits, max_body_bytes=max_body_bytes, events_per_minute=events_per_minute
+        RequestLimits,
+        max_body_bytes=max_body_bytes,
+        events_per_minute=events_per_minute,
+        max_upload_bytes=upload,
     )
