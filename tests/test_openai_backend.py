@@ -17,6 +17,7 @@ from devtools.testkit.google_fakes import emulator, metadata_for_test
 from devtools.testkit.openai_servers import LLAMA_CPP_MODEL, FakeOpenAI
 from devtools.testkit.procs import refusing_url
 from ui.backend_access.client import BackendClient, ReplyDone, ReplyStats, TokenDelta
+from ui.backend_access.models import ModelDirectory
 from ui.backend_access.status import BackendWatch, GpuPrice
 from ui.errors import (
     BackendAuthError,
@@ -269,6 +270,30 @@ def test_parameters_messages_and_images_as_the_openai_api_takes_them(fake: FakeO
     ]
     # No placeholder credentials: with LLM_AUTH=none nothing authorizes the call.
     assert "authorization" not in {name.lower() for name in headers}
+
+
+def test_whether_a_model_sees_comes_from_the_catalog_on_an_openai_backend(
+    fake: FakeOpenAI,
+) -> None:
+    """The OpenAI API has no /api/show: nothing is asked, the catalog decides (gemma3:4b,
+    the vLLM deploy's model, sees; a model the catalog does not know does not), once."""
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        settings = Settings(backend_url=fake.url, backend_api="openai", auth="none")
+        client = BackendClient(settings)
+        directory = ModelDirectory(settings, client)
+        try:
+            return (
+                await directory.can_see("gemma3:4b"),
+                await directory.can_see("fake-ok"),
+                await directory.can_see("gemma3:4b"),
+            )
+        finally:
+            await client.aclose()
+
+    before = len(fake.requests)
+    assert asyncio.run(scenario()) == (True, False, True)
+    assert fake.requests[before:] == []
 
 
 @pytest.mark.parametrize(

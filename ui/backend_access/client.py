@@ -276,11 +276,15 @@ class BackendClient:
 
     async def capabilities(self, model: str, *, deadline: float | None = None) -> list[str]:
         """What `model` can do, as its backend's /api/show says (`capabilities`, e.g.
-        "completion", "vision"); [] when the backend does not say (older Ollama)."""
+        "completion", "vision"); [] when the backend does not say (older Ollama, or the
+        OpenAI API, which has no such call: the catalog then decides, models.py `can_see`)."""
         url = self.url_for(model)
+        clients = self.clients_for(url)
+        if clients.openai is not None:
+            return []
         with BackendErrors(self, url, model=model, deadline=deadline):
             async with asyncio.timeout(deadline):
-                response = await self.clients_for(url).ollama.show(model)
+                response = await clients.ollama.show(model)
         return [str(c) for c in response.capabilities or []]
 
     # --- listing and probing -----------------------------------------------------------
