@@ -59,6 +59,17 @@ async def reply_of(
     return text, stats
 
 
+async def error_of(url: str, model: str, **settings: Any) -> BackendError:
+    """The error a reply from `model` at `url` raises."""
+    client = openai_client(url, **settings)
+    try:
+        with pytest.raises(BackendError) as info:
+            await reply_of(client, model)
+        return info.value
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as server:
@@ -339,35 +350,17 @@ def test_usage_when_sent_else_pieces_counted_and_the_rate_from_the_uis_clock(
 def test_errors_become_the_same_messages_as_ollamas(
     fake: FakeOpenAI, model: str, error: type[BackendError], words: str
 ) -> None:
-    async def scenario() -> BackendError:
-        client = openai_client(fake.url)
-        try:
-            with pytest.raises(BackendError) as info:
-                await reply_of(client, model)
-            return info.value
-        finally:
-            await client.aclose()
-
-    raised = asyncio.run(scenario())
+    raised = asyncio.run(error_of(fake.url, model))
     assert type(raised) is error and words in raised.user_message
 
 
 def test_refused_and_silent_backends(fake: FakeOpenAI) -> None:
-    async def scenario(url: str, model: str, **settings: Any) -> BackendError:
-        client = openai_client(url, **settings)
-        try:
-            with pytest.raises(BackendError) as info:
-                await reply_of(client, model)
-            return info.value
-        finally:
-            await client.aclose()
-
     with refusing_url() as dead:
-        refused = asyncio.run(scenario(dead, "fake-ok"))
+        refused = asyncio.run(error_of(dead, "fake-ok"))
     assert isinstance(refused, BackendUnreachable) and "refused" in refused.user_message
     fake.hold()
     try:
-        silent = asyncio.run(scenario(fake.url, "fake-held", read_timeout=0.3))
+        silent = asyncio.run(error_of(fake.url, "fake-held", read_timeout=0.3))
     finally:
         fake.release()
     assert isinstance(silent, BackendTimeout)

@@ -52,7 +52,10 @@ def _dumps(obj: BaseModel | dict[str, Any]) -> str:
     return json.dumps(obj)
 
 
-class _QuietServer(ThreadingHTTPServer):
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A threading test server that does not print the errors of clients hanging up
+    (also devtools/testkit/openai_servers.py)."""
+
     daemon_threads = True
 
     def handle_error(self, request: object, client_address: object) -> None:
@@ -74,7 +77,7 @@ class FakeOllama:
         self.hangups = 0  # streams the client closed before their end
         self.generated: list[str] = []  # each reply's last user message, in slot order
         self._lock = threading.Lock()
-        self.server = _QuietServer(("127.0.0.1", 0), self._handler_class())
+        self.server = QuietHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

@@ -28,7 +28,7 @@ import json
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from openai.types import CompletionUsage, Model
@@ -36,6 +36,7 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
 
 from backend.model_files import gguf_path
+from devtools.testkit.fake_ollama import QuietHTTPServer
 from devtools.testkit.procs import Proc, free_port, wait_http
 
 LLAMA_CPP_MODEL = "smollm2:135m"  # the alias llama-cpp-python's server lists its GGUF under
@@ -73,13 +74,6 @@ def start_llama_cpp_server(
     return proc, url
 
 
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # clients hanging up mid-stream is what fault tests do
-
-
 class FakeOpenAI:
     def __init__(self, *, words: int = 5, token_delay: float = 0.01) -> None:
         self.words = words
@@ -88,7 +82,7 @@ class FakeOpenAI:
         self.health_held = threading.Event()  # set: /health answers nothing until cleared
         self._release = threading.Event()
         self._lock = threading.Lock()
-        self.server = _QuietServer(("127.0.0.1", 0), self._handler_class())
+        self.server = QuietHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
