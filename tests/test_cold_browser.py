@@ -12,7 +12,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from devtools.cloudrun import RunningEmulator
 from devtools.testkit import google_fakes
-from devtools.testkit.browser import REPLIES, STATS, send, set_max_tokens
+from devtools.testkit.browser import REPLIES, STATS, send, set_max_tokens, warming_elapsed_s
 from devtools.testkit.google_fakes import (
     chat_posts,
     cold_start_app,
@@ -66,8 +66,8 @@ def test_cold_start_banner_counts_then_gives_way_to_tokens(
         seen: set[int] = set()
         deadline = time.monotonic() + 60
         while banner.count() and banner.is_visible() and time.monotonic() < deadline:
-            text = page.locator("#chat-banner .warming-elapsed").inner_text(timeout=1_000)
-            seen.add(int(text.split()[0]))
+            if (elapsed := warming_elapsed_s(page)) is not None:
+                seen.add(elapsed)
             page.wait_for_timeout(200)
         assert len(seen) >= 3, f"elapsed seconds should count up, saw {sorted(seen)}"
         # Tokens arrived: the banner is gone and the reply is there, once.

@@ -120,3 +120,13 @@ class QueueStreams:
 
     def wait_until_idle(self, timeout: float = 30) -> None:
         page_wait_until(self.page, lambda: self.open == 0, timeout, "the page's events to end")
+
+
+def warming_elapsed_s(page: Page, banner: str = "#chat-banner") -> int | None:
+    """The seconds the warming banner counts, or None once it is gone. Read in one step: the
+    first tokens may end the banner between two Playwright calls."""
+    text = page.evaluate(
+        "(banner) => document.querySelector(banner + ' .warming-elapsed')?.textContent ?? null",
+        banner,
+    )
+    return int(text.split()[0]) if text else None
