@@ -14,7 +14,7 @@ from pathlib import Path
 import uvicorn
 
 from backend.engine import DEFAULT_NUM_CTX, Engine, parse_env_keep_alive
-from backend.server import build_app
+from backend.server import IDLE_CONNECTION_S, build_app
 
 
 def _default_host_port() -> tuple[str, int]:
@@ -109,7 +109,13 @@ def main(argv: list[str] | None = None) -> None:
         args.port,
         ", ".join(s.tag for s in engine.available()),
     )
-    uvicorn.run(build_app(engine), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        build_app(engine),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_keep_alive=IDLE_CONNECTION_S,
+    )
 
 
 if __name__ == "__main__":

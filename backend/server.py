@@ -505,6 +505,14 @@ async def _streamed_reply(
 _NOT_OFFERED = ("pull", "push", "create", "delete", "copy", "blobs/{digest}", "embed", "embeddings")
 
 
+# Ollama's server closes no idle connection (server/routes.go, Serve: an http.Server without
+# IdleTimeout). uvicorn's default closes one after 5 s, the same as httpx's keep-alive expiry
+# on the UI's side: a request sent on a connection the engine was closing at that instant
+# broke off without an answer. A client's keep-alive must end before the server's: hold
+# idle connections longer than any client here keeps them (the Google front end: 610 s).
+IDLE_CONNECTION_S = 620
+
+
 def build_app(engine: Engine) -> Starlette:
     handlers = _Handlers(engine)
     routes = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 
 import httpx
@@ -325,3 +326,25 @@ def test_the_log_keeps_every_line_while_models_load_at_the_same_time() -> None:
     assert log.count(f"loaded {GEMMA} in") == 3, log
     # llama.cpp writes to fd 2 itself when it builds a Gemma context: still the log file.
     assert log.count("llama_kv_cache_iswa: using full-size SWA cache") == 3, log
+
+
+def test_an_idle_connection_outlives_the_clients_keep_alive(engine: str) -> None:
+    """A connection left idle longer than the UI's keep-alive (httpx: 5 s) still answers on
+    the engine, as on Ollama, whose server closes no idle connection (server/routes.go,
+    Serve: an http.Server without IdleTimeout). With uvicorn's 5 s default the engine closed
+    it in the same instant the UI reused it, and a chat broke off without an answer."""
+    host, port = engine.removeprefix("http://").split(":")
+    request = f"GET /api/version HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        answers = sock.makefile("rb")
+        for round_ in range(2):
+            if round_:
+                time.sleep(6)  # past the client's keep-alive expiry
+            sock.sendall(request)
+            assert answers.readline().startswith(b"HTTP/1.1 200"), round_
+            length = 0
+            while (line := answers.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            assert b"version" in answers.read(length)

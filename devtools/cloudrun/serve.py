@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from backend.server import IDLE_CONNECTION_S
 from devtools.cloudrun.config import EmulatorConfig, default_audiences
 from devtools.cloudrun.proxy import STATE_PATH, CloudRunEmulator
 
@@ -77,7 +78,15 @@ def start_emulator(
 
 
 def uvicorn_server(app: CloudRunEmulator) -> uvicorn.Server:
-    """Quiet (the emulator logs what matters) and without uvicorn's Server header."""
+    """Quiet (the emulator logs what matters) and without uvicorn's Server header. Idle
+    connections stay open as long as the local engine keeps them (backend/server.py
+    IDLE_CONNECTION_S): uvicorn's 5 s default races the UI's 5 s keep-alive."""
     return uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", server_header=False)
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="on",
+            server_header=False,
+            timeout_keep_alive=IDLE_CONNECTION_S,
+        )
     )

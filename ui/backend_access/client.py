@@ -151,9 +151,13 @@ class BackendClient:
             pool=settings.connect_timeout,
         )
         # Each running stream holds one connection; leave room above the concurrency limit
-        # for model lists and /api/ps (probes have a client of their own).
+        # for model lists and /api/ps (probes have a client of their own). An idle connection
+        # is dropped after 5 s, well before a server closes it (Ollama: never; the Google
+        # front end: 610 s), so a request never goes out on a connection being closed.
         self.limits = httpx.Limits(
-            max_connections=settings.concurrency_limit + 20, max_keepalive_connections=20
+            max_connections=settings.concurrency_limit + 20,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
         )
         self._clients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[str, BackendClients]
