@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
+import http.client
+import json
 import time
 
 import httpx
@@ -333,18 +334,16 @@ def test_an_idle_connection_outlives_the_clients_keep_alive(engine: str) -> None
     the engine, as on Ollama, whose server closes no idle connection (server/routes.go,
     Serve: an http.Server without IdleTimeout). With uvicorn's 5 s default the engine closed
     it in the same instant the UI reused it, and a chat broke off without an answer."""
-    host, port = engine.removeprefix("http://").split(":")
-    request = f"GET /api/version HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        answers = sock.makefile("rb")
+    # http.client reuses its open connection and opens no new one: a connection the engine
+    # closed makes the second answer fail (RemoteDisconnected).
+    conn = http.client.HTTPConnection(engine.removeprefix("http://"), timeout=10)
+    try:
         for round_ in range(2):
             if round_:
                 time.sleep(6)  # past the client's keep-alive expiry
-            sock.sendall(request)
-            assert answers.readline().startswith(b"HTTP/1.1 200"), round_
-            length = 0
-            while (line := answers.readline()) not in (b"\r\n", b""):
-                name, _, value = line.decode().partition(":")
-                if name.lower() == "content-length":
-                    length = int(value)
-            assert b"version" in answers.read(length)
+            conn.request("GET", "/api/version")
+            answer = conn.getresponse()
+            assert answer.status == 200, round_
+            assert "version" in json.loads(answer.read())
+    finally:
+        conn.close()
