@@ -8,14 +8,18 @@ tokens the UI gets from the fake metadata server, in front of the real engine.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urljoin
 
+import gradio as gr
 import httpx
 import pytest
 from gradio_client import Client
@@ -244,3 +248,28 @@ def test_streaming_responses_carry_security_headers_and_still_stream(
                 if '"process_completed"' in line:
                     break
     assert updates >= 2  # partial updates arrived before the end
+
+
+def test_style_attributes_are_refused_except_the_page_templates_own(guarded_ui: GuardedUI) -> None:
+    """The CSP lets through only the three `style="..."` values of Gradio's page template (by
+    hash, with 'unsafe-hashes'), never any attribute ('unsafe-inline'): hostile content still
+    cannot draw a full-window overlay (tests/test_hostile_browser.py), and Gradio's page logs
+    no CSP error (tests/test_page_load_browser.py)."""
+    policy = httpx.get(guarded_ui.url + "/", timeout=10).headers["content-security-policy"]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    sources = directives["style-src-attr"].split()
+    template = (Path(gr.__file__).parent / "templates/frontend/index.html").read_text("utf-8")
+    values = re.findall(r'\sstyle="([^"]*)"', template)
+    assert len(values) == 3  # on <html>, <body>, <gradio-app>
+    expected = [f"'sha256-{base64.b64encode(hashlib.sha256(v.encode()).digest()).decode()}'"
+                for v in values]  # fmt: skip
+    assert sources == ["'unsafe-hashes'", *expected]
+
+
+def test_the_page_and_its_config_come_compressed(guarded_ui: GuardedUI) -> None:
+    """(Event streams are not compressed: they still stream, test above.)"""
+    page = httpx.get(guarded_ui.url + "/", headers={"accept-encoding": "gzip"}, timeout=10)
+    assert page.headers.get("content-encoding") == "gzip"
+    assert "gradio_config" in page.text  # httpx undid the compression: the page is whole
+    config = httpx.get(guarded_ui.url + "/config", headers={"accept-encoding": "gzip"}, timeout=10)
+    assert config.headers.get("content-encoding") == "gzip"

@@ -42,10 +42,19 @@ from ui.view.render import CSS, NOTE_TOGGLE_JS
 from ui.web.event_streams import EventStreams, event_streams_middleware
 from ui.web.request_limits import request_limits_middleware
 from ui.web.security_headers import security_headers_middleware
+from ui.web.static_assets import static_assets_middleware
 
 logger = logging.getLogger(__name__)
 
 TITLE = "Serverless LLM Chat"
+DESCRIPTION = (
+    "Chat with open LLMs (Gemma, Llama, Mistral) on serverless GPUs: live backend status "
+    "while a GPU starts, side-by-side comparison, blind battles and share links."
+)
+# What search results and link previews show (Gradio's template has none of its own).
+HEAD = f'<meta name="description" content="{DESCRIPTION}">'
+SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
+SYSTEM_MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 
 
 def accessible_theme() -> gr.themes.Base:
@@ -54,8 +63,11 @@ def accessible_theme() -> gr.themes.Base:
     its primary buttons (white on #6366f1, 4.46:1; hovered, on #818cf8, 3:1), its subdued
     text (slider maxima, the footer's links: #9ca3af, 2.5:1), and hovered buttons in the
     dark theme (white on #6366f1). What they become, on the same backgrounds: 6.4:1 (labels,
-    #4338ca), 6.3:1 and 7.9:1 (white on #4f46e5 and #4338ca), 7.2:1 or more (#4b5563)."""
-    return gr.themes.Soft().set(
+    #4338ca), 6.3:1 and 7.9:1 (white on #4f46e5 and #4338ca), 7.2:1 or more (#4b5563).
+
+    The phone's own fonts (issue 23): Soft's Montserrat and IBM Plex Mono are 195 KB of
+    font files, half of the page's weight on load, and text waited for them."""
+    return gr.themes.Soft(font=SYSTEM_FONTS, font_mono=SYSTEM_MONO_FONTS).set(
         block_label_text_color="*primary_700",
         block_title_text_color="*primary_700",
         button_primary_background_fill="*primary_600",
@@ -64,6 +76,9 @@ def accessible_theme() -> gr.themes.Base:
         button_primary_background_fill_hover_dark="*primary_700",
         button_secondary_background_fill_hover_dark="*primary_700",
         body_text_color_subdued="*neutral_600",
+        # The selected tab's name (and other accents): #6366f1 was 4.47:1 on white; #4f46e5
+        # is 6.3:1. The theme has no dark variant of it: ui/view/render.py's CSS sets one.
+        color_accent="*primary_600",
     )
 
 
@@ -179,6 +194,7 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
         "share": settings.gradio_share,
         "css": CSS,
         "theme": accessible_theme(),
+        "head": HEAD,
         "footer_links": ["api"],
         "ssr_mode": False,
         # Gradio's run history would keep a second copy of every streamed chat in the
@@ -199,6 +215,8 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
         "app_kwargs": {
             "middleware": [
                 security_headers_middleware(),
+                # Compressed, long-cached page files (ui/web/static_assets.py).
+                *static_assets_middleware(),
                 request_limits_middleware(
                     settings.max_request_bytes, settings.events_per_minute, settings.image_max_bytes
                 ),

@@ -60,6 +60,20 @@ def in_upload_folder(path: str) -> bool:
         return False
 
 
+# === the page template's own style attributes (ui/web/security_headers.py) =====================
+
+
+def page_template_style_attributes() -> list[str]:
+    """The `style="..."` values in Gradio's page template (templates/frontend/index.html:
+    on <html>, <body> and <gradio-app>), exactly as written, for the CSP's hashes. Read from
+    the installed Gradio, so an upgrade that changes them changes the hashes with them."""
+    import re
+    from importlib.resources import files
+
+    template = files("gradio").joinpath("templates/frontend/index.html").read_text("utf-8")
+    return re.findall(r'\sstyle="([^"]*)"', template)
+
+
 # === the DOM Gradio draws (ui/view/render.py's CSS and NOTE_TOGGLE_JS) ===========================
 # A Chatbot note (a message with a metadata title) is a group whose title is a
 # `div role=button`, holding the arrow (an icon button); the title has NOTE_OPEN_CLASS while

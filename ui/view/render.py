@@ -296,6 +296,10 @@ $NOTE_TITLE $NOTE_ARROW_BUTTON { pointer-events: none; }
   outline: 3px solid #1d4ed8 !important; outline-offset: 2px !important; }
 .dark :is(button, a, input, textarea, select, summary, [tabindex]):focus-visible {
   outline-color: #93c5fd !important; }
+/* The accent colour (the selected tab's name among others) has no dark variant in the theme
+   (ui/app.py accessible_theme: #4f46e5, 6.3:1 on white): on the dark background the lighter
+   #818cf8 (6.5:1 or more). */
+.dark { --color-accent: var(--primary-400); }
 /* Phones: the model picker above the conversation (its other settings below it), and a
    chat short enough that the message box shows too; Compare and Battle stack their
    columns, each short enough that the next one starts on the same screen. */

@@ -17,15 +17,18 @@
   in a shared link, were one to get past the Chatbot's escaping, cannot send a password
   out); `base-uri 'self'`, `object-src 'none'`: no `<base>` re-pointing relative URLs, no
   plugins.
-- CSP `style-src-attr 'none'`: `style="..."` attributes (and `setAttribute("style")`,
-  `style.cssText`) are refused, so content cannot make a full-window fixed overlay.
-  Setting single properties (`element.style.height = ...`) is not restricted by CSP
-  (MDN, "CSP: style-src-attr", CSP Level 3), and that is how Gradio 6 sizes its
-  components; it also injects `<style>` elements at run time (theme and component CSS),
-  hence `style-src 'self' 'unsafe-inline'`, which applies to elements only once
-  `style-src-attr` is given. Measured in Chromium: the only attributes refused are three
-  in Gradio's own footer markup (the footer sits slightly higher); chat, sliders and
-  tabs look the same.
+- CSP `style-src-attr 'unsafe-hashes' 'sha256-...'`: `style="..."` attributes (and
+  `setAttribute("style")`, `style.cssText`) are refused unless their value is one of the
+  three in Gradio's own page template (on <html>, <body>, <gradio-app>; hashed from the
+  installed template at start, ui/compat/gradio_internals.py), so content cannot make a
+  full-window fixed overlay. Without those three hashes the browser logged three CSP
+  errors on every load and the page sat a little higher; with `'unsafe-inline'` any
+  attribute would pass. Hashes apply to attributes only with `'unsafe-hashes'` (CSP
+  Level 3; MDN, "CSP: style-src-attr"). Setting single properties
+  (`element.style.height = ...`) is not restricted by CSP, and that is how Gradio 6 sizes
+  its components; it also injects `<style>` elements at run time (theme and component
+  CSS), hence `style-src 'self' 'unsafe-inline'`, which applies to elements only once
+  `style-src-attr` is given.
 
 A plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which buffers response
 bodies): it only rewrites the start of each response, so streams stay streams. A header
@@ -34,19 +37,35 @@ the app already set is left as it is.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ui.compat.gradio_internals import page_template_style_attributes
+
+
+def style_attribute_sources() -> str:
+    """The CSP source list for style attributes: Gradio's page template's only."""
+    digests = (
+        base64.b64encode(hashlib.sha256(value.encode()).digest()).decode()
+        for value in page_template_style_attributes()
+    )
+    return " ".join(["'unsafe-hashes'", *(f"'sha256-{d}'" for d in digests)])
+
+
+CONTENT_SECURITY_POLICY = (
+    "frame-ancestors 'self'; img-src 'self' data: blob:; media-src 'self' data: blob:; "
+    "form-action 'self'; base-uri 'self'; object-src 'none'; "
+    f"style-src 'self' 'unsafe-inline'; style-src-attr {style_attribute_sources()}"
+)
 
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"strict-origin-when-cross-origin"),
     (b"x-frame-options", b"SAMEORIGIN"),
-    (
-        b"content-security-policy",
-        b"frame-ancestors 'self'; img-src 'self' data: blob:; media-src 'self' data: blob:; "
-        b"form-action 'self'; base-uri 'self'; object-src 'none'; "
-        b"style-src 'self' 'unsafe-inline'; style-src-attr 'none'",
-    ),
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
 )
 
 
