@@ -273,3 +273,18 @@ def test_the_page_and_its_config_come_compressed(guarded_ui: GuardedUI) -> None:
     assert "gradio_config" in page.text  # httpx undid the compression: the page is whole
     config = httpx.get(guarded_ui.url + "/config", headers={"accept-encoding": "gzip"}, timeout=10)
     assert config.headers.get("content-encoding") == "gzip"
+
+
+def test_gradios_build_files_carry_nosniff_without_the_document_headers(
+    guarded_ui: GuardedUI,
+) -> None:
+    """A page loads ~90 of Gradio's scripts and styles: the document-only headers (CSP,
+    framing, referrer) would add ~550 bytes to each (issue 23). Documents keep them (above)."""
+    page = httpx.get(guarded_ui.url + "/", timeout=10).text
+    script = re.search(r'src="[^"]*?(/assets/index-[\w-]+\.js)"', page)
+    assert script is not None, page[:500]
+    asset = httpx.get(guarded_ui.url + script.group(1), timeout=10)
+    assert asset.status_code == 200
+    assert asset.headers.get("x-content-type-options") == "nosniff"
+    assert "content-security-policy" not in asset.headers
+    assert "x-frame-options" not in asset.headers

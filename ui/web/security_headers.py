@@ -67,6 +67,11 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-frame-options", b"SAMEORIGIN"),
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
 )
+# Gradio's own built scripts, styles and fonts never render as a document, so the headers
+# that only documents use (CSP, framing, referrer) would be dead weight on each of the ~90
+# files a page loads: ~550 bytes apiece, 40 KB of a phone's first load. They keep nosniff.
+GRADIO_BUILD_FILES = ("/assets/", "/static/")
+BUILD_FILE_HEADERS = SECURITY_HEADERS[:1]
 
 
 class SecurityHeaders:
@@ -77,12 +82,14 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        build_file = str(scope.get("path", "")).startswith(GRADIO_BUILD_FILES)
+        added = BUILD_FILE_HEADERS if build_file else SECURITY_HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
-                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                headers += [(k, v) for k, v in added if k not in present]
                 message["headers"] = headers
             await send(message)
 
