@@ -10,7 +10,7 @@ the client, for:
 - warm, directly (ollama client) and through the UI: the UI's own added time;
 - cold, directly and through the UI, message sent at once: the full cold penalty;
 - cold, through the UI, with the page-load pre-warm: the client does what the page does
-  on load (the model picker's load event, then the pre-warm event with the picked
+  on load (the page's one load event, then the pre-warm event with the picked
   model), the user "types" for T seconds after opening the page, then sends.
 
 "Hidden" is the share of the cold penalty (cold TTFT minus warm TTFT) the pre-warm took
@@ -94,15 +94,15 @@ async def ui_ttft(gq: GradioQueue, session: str | None = None) -> float:
 class PageLoad:
     session: str
     picked: str | None  # the model the picker chose on load (what the pre-warm gets)
-    picker_s: float  # how long the picker's load event took (the pre-warm waits for it)
+    picker_s: float  # how long the page's load event took (the pre-warm waits for it)
 
 
 async def open_page(gq: GradioQueue) -> PageLoad:
-    """What the page does on load: the picker's load event, then (chained after it) the
+    """What the page does on load: its one load event, then (chained after it) the
     pre-warm event with the picked model."""
     session = f"bench{time.monotonic_ns() % 10**9}"
     t0 = time.perf_counter()
-    result = await gq.call(await gq.fn_index("model_dropdown"), [], session_hash=session)
+    result = await gq.call(await gq.fn_index("page_load"), [], session_hash=session)
     picker_s = time.perf_counter() - t0
     dropdown = result.outputs[0] if result.outputs else None
     picked = dropdown.get("value") if isinstance(dropdown, dict) else dropdown

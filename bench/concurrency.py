@@ -4,7 +4,7 @@ The UI (`python -m ui`, pinned to one core with taskset) streams from a syntheti
 Ollama-API backend (bench/synthetic_ollama.py: fixed token rate per stream, fixed reply
 length, on the other core), so the UI is what is measured. The clients run in this process
 (also off the UI's core) and speak Gradio's queue API the way the browser does
-(bench/gradio_queue.py); each first opens its page (the model picker's load event), like a
+(bench/gradio_queue.py); each first opens its page (the page's one load event), like a
 user who opened the page and then typed. Their own CPU use is printed: they must not be
 the bottleneck.
 
@@ -106,10 +106,10 @@ async def direct_stream(http: httpx.AsyncClient, url: str, tokens: int) -> Strea
 
 
 async def open_page(gq: GradioQueue) -> str:
-    """What a browser tab does on load (the model picker's load event), so the session
+    """What a browser tab does on load (the page's one load event), so the session
     exists before the measured chat. Returns the session hash."""
     session = uuid.uuid4().hex[:11]
-    await gq.call(await gq.fn_index("model_dropdown"), [], session_hash=session)
+    await gq.call(await gq.fn_index("page_load"), [], session_hash=session)
     return session
 
 

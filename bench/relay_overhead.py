@@ -208,7 +208,7 @@ async def measure(
         fn = await gq.fn_index("chat")
         # One page: the session exists from the page load on, as for a user in a browser.
         session = uuid.uuid4().hex[:11]
-        await gq.call(await gq.fn_index("model_dropdown"), [], session_hash=session)
+        await gq.call(await gq.fn_index("page_load"), [], session_hash=session)
         await run_ui(gq, fn, model, 8, session)  # load the model, warm the code paths
         direct(backend_url, model, 8)
         for _ in range(args.runs):  # interleaved: direct, UI, direct, UI, ...

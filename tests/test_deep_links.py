@@ -168,10 +168,12 @@ def test_status_refresh_leaves_pickers_its_page_load_has_not_filled(app_url: str
     (0.5 s after load) read the pickers before the page's load handler had applied the
     link, and its refill landed after it. Pickers still empty are left to the load."""
     Client(app_url, verbose=False).predict(api_name="/models")  # the process knows the list
-    _, _, chat, compare = refresh_status(app_url, False, None, [])
+    _, _, chat, compare, *followers = refresh_status(app_url, False, None, [])
     assert chat.get("value", "unset") == "unset" and "choices" not in chat  # a skip
     assert compare.get("value", "unset") == "unset" and "choices" not in compare
+    assert all({"value", "visible"}.isdisjoint(f) for f in followers), followers  # skips
     # Filled pickers (a deep link's picks) are kept, in the link's order.
     linked = ["smollm2:135m", "gemma3:270m"]
-    _, _, chat, compare = refresh_status(app_url, False, "gemma3:270m", linked)
+    _, _, chat, compare, chat_info, *_ = refresh_status(app_url, False, "gemma3:270m", linked)
     assert chat["value"] == "gemma3:270m" and compare["value"] == linked
+    assert "Gemma" in str(chat_info)  # what follows from the pick comes with the refill

@@ -44,7 +44,7 @@ ALLOWED_BACKEND_CALLS = {
 }  # fmt: skip
 # The app's own API; anything else in Gradio's listing would be a door nobody meant to open.
 APP_ENDPOINTS = {
-    "/chat", "/retry", "/stop", "/undo", "/models", "/prewarm", "/prewarm_1",
+    "/chat", "/retry", "/stop", "/undo", "/models", "/prewarm",
     "/compare", "/compare_stop", "/battle", "/battle_stop", "/battle_vote", "/leaderboard",
     "/share_chat", "/share_compare", "/continue_copy",
     "/chat_with_image", "/compare_with_image", "/battle_with_image",

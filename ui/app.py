@@ -26,6 +26,7 @@ from ui.pages.battle import build_battle_page
 from ui.pages.chat import build_chat_page
 from ui.pages.compare import build_compare_page
 from ui.pages.leaderboard import build_leaderboard_page
+from ui.pages.page_load import PageLoads
 from ui.pages.share import (
     SharedView,
     ShareHandlers,
@@ -82,32 +83,41 @@ def accessible_theme() -> gr.themes.Base:
     )
 
 
-# A tab builder lays out its tab's content inside the current Tab and wires its events; it
-# returns the page's components (others connect to them: share, continue from a copy).
-TabBuilder = Callable[[gr.Blocks, AppContext, gr.Tab, ShareHandlers], Any]
+# A tab builder lays out its tab's content inside the current Tab and wires its events (its
+# part of the page load goes to the PageLoads); it returns the page's components (others
+# connect to them: share, continue from a copy).
+TabBuilder = Callable[[gr.Blocks, AppContext, gr.Tab, ShareHandlers, PageLoads], Any]
 
 # The open event streams of each app that `build_app` made: the turns read it, the ASGI
 # middleware that `launch` installs fills it (ui/web/event_streams.py).
 _EVENT_STREAMS: weakref.WeakKeyDictionary[gr.Blocks, EventStreams] = weakref.WeakKeyDictionary()
 
 
-def _chat_tab(demo: gr.Blocks, ctx: AppContext, tab: gr.Tab, share: ShareHandlers) -> Any:
-    chat = build_chat_page(demo, ctx)
+def _chat_tab(
+    demo: gr.Blocks, ctx: AppContext, tab: gr.Tab, share: ShareHandlers, loads: PageLoads
+) -> Any:
+    chat = build_chat_page(demo, ctx, loads)
     wire_chat_share(share, chat.share_inputs())
     return chat
 
 
-def _compare_tab(demo: gr.Blocks, ctx: AppContext, tab: gr.Tab, share: ShareHandlers) -> Any:
-    compare = build_compare_page(demo, ctx)
+def _compare_tab(
+    demo: gr.Blocks, ctx: AppContext, tab: gr.Tab, share: ShareHandlers, loads: PageLoads
+) -> Any:
+    compare = build_compare_page(demo, ctx, loads)
     wire_compare_share(share, compare.share_inputs(), compare.share_row)
     return compare
 
 
-def _battle_tab(demo: gr.Blocks, ctx: AppContext, tab: gr.Tab, share: ShareHandlers) -> Any:
-    return build_battle_page(demo, ctx)
+def _battle_tab(
+    demo: gr.Blocks, ctx: AppContext, tab: gr.Tab, share: ShareHandlers, loads: PageLoads
+) -> Any:
+    return build_battle_page(demo, ctx, loads)
 
 
-def _leaderboard_tab(demo: gr.Blocks, ctx: AppContext, tab: gr.Tab, share: ShareHandlers) -> Any:
+def _leaderboard_tab(
+    demo: gr.Blocks, ctx: AppContext, tab: gr.Tab, share: ShareHandlers, loads: PageLoads
+) -> Any:
     return build_leaderboard_page(demo, ctx, tab)
 
 
@@ -130,6 +140,7 @@ def build_app(
     ctx = AppContext.create(settings, client)
     share = ShareHandlers(ctx)
     pages: dict[str, Any] = {}  # tab id -> the components its builder returned
+    loads = PageLoads()  # every page's part of the one page-load request
     with gr.Blocks(title=TITLE, fill_width=False) as demo:
         gr.Markdown(f"## {TITLE}", elem_id="app-title")
         layout_live_regions()  # what screen readers hear (ui/view/a11y.py), before any change
@@ -137,7 +148,7 @@ def build_app(
         with gr.Tabs() as tabs:
             for label, tab_id, builder in TABS:
                 with gr.Tab(label, id=tab_id) as tab:
-                    pages[tab_id] = builder(demo, ctx, tab, share)
+                    pages[tab_id] = builder(demo, ctx, tab, share, loads)
             # Shown only when the page was opened with ?share=TOKEN.
             with gr.Tab("Shared", id=TAB_SHARED, visible=False) as shared_tab:
                 shared = SharedView(share.service)
@@ -146,9 +157,11 @@ def build_app(
         chat, compare = pages["chat"], pages["compare"]
         wire_status_bar(demo, ctx, status, [chat.picker(), compare.picker()])
         demo.load(fn=None, js=A11Y_JS)  # spoken updates, button names, Escape (ui/view/a11y.py)
+        copied = [chat.save_history(), chat.picker().then_follow(), compare.picker().then_follow()]
         wire_shared_view(
-            demo, shared, tabs, chat.copy_outputs(), compare.copy_outputs(), chat.save_history()
+            demo, shared, tabs, loads, chat.copy_outputs(), compare.copy_outputs(), copied
         )
+        loads.wire(demo)
     # Gradio's default is one running event per listener, which would make every user wait
     # for every other user's stream. Allow many at once (the handlers are async, so they do
     # not use threads) and bound the waiting line; a full queue shows "busy" in the page.

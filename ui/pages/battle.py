@@ -43,6 +43,7 @@ from ui.backend_access.labels import display_name
 from ui.backend_access.models import ModelRejected
 from ui.context import AppContext
 from ui.errors import BackendError, InputRejected
+from ui.pages.page_load import PageLoads
 from ui.pages.widgets import (
     RAW_HTML_SHOWN_AS_TEXT,
     clear_image_when_sent,
@@ -228,6 +229,10 @@ class BattlePage:
                 bound = seal_pairing(votable(pairing, ended[0], ended[1]), self.ctx.secret)
                 yield (box, banner, bound, *_battle_columns(views, heads))
 
+    async def load(self, request: gr.Request) -> tuple[Any]:
+        """Battle's part of the page load (ui/pages/page_load.py)."""
+        return (await self.image_control(),)
+
     async def image_control(self) -> Any:
         """The image input shows when at least two offered models see (a battle with an
         image is drawn among them)."""
@@ -333,15 +338,13 @@ class BattleComponents:
     choice: gr.Textbox
 
 
-def build_battle_page(demo: gr.Blocks, ctx: AppContext) -> BattleComponents:
-    """Lay out the Battle tab inside the current Blocks context and wire its events."""
+def build_battle_page(demo: gr.Blocks, ctx: AppContext, loads: PageLoads) -> BattleComponents:
+    """Lay out the Battle tab inside the current Blocks context and wire its events; its
+    part of the page load (the image control) goes to `loads`."""
     components = _layout(ctx.settings)
     page = BattlePage(ctx)
     _wire(page, components)
-    demo.load(
-        page.image_control, outputs=[components.image], api_visibility="undocumented",
-        show_progress="hidden",
-    )  # fmt: skip
+    loads.add(page.load, [components.image])
     return components
 
 

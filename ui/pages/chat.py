@@ -37,6 +37,7 @@ from ui.backend_access.models import ModelChoices, ModelRejected
 from ui.context import AppContext
 from ui.errors import InputRejected
 from ui.pages.export import ExportControls, ExportHandlers, layout_export, wire_export, wire_import
+from ui.pages.page_load import PageLoads
 from ui.pages.status_bar import Picker
 from ui.pages.widgets import (
     RAW_HTML_SHOWN_AS_TEXT,
@@ -259,9 +260,10 @@ class ChatPage:
         offered = bool(name) and self.ctx.models.is_allowed(name)
         return gr.update(visible=offered and await self.ctx.models.can_see(name))
 
-    async def model_dropdown(self, request: gr.Request) -> Any:
-        """Fill the picker; a deep link (?model=, ?q=) preselects the model and fills the
-        message box. Bad link values are ignored with a notice in the banner."""
+    async def load(self, request: gr.Request) -> tuple[Any, ...]:
+        """Chat's part of the page load (ui/pages/page_load.py): fill the picker and what
+        follows from its pick; a deep link (?model=, ?q=) preselects the model and fills
+        the message box. Bad link values are ignored with a notice in the banner."""
         choices = await self.ctx.models.choices(deadline=MODEL_LIST_DEADLINE_S)
         if choices.problem and not choices.labels:
             gr.Warning(f"Could not ask the backend for its models: {choices.problem}")
@@ -274,16 +276,22 @@ class ChatPage:
         prompt = link.prompt if link.prompt is not None else gr.skip()
         notice = notice_html(link.notices) if link.notices else gr.skip()
         picker = gr.Dropdown(choices=options, value=value, label=picker_label(choices))
-        return picker, model_info_markdown(value), prompt, notice
+        return (picker, *await self.follow_pick(value), prompt, notice)
 
-    async def refill(self, real: ModelChoices, current: object) -> Any:
+    async def follow_pick(self, model: object) -> tuple[Any, Any]:
+        """What follows from the picked model: its description and the image control."""
+        tag = model if isinstance(model, str) else None
+        return model_info_markdown(tag), await self.image_control(model)
+
+    async def refill(self, real: ModelChoices, current: object) -> tuple[Any, Any]:
         """The backend's real list arrived (ui/pages/status_bar.py): keep the user's pick if it
         is offered, else pick again, and warm what is picked now."""
         tags = [label.tag for label in real.labels]
         value = current if isinstance(current, str) and current in tags else preferred_model(real)
         if value is not None and value != current:
             await self.prewarm(value)
-        return gr.Dropdown(choices=real.dropdown_choices, value=value, label=picker_label(real))
+        picker = gr.Dropdown(choices=real.dropdown_choices, value=value, label=picker_label(real))
+        return picker, value
 
     async def models_api(self) -> list[dict[str, Any]]:
         """The models this UI offers, with their labels."""
@@ -332,11 +340,12 @@ def _edited_text(value: object) -> object:
 
 
 # === layout and wiring ==================================================================
-def build_chat_page(demo: gr.Blocks, ctx: AppContext) -> ChatComponents:
-    """Lay out the chat inside the current Blocks context (a Tab) and wire its events."""
+def build_chat_page(demo: gr.Blocks, ctx: AppContext, loads: PageLoads) -> ChatComponents:
+    """Lay out the chat inside the current Blocks context (a Tab) and wire its events; its
+    part of the page load goes to `loads`."""
     page = ChatPage(ctx)
     components = _layout(ctx.settings, page)
-    _wire(demo, page, components)
+    _wire(demo, page, components, loads)
     return components
 
 
@@ -359,8 +368,11 @@ class ChatComponents:
     export: ExportControls  # ui/pages/export.py
 
     def picker(self) -> Picker:
-        """The model picker, refilled once the backend's real list is known."""
-        return Picker(self.model, self.page.refill)
+        """The model picker, refilled once the backend's real list is known, and what
+        follows from its pick."""
+        return Picker(
+            self.model, self.page.refill, self.page.follow_pick, [self.model_info, self.image]
+        )
 
     def save_history(self) -> dict[str, Any]:
         """Keyword arguments of an event (`.then(**...)`) that keeps the chat in the
@@ -446,7 +458,7 @@ def _layout(settings: Settings, page: ChatPage) -> ChatComponents:
     )  # fmt: skip
 
 
-def _wire(demo: gr.Blocks, page: ChatPage, c: ChatComponents) -> None:
+def _wire(demo: gr.Blocks, page: ChatPage, c: ChatComponents, loads: PageLoads) -> None:
     params = [c.model, c.system_prompt, c.temperature, c.top_p, c.max_tokens]
     stream_outputs = [c.message, c.chatbot, c.banner]
     # preprocess=False: handlers get the raw values and check them themselves, so API
@@ -496,26 +508,15 @@ def _wire(demo: gr.Blocks, page: ChatPage, c: ChatComponents) -> None:
     c.chatbot.clear(fn=None, js="() => [[], '']", outputs=[c.store, c.banner])
 
     demo.load(fn=None, js=RESTORE_HISTORY_JS, inputs=[c.store], outputs=[c.chatbot])
-    demo.load(
-        page.model_dropdown,
-        outputs=[c.model, c.model_info, c.message, c.banner],
-        api_visibility="undocumented",
-        show_progress="hidden",
-    ).then(page.prewarm, inputs=[c.model], api_name="prewarm", show_progress="hidden")
-    c.model.input(page.prewarm, inputs=[c.model], show_progress="hidden", queue=False)
-    c.model.change(
-        page.image_control, inputs=[c.model], outputs=[c.image], queue=False,
-        api_visibility="undocumented", show_progress="hidden",
+    picker = c.picker()
+    loads.add(page.load, [c.model, c.model_info, c.image, c.message, c.banner])
+    loads.then(fn=page.prewarm, inputs=[c.model], api_name="prewarm", show_progress="hidden")
+    c.model.input(
+        page.prewarm, inputs=[c.model], show_progress="hidden", queue=False,
+        api_name="prewarm_pick", api_visibility="undocumented",
     )  # fmt: skip
-    c.model.change(
-        lambda tag: model_info_markdown(tag if isinstance(tag, str) else None),
-        inputs=[c.model],
-        outputs=[c.model_info],
-        queue=False,
-        api_visibility="undocumented",
-        show_progress="hidden",
-    )
+    c.model.input(**picker.then_follow())
     gr.api(page.models_api, api_name="models")
     exports = ExportHandlers(page.ctx)
     wire_export(c.export, "chat", exports.chat, c.share_inputs())
-    wire_import(c.export, exports, c.copy_outputs(), save)
+    wire_import(c.export, exports, c.copy_outputs(), [save, picker.then_follow()])

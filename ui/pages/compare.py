@@ -35,6 +35,7 @@ from ui.backend_access.models import ModelChoices, ModelRejected
 from ui.context import AppContext
 from ui.errors import InputRejected
 from ui.pages.export import ExportControls, ExportHandlers, layout_export, wire_export
+from ui.pages.page_load import PageLoads
 from ui.pages.status_bar import Picker
 from ui.pages.widgets import (
     RAW_HTML_SHOWN_AS_TEXT,
@@ -168,14 +169,16 @@ class ComparePage:
         sees = offered and all([await models.can_see(n) for n in names])
         return gr.update(visible=sees)
 
-    async def prewarm_linked(self, models: object, request: gr.Request) -> None:
-        """After page load: warm the models only when a ?compare= link asked for them (a
-        plain visit warms the chat's model only; most visitors never open Compare)."""
-        if query_params(request).get(PARAM_COMPARE, "").strip():
-            await self.prewarm(models)
+    async def follow_pick(self, models: object) -> tuple[Any, ...]:
+        """What follows from the picked models: the column headers, whether the third
+        column shows, and the image control."""
+        return (*column_layout(models), await self.image_control(models))
 
-    async def on_load(self, request: gr.Request) -> tuple[Any, ...]:
-        """Fill the model picker (defaults: one per family) and apply ?compare= / ?q=."""
+    async def load(self, request: gr.Request) -> tuple[Any, ...]:
+        """Compare's part of the page load (ui/pages/page_load.py): fill the model picker
+        (defaults: one per family) and apply ?compare= / ?q=. The models are warmed only
+        when a ?compare= link asked for them (a plain visit warms the chat's model only;
+        most visitors never open Compare)."""
         choices = await self.ctx.models.choices(deadline=MODEL_LIST_DEADLINE_S)
         offered = [label.tag for label in choices.labels]
         defaults = default_models(choices.labels)
@@ -187,17 +190,19 @@ class ComparePage:
         if choices.problem and not choices.labels:
             notices.append(f"Could not ask the backend for its models: {choices.problem}")
         prompt = link.prompt if link is not None and link.prompt is not None else gr.skip()
+        if query_params(request).get(PARAM_COMPARE, "").strip():
+            await self.prewarm(selected)
         return (
             gr.Dropdown(
                 choices=choices.dropdown_choices, value=selected, label=picker_label(choices)
             ),
             prompt,
             notice_html(notices),
-            *column_layout(selected),
+            *await self.follow_pick(selected),
         )
 
 
-async def refill(real: ModelChoices, current: object) -> Any:
+async def refill(real: ModelChoices, current: object) -> tuple[Any, Any]:
     """The backend's real list arrived (ui/pages/status_bar.py): keep the picks it offers, else
     pick the defaults."""
     tags = {label.tag for label in real.labels}
@@ -208,7 +213,8 @@ async def refill(real: ModelChoices, current: object) -> Any:
     )
     if len(picked) < MIN_COMPARE_MODELS:
         picked = default_models(real.labels)
-    return gr.Dropdown(choices=real.dropdown_choices, value=picked, label=picker_label(real))
+    picker = gr.Dropdown(choices=real.dropdown_choices, value=picked, label=picker_label(real))
+    return picker, picked
 
 
 def picker_label(choices: ModelChoices) -> str:
@@ -261,6 +267,7 @@ class CompareComponents:
     max_tokens: gr.Slider
     share_row: gr.Row  # ui/pages/share.py puts its Share button and link here
     export: ExportControls  # ui/pages/export.py
+    page: ComparePage
 
     def share_inputs(self) -> list[Any]:
         """What a share link of this comparison is made from (ui/pages/share.py)."""
@@ -271,18 +278,22 @@ class CompareComponents:
         return self.share_inputs()
 
     def picker(self) -> Picker:
-        """The models picker, refilled once the backend's real list is known."""
-        return Picker(self.models, refill)
+        """The models picker, refilled once the backend's real list is known, and what
+        follows from its pick."""
+        followers = [*self.heads, self.third_column, self.image]
+        return Picker(self.models, refill, self.page.follow_pick, followers)
 
 
-def build_compare_page(demo: gr.Blocks, ctx: AppContext) -> CompareComponents:
-    """Lay out the Compare tab inside the current Blocks context and wire its events."""
-    components = _layout(ctx.settings)
-    _wire(demo, ComparePage(ctx), components)
+def build_compare_page(demo: gr.Blocks, ctx: AppContext, loads: PageLoads) -> CompareComponents:
+    """Lay out the Compare tab inside the current Blocks context and wire its events; its
+    part of the page load goes to `loads`."""
+    page = ComparePage(ctx)
+    components = _layout(ctx.settings, page)
+    _wire(demo, page, components, loads)
     return components
 
 
-def _layout(settings: Settings) -> CompareComponents:
+def _layout(settings: Settings, page: ComparePage) -> CompareComponents:
     banner = gr.HTML("", elem_id="compare-banner", padding=False)
     models = gr.Dropdown(
         label=picker_label(ModelChoices([])),
@@ -348,11 +359,11 @@ def _layout(settings: Settings) -> CompareComponents:
     export = layout_export("compare", importable=False)
     return CompareComponents(
         banner, models, heads, chats, statuses, columns[2], message, image, send, stop, clear,
-        system_prompt, temperature, max_tokens, share_row, export,
+        system_prompt, temperature, max_tokens, share_row, export, page,
     )  # fmt: skip
 
 
-def _wire(demo: gr.Blocks, page: ComparePage, c: CompareComponents) -> None:
+def _wire(demo: gr.Blocks, page: ComparePage, c: CompareComponents, loads: PageLoads) -> None:
     column_outputs: list[Any] = []
     for chat, status in zip(c.chats, c.statuses, strict=True):
         column_outputs += [chat, status]
@@ -385,28 +396,12 @@ def _wire(demo: gr.Blocks, page: ComparePage, c: CompareComponents) -> None:
     # A new choice of models starts a new comparison (the user's change only: a value set
     # by "Continue from a copy" comes with its conversations).
     c.models.input(fn=None, js=clear_js, outputs=[*column_outputs, c.banner])
-    c.models.change(
-        column_layout,
-        inputs=[c.models],
-        outputs=[*c.heads, c.third_column],
-        queue=False,
-        api_visibility="undocumented",
-        show_progress="hidden",
-        preprocess=False,
-    )
-    c.models.change(
-        page.image_control, inputs=[c.models], outputs=[c.image], queue=False,
-        api_visibility="undocumented", show_progress="hidden", preprocess=False,
-    )  # fmt: skip
+    c.models.input(**c.picker().then_follow())
     prewarm: dict[str, Any] = {
-        "fn": page.prewarm, "inputs": [c.models], "api_visibility": "undocumented",
+        "fn": page.prewarm, "inputs": [c.models], "api_name": "compare_prewarm",
+        "api_visibility": "undocumented",
         "show_progress": "hidden", "preprocess": False,
     }  # fmt: skip
     c.models.input(queue=False, **prewarm)
-    demo.load(
-        page.on_load,
-        outputs=[c.models, c.message, c.banner, *c.heads, c.third_column],
-        api_visibility="undocumented",
-        show_progress="hidden",
-    ).then(**{**prewarm, "fn": page.prewarm_linked})
+    loads.add(page.load, [c.models, c.message, c.banner, *c.picker().followers])
     wire_export(c.export, "compare", ExportHandlers(page.ctx).compare, c.share_inputs())

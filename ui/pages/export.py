@@ -238,12 +238,13 @@ def wire_import(
     controls: ExportControls,
     handlers: ExportHandlers,
     outputs: Sequence[Any],
-    save_history: dict[str, Any],
+    after_import: Sequence[dict[str, Any]],
 ) -> None:
     """Chat's Import: `outputs` are the chatbot, model, system prompt, temperature, top-p
-    and max tokens; `save_history` keeps the imported chat in the browser."""
+    and max tokens; `after_import` are the events that follow a good import (keep the chat
+    in the browser, update what follows from the imported model)."""
     assert controls.import_button is not None and controls.upload is not None
-    controls.import_button.click(
+    imported = controls.import_button.click(
         handlers.import_chat,
         inputs=[controls.upload],
         outputs=[*outputs, controls.notice],
@@ -251,4 +252,6 @@ def wire_import(
         api_name="import_chat",
         preprocess=False,
         show_progress="hidden",
-    ).success(**save_history)
+    )
+    for event in after_import:
+        imported.success(**event)

@@ -21,6 +21,7 @@ or foreign link shows a message there, never an error page.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from pydantic import ValidationError
 
 from ui.context import AppContext
 from ui.errors import InputRejected
+from ui.pages.page_load import PageLoads
 from ui.pages.widgets import RAW_HTML_SHOWN_AS_TEXT
 from ui.share.deep_links import (
     MAX_COMPARE_MODELS,
@@ -365,25 +367,22 @@ def wire_shared_view(
     demo: gr.Blocks,
     view: SharedView,
     tabs: gr.Tabs,
+    loads: PageLoads,
     chat_outputs: list[Any],
     compare_outputs: list[Any],
-    save_chat: dict[str, Any] | None = None,
+    after_copy: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """Page load (?share= and tab choice) and "Continue from a copy".
-    `chat_outputs`: chatbot, model, system prompt, temperature, top-p, max tokens;
+    """Page load (?share= and tab choice; its part goes to `loads`) and "Continue from a
+    copy". `chat_outputs`: chatbot, model, system prompt, temperature, top-p, max tokens;
     `compare_outputs`: models, system prompt, temperature, max tokens, chat 1..3;
-    `save_chat`: the chat's `.then(**save_chat)` that stores its history in the browser."""
+    `after_copy`: events that follow a continued copy (`.then(**event)`: keep the chat in
+    the browser, update what follows from the copied models)."""
     c = view.components
     assert c is not None, "layout_shared_view first"
     slots: list[Any] = []
     for column, head, chatbot in zip(c.columns, c.heads, c.chats, strict=True):
         slots += [column, head, chatbot]
-    demo.load(
-        view.on_load,
-        outputs=[tabs, c.tab, c.notice, c.summary, *slots, c.token, c.continue_button],
-        api_visibility="undocumented",
-        show_progress="hidden",
-    )
+    loads.add(view.on_load, [tabs, c.tab, c.notice, c.summary, *slots, c.token, c.continue_button])
     event = c.continue_button.click(
         view.continue_copy,
         inputs=[c.token],
@@ -392,5 +391,5 @@ def wire_shared_view(
         preprocess=False,
         show_progress="hidden",
     )
-    if save_chat is not None:
-        event.then(**save_chat)
+    for then in after_copy:
+        event.then(**then)

@@ -65,11 +65,29 @@ STATUS_POLL_JS = f"""
 
 @dataclass(frozen=True)
 class Picker:
-    """A page's model picker and how it takes the backend's real list:
-    `refill(real list, current value)` returns the component's update."""
+    """A page's model picker, how it takes the backend's real list, and what follows from
+    its value. `refill(real list, current value)` returns the picker's update and its new
+    value; `follow(value)` returns the updates of `followers` (the model's description, the
+    image control, column headers), which every change of the value brings along: the
+    page's load, the user's pick, a refill, a copy continued or a chat imported."""
 
     component: gr.Dropdown
-    refill: Callable[[ModelChoices, Any], Awaitable[Any]]
+    refill: Callable[[ModelChoices, Any], Awaitable[tuple[Any, Any]]]
+    follow: Callable[[Any], Awaitable[Sequence[Any]]]
+    followers: Sequence[Any]
+
+    def then_follow(self) -> dict[str, Any]:
+        """Keyword arguments of an event (`.then(**...)`, `.input(**...)`) that updates
+        the followers from the picker's value."""
+        return {
+            "fn": self.follow,
+            "inputs": [self.component],
+            "outputs": list(self.followers),
+            "queue": False,
+            "preprocess": False,
+            "api_visibility": "undocumented",
+            "show_progress": "hidden",
+        }
 
 
 @dataclass(frozen=True)
@@ -91,22 +109,29 @@ def layout_status_bar(ctx: AppContext) -> StatusBar:
 def wire_status_bar(
     demo: gr.Blocks, ctx: AppContext, bar: StatusBar, pickers: Sequence[Picker]
 ) -> None:
+    followers = [f for p in pickers for f in p.followers]
+
     async def refresh(pickers_real: bool, *values: Any) -> tuple[Any, ...]:
         real = ctx.models.fresh() if not pickers_real else None
-        # A picker still empty has not been filled by its page's load handler yet, which
+        # A picker still empty has not been filled by the page's load handler yet, which
         # reads the same list and applies a deep link (?model=, ?compare=). Refilling now
         # would land after that handler and replace the linked pick with the default.
         if real is None or not real.labels or any(not_filled(v) for v in values):
             line = status_line(ctx, pending=not pickers_real)
-            return (line, pickers_real, *[gr.skip()] * len(values))
-        updates = [await p.refill(real, v) for p, v in zip(pickers, values, strict=True)]
-        return (status_line(ctx, pending=False), True, *updates)
+            return (line, pickers_real, *[gr.skip()] * (len(values) + len(followers)))
+        updates: list[Any] = []
+        followed: list[Any] = []
+        for picker, value in zip(pickers, values, strict=True):
+            update, new_value = await picker.refill(real, value)
+            updates.append(update)
+            followed += await picker.follow(new_value)
+        return (status_line(ctx, pending=False), True, *updates, *followed)
 
     components = [p.component for p in pickers]
     bar.refresh.click(
         refresh,
         inputs=[bar.pickers_real, *components],
-        outputs=[bar.line, bar.pickers_real, *components],
+        outputs=[bar.line, bar.pickers_real, *components, *followers],
         queue=False,
         show_progress="hidden",
         api_visibility="private",
