@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Response, expect
+from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Response, expect
 
 from devtools.testkit.chat_app import running_app
 from devtools.testkit.procs import ARTIFACTS
@@ -122,5 +123,32 @@ def test_the_page_is_light_on_a_phone(app_url: str, browser: Browser) -> None:
             assert "immutable" in (asset.header_value("cache-control") or ""), asset.url
         description = page.locator("meta[name='description']")
         expect(description).to_have_attribute("content", re.compile("open LLMs"))
+    finally:
+        page.close()
+
+
+def test_a_fresh_page_asks_the_server_once_and_then_prewarms(
+    app_url: str, browser: Browser
+) -> None:
+    """Every tab's fill comes from one load request (ui/pages/page_load.py), then the pre-warm
+    of the picked model; what follows from the picks needs no request of its own. The status
+    line's refresh polls are counted apart."""
+    config = httpx.get(app_url + "/config", timeout=10).json()
+    names = {d["id"]: d.get("api_name") for d in config["dependencies"]}
+    page = browser.new_page(viewport=PHONE)
+    sent: list[str] = []
+
+    def record(request: Request) -> None:
+        if request.method == "POST" and "/gradio_api/" in request.url:
+            fn_index = (request.post_data_json or {}).get("fn_index")
+            sent.append(str(names.get(fn_index)))
+
+    page.on("request", record)
+    try:
+        page.goto(app_url)
+        expect(page.locator("#model input")).to_have_value(re.compile("SmolLM2"), timeout=30_000)
+        expect(page.locator("#model-info")).not_to_be_empty()
+        page.wait_for_timeout(2_000)  # time for any event a fill would set off
+        assert [name for name in sent if name != "refresh"] == ["page_load", "prewarm"]
     finally:
         page.close()
