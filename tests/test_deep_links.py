@@ -143,14 +143,14 @@ def test_unknown_models_in_links_give_a_notice_not_an_error(app_url: str, browse
         page.close()
 
 
-def refresh_status(app_url: str, pickers_real: bool, chat: object, compare: object) -> list[Any]:
-    """The status line's refresh (ui/pages/status_bar.py) through Gradio's HTTP API, as the
-    page's poll script clicks it, with the pickers' values the browser holds."""
+def refill_pickers(app_url: str, pickers_real: bool, chat: object, compare: object) -> list[Any]:
+    """The status bar's picker refill (ui/pages/status_bar.py) through Gradio's HTTP API, as
+    the page's poll script clicks it, with the pickers' values the browser holds."""
     config = httpx.get(app_url + "/config", timeout=10).json()
     button = next(
         c["id"]
         for c in config["components"]
-        if c.get("props", {}).get("elem_id") == "backend-status-refresh"
+        if c.get("props", {}).get("elem_id") == "backend-pickers-refill"
     )
     fn = next(
         int(d.get("id", i))
@@ -163,17 +163,17 @@ def refresh_status(app_url: str, pickers_real: bool, chat: object, compare: obje
     return list(answer.json()["data"])
 
 
-def test_status_refresh_leaves_pickers_its_page_load_has_not_filled(app_url: str) -> None:
+def test_picker_refill_leaves_pickers_its_page_load_has_not_filled(app_url: str) -> None:
     """The race behind `?model=` turning into the default: the status line's first refresh
     (0.5 s after load) read the pickers before the page's load handler had applied the
     link, and its refill landed after it. Pickers still empty are left to the load."""
     Client(app_url, verbose=False).predict(api_name="/models")  # the process knows the list
-    _, _, chat, compare, *followers = refresh_status(app_url, False, None, [])
+    _, chat, compare, *followers = refill_pickers(app_url, False, None, [])
     assert chat.get("value", "unset") == "unset" and "choices" not in chat  # a skip
     assert compare.get("value", "unset") == "unset" and "choices" not in compare
     assert all({"value", "visible"}.isdisjoint(f) for f in followers), followers  # skips
     # Filled pickers (a deep link's picks) are kept, in the link's order.
     linked = ["smollm2:135m", "gemma3:270m"]
-    _, _, chat, compare, chat_info, *_ = refresh_status(app_url, False, "gemma3:270m", linked)
+    _, chat, compare, chat_info, *_ = refill_pickers(app_url, False, "gemma3:270m", linked)
     assert chat["value"] == "gemma3:270m" and compare["value"] == linked
     assert "Gemma" in str(chat_info)  # what follows from the pick comes with the refill

@@ -155,7 +155,7 @@ def build_app(
                 layout_shared_view(shared, shared_tab)
         demo.load(fn=None, js=NOTE_TOGGLE_JS)  # accessible note toggles (ui/view/render.py)
         chat, compare = pages["chat"], pages["compare"]
-        wire_status_bar(demo, ctx, status, [chat.picker(), compare.picker()])
+        wire_status_bar(demo, ctx, status, [chat.picker(), compare.picker()], loads)
         demo.load(fn=None, js=A11Y_JS)  # spoken updates, button names, Escape (ui/view/a11y.py)
         copied = [chat.save_history(), chat.picker().then_follow(), compare.picker().then_follow()]
         wire_shared_view(

@@ -150,12 +150,15 @@ def waiting_html(waiting: Waiting | None) -> str:
 
 
 # === the backend status line above every page (ui/pages/status_bar.py) ========================
-def backend_status_html(view: StatusView, *, provisional_pickers: bool | None = None) -> str:
+def backend_status_html(
+    view: StatusView, *, provisional_pickers: bool | None = None, refill: bool = False
+) -> str:
     """The status line. Not a live region itself: it is replaced on every refresh and
     counts seconds; the page script (ui/view/a11y.py) speaks its changes of phase through
     the page's live regions (politely; assertively when the backend cannot be used).
     `provisional_pickers`: the page's pickers still hold a provisional list (it polls
-    fast meanwhile); None leaves the attribute out."""
+    fast meanwhile); None leaves the attribute out. `refill`: the backend's real list is
+    known now, so the page's script asks for it (ui/pages/status_bar.py)."""
     detail = (
         f' <span class="backend-status-detail">{html.escape(view.detail)}</span>'
         if view.detail
@@ -165,7 +168,7 @@ def backend_status_html(view: StatusView, *, provisional_pickers: bool | None = 
         f'data-provisional-pickers="{str(provisional_pickers).lower()}" '
         if provisional_pickers is not None
         else ""
-    )
+    ) + ('data-pickers-refill="true" ' if refill else "")
     return (
         f'<div {pickers}class="backend-status backend-status-{view.state}" '
         f'data-state="{view.state}" data-settled="{str(view.settled).lower()}">'
@@ -253,7 +256,7 @@ CSS = Template("""
 .chat-banner-error { background: #fde7e9; color: #7a1020; }
 #model-info { font-size: 0.9em; opacity: 0.85; }
 /* The backend status line (ui/pages/status_bar.py); its refresh button is clicked by a script. */
-#backend-status-refresh { display: none !important; }
+#backend-status-refresh, #backend-pickers-refill { display: none !important; }
 .backend-status { padding: 4px 10px; border-radius: 8px; font-size: 0.9em;
   background: var(--color-accent-soft); }
 .backend-status-starting, .backend-status-loading { background: #fff4ce; color: #5c4400; }
