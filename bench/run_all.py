@@ -24,6 +24,7 @@ BENCHMARKS = [
     "cold_start",
     "leaderboard",
     "image_resize",
+    "frontend",  # needs Node.js with npm and Chromium (bench/frontend.py)
 ]
 TIMEOUT_S = 900  # per benchmark; each takes a few minutes at most by default
 
