@@ -38,6 +38,9 @@ def start_ui(
         "LLM_RATE_LIMIT": "100000",
         # Load tests measure the UI, not the fair wait for a model's slots (ui/turn/fair_slots.py).
         "LLM_MODEL_SLOTS": "100000",
+        # Every simulated user connects from 127.0.0.1, which the UI counts as one client
+        # with at most 3 replies at once (ui/web/rate_limit.py); load tests are many users.
+        "LLM_STREAMS_PER_CLIENT": "100000",
         "GRADIO_ANALYTICS_ENABLED": "False",
         **env,
     }
@@ -49,6 +52,31 @@ def start_ui(
     except Exception:
         proc.stop()
         raise RuntimeError(f"the UI did not start; its log:\n{proc.log()[-3000:]}") from None
+    return proc, url
+
+
+def start_plain_chat(
+    backend_url: str, model: str, *, cpu: int | None = None, num_predict: int | None = None
+) -> tuple[Proc, str]:
+    """The peer, a plain gr.ChatInterface (bench/plain_chat.py), in its own process
+    (optionally pinned to one core). Returns the process and its base URL."""
+    port = free_port()
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    length = ["--num-predict", str(num_predict)] if num_predict else []
+    proc = Proc(
+        "bench-plain-chat",
+        [*pin, sys.executable, "-m", "bench.plain_chat", "--backend", backend_url,
+         "--port", str(port), "--model", model, *length],
+        env={"GRADIO_ANALYTICS_ENABLED": "False"},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/config", timeout=90, proc=proc.popen)
+    except Exception:
+        proc.stop()
+        raise RuntimeError(
+            f"the plain chat did not start; its log:\n{proc.log()[-3000:]}"
+        ) from None
     return proc, url
 
 

@@ -21,6 +21,12 @@ under the same load), then N chats through the UI. Reported: added time to first
 slowest stream's delivery rate against the backend's, aggregate tokens/s delivered, the
 UI's CPU (share of its one core, CPU ms per token) and memory, the client's CPU.
 
+The same burst and staggered rounds then run against the peer, a plain `gr.ChatInterface`
+(bench/plain_chat.py) pinned to the same core in front of the same backend. Its browser runs
+three chained events per message (save and clear the box, show the message, stream the
+reply); the first and the last are sent here (the reply streams from what the first saved
+in the session), and its time to first token counts from the first.
+
 A last table follows N long replies over time: if the UI re-sent or re-processed the whole
 history on every token, its CPU per token would grow as the replies grow.
 
@@ -55,6 +61,7 @@ from bench.common import (
     pin_self,
     process_cpu,
     rss_mb,
+    start_plain_chat,
     start_synthetic,
     start_ui,
     table,
@@ -105,16 +112,43 @@ async def direct_stream(http: httpx.AsyncClient, url: str, tokens: int) -> Strea
     return StreamResult(first - t0, last - t0, count, gaps, first, last)
 
 
-async def open_page(gq: GradioQueue) -> str:
-    """What a browser tab does on load (the page's one load event), so the session
-    exists before the measured chat. Returns the session hash."""
+@dataclass(frozen=True)
+class ChatApp:
+    """How a client chats with an app through its queue: the streaming event's function
+    name and inputs, where the conversation is among its outputs, the event a fresh page
+    sends first and the one a message sends before the stream (None: none)."""
+
+    label: str
+    chat_fn: str
+    inputs: Callable[[int], list[Any]]  # reply tokens -> the event's inputs
+    load_fn: str | None
+    sets_length: bool = True  # the inputs set the reply's length
+    before_fn: str | None = None  # called with the message, in the same session
+
+
+THIS_APP = ChatApp(
+    "this app", "chat", lambda tokens: ["Hi", [], MODEL, "", 0.7, 0.9, tokens], "page_load"
+)
+# The reply's length is set when the peer starts (bench/plain_chat.py --num-predict).
+# Its stream reads the message and history from the session's state (gr.State inputs are
+# the server's copy), which the box's submit event saved first.
+PLAIN_CHAT = ChatApp(
+    "plain ChatInterface", "_submit_fn", lambda _: [None, None], None,
+    sets_length=False, before_fn="_clear_and_save_textbox",
+)  # fmt: skip
+
+
+async def open_page(gq: GradioQueue, app: ChatApp) -> str:
+    """What a browser tab does on load (this app: the page's one load event), so the
+    session exists before the measured chat. Returns the session hash."""
     session = uuid.uuid4().hex[:11]
-    await gq.call(await gq.fn_index("page_load"), [], session_hash=session)
+    if app.load_fn is not None:
+        await gq.call(await gq.fn_index(app.load_fn), [], session_hash=session)
     return session
 
 
 async def ui_stream(
-    gq: GradioQueue, fn: int, tokens: int, session: str | None = None
+    gq: GradioQueue, app: ChatApp, fn: int, tokens: int, session: str | None = None
 ) -> StreamResult:
     state = {"len": 0, "first": 0.0, "last": 0.0}
     gaps: list[float] = []
@@ -129,12 +163,14 @@ async def ui_stream(
             state["last"] = now
             state["len"] = length
 
-    data = ["Hi", [], MODEL, "", 0.7, 0.9, tokens]
-    result = await gq.call(fn, data, on_update=on_update, session_hash=session)
+    sent_at = time.perf_counter()
+    if app.before_fn is not None:
+        await gq.call(await gq.fn_index(app.before_fn), ["Hi"], session_hash=session)
+    result = await gq.call(fn, app.inputs(tokens), on_update=on_update, session_hash=session)
     got = len(reply_text(result.outputs[1])) // len(TOKEN_TEXT)
     if got != tokens:
-        raise RuntimeError(f"a stream delivered {got} of {tokens} tokens: {result.outputs[1]}")
-    t0 = result.joined_at
+        raise RuntimeError(f"a stream delivered {got} of {tokens} tokens: {result.outputs}")
+    t0 = sent_at if app.before_fn is not None else result.joined_at
     return StreamResult(
         state["first"] - t0, result.finished_at - t0, got, gaps, state["first"], state["last"]
     )
@@ -152,6 +188,7 @@ async def staggered(n: int, window: float, start: Callable[[int], Awaitable[T]])
 
 @dataclass
 class Round:
+    app: str
     n: int
     tokens: int
     window: float
@@ -199,7 +236,7 @@ class Round:
         p50, p95 = self.added_ttft_ms
         gap95, gapmax = self.gap_ms
         return [
-            self.n, f"{median([d.ttft_s for d in self.direct]) * 1000:.0f}", f"{p50:.0f}",
+            self.app, self.n, f"{median([d.ttft_s for d in self.direct]) * 1000:.0f}", f"{p50:.0f}",
             f"{p95:.0f}", f"{gap95:.0f}", f"{gapmax:.0f}", f"{self.slowest_rate_ratio:.2f}",
             self.starved, f"{self.aggregate_tps:.0f}", f"{self.ui_cpu * 100:.0f} %",
             f"{self.cpu_ms_per_token:.2f}", f"{self.ui_rss_mb:.0f}",
@@ -208,7 +245,7 @@ class Round:
 
 
 ROUND_HEADERS = [
-    "streams", "backend TTFT ms", "added TTFT p50 ms", "added TTFT p95 ms",
+    "app", "streams", "backend TTFT ms", "added TTFT p50 ms", "added TTFT p95 ms",
     "update gap p95 ms", "max gap ms", "slowest stream / backend rate", "starved",
     "tokens/s delivered", "UI CPU (1 core)", "UI CPU ms/token", "UI RSS MB", "client CPU",
     "backend late p99 ms",
@@ -220,24 +257,26 @@ def self_cpu() -> CpuSample:
 
 
 async def run_round(
-    ui_url: str, backend_url: str, ui_pid: int, n: int, tokens: int, window: float
-) -> Round:
+    ui_url: str, backend_url: str, ui_pid: int, n: int, tokens: int, window: float,
+    app: ChatApp = THIS_APP,
+) -> Round:  # fmt: skip
     limits = httpx.Limits(max_connections=n + 10)
     async with httpx.AsyncClient(timeout=httpx.Timeout(120.0), limits=limits) as http:
         direct = await staggered(n, window, lambda _: direct_stream(http, backend_url, tokens))
     async with GradioQueue(ui_url, max_connections=2 * n + 10) as gq:
-        fn = await gq.fn_index("chat")
-        sessions = await asyncio.gather(*(open_page(gq) for _ in range(n)))
-        await ui_stream(gq, fn, 4, sessions[0])  # warm the code paths
+        fn = await gq.fn_index(app.chat_fn)
+        sessions = await asyncio.gather(*(open_page(gq, app) for _ in range(n)))
+        warm = 4 if app.sets_length else tokens
+        await ui_stream(gq, app, fn, warm, sessions[0])  # warm the code paths
         ui_before, me_before = process_cpu(ui_pid), self_cpu()
         started = time.perf_counter()
-        ui = await staggered(n, window, lambda i: ui_stream(gq, fn, tokens, sessions[i]))
+        ui = await staggered(n, window, lambda i: ui_stream(gq, app, fn, tokens, sessions[i]))
         wall = time.perf_counter() - started
         ui_after, me_after = process_cpu(ui_pid), self_cpu()
     async with httpx.AsyncClient(timeout=10.0) as http:
         stats = (await http.get(backend_url + "/_synthetic/stats")).json()
     return Round(
-        n, tokens, window, direct, ui, wall,
+        app.label, n, tokens, window, direct, ui, wall,
         cpu_share(ui_before, ui_after), ui_after.cpu_s - ui_before.cpu_s, rss_mb(ui_pid),
         cpu_share(me_before, me_after), float(stats["late_p99_ms"]),
     )  # fmt: skip
@@ -257,9 +296,9 @@ async def run_growth(
     the replies (by elapsed time, so by reply length)."""
     async with GradioQueue(ui_url, max_connections=2 * n + 10) as gq:
         fn = await gq.fn_index("chat")
-        sessions = await asyncio.gather(*(open_page(gq) for _ in range(n)))
+        sessions = await asyncio.gather(*(open_page(gq, THIS_APP) for _ in range(n)))
         samples: list[CpuSample] = []
-        streams = asyncio.gather(*(ui_stream(gq, fn, tokens, s) for s in sessions))
+        streams = asyncio.gather(*(ui_stream(gq, THIS_APP, fn, tokens, s) for s in sessions))
         started = time.perf_counter()
         span = tokens / rate
         for k in range(windows + 1):  # sample at the window edges
@@ -293,7 +332,7 @@ async def run_history(
     results = []
     async with GradioQueue(ui_url) as gq:
         fn = await gq.fn_index("chat")
-        session = await open_page(gq)
+        session = await open_page(gq, THIS_APP)
         for n in lengths:
             history = [
                 {"role": "user" if i % 2 == 0 else "assistant",
@@ -350,6 +389,23 @@ def main() -> None:
             run_growth(ui_url, pid, args.growth_streams, args.growth_tokens, args.rate)
         )
         history = asyncio.run(run_history(ui_url, pid, [0, 40, 100, 500], args.long_tokens // 2))
+        ui.stop()
+        for tokens, window, rounds in (
+            (args.tokens, 0.0, burst),
+            (args.long_tokens, args.window, steady),
+        ):
+            peer, peer_url = start_plain_chat(
+                backend_url, MODEL, cpu=args.ui_cpu, num_predict=tokens
+            )
+            try:
+                rounds += [
+                    asyncio.run(run_round(
+                        peer_url, backend_url, peer.popen.pid, n, tokens, window, PLAIN_CHAT
+                    ))
+                    for n in counts
+                ]  # fmt: skip
+            finally:
+                peer.stop()
     finally:
         ui.stop()
         backend.stop()
@@ -388,7 +444,7 @@ def main() -> None:
     ))  # fmt: skip
     big = max(counts)
     for label, rounds in (("burst", burst), ("staggered", steady)):
-        r = next(x for x in rounds if x.n == big)
+        r = next(x for x in rounds if x.n == big and x.app == THIS_APP.label)
         print(
             f"\nGoal {big} streams on one core, p95 added TTFT <= 300 ms, none starved "
             f"(no update gap > {STARVED_GAP_S:g} s), {label}: "

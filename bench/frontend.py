@@ -34,9 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import git_revision, load_note, median, start_synthetic, start_ui, table
+from bench.common import (
+    git_revision,
+    load_note,
+    median,
+    start_plain_chat,
+    start_synthetic,
+    start_ui,
+    table,
+)
 from bench.synthetic_ollama import MODEL
-from devtools.testkit.procs import ARTIFACTS, ROOT, Proc, free_port, wait_http
+from devtools.testkit.procs import ARTIFACTS, ROOT, Proc
 
 NPM_DIR = ROOT / "bench" / "frontend"
 BIN = NPM_DIR / "node_modules" / ".bin"
@@ -173,26 +181,6 @@ def tool_version(args: Sequence[str]) -> str:
         return out.stdout.strip().splitlines()[0] if out.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def start_peer(backend_url: str) -> tuple[Proc, str]:
-    """The plain ChatInterface (bench/plain_chat.py) in its own process."""
-    port = free_port()
-    proc = Proc(
-        "bench-plain-chat",
-        [sys.executable, "-m", "bench.plain_chat", "--backend", backend_url,
-         "--port", str(port), "--model", MODEL],
-        env={"GRADIO_ANALYTICS_ENABLED": "False"},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/config", timeout=90, proc=proc.popen)
-    except Exception:
-        proc.stop()
-        raise RuntimeError(
-            f"the plain chat did not start; its log:\n{proc.log()[-3000:]}"
-        ) from None
-    return proc, url
 
 
 def check_running(procs: Sequence[Proc]) -> None:
@@ -469,7 +457,7 @@ def main() -> None:
         procs.append(backend)
         ours, ours_url = start_ui(backend_url)
         procs.append(ours)
-        peer, peer_url = start_peer(backend_url)
+        peer, peer_url = start_plain_chat(backend_url, MODEL)
         procs.append(peer)
         urls = {"ours": ours_url, "peer": peer_url}
         try:

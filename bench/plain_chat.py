@@ -3,7 +3,10 @@ user would write in twenty lines, streaming from the same Ollama-API backend wit
 official `ollama` client (no auth, no status, no limits, Gradio's default theme).
 
     .venv/bin/python -m bench.plain_chat --backend http://127.0.0.1:11434 --port 7861
-        [--model smollm2:135m]
+        [--model smollm2:135m] [--num-predict N]
+
+`--num-predict` (a reply's length in tokens) lets a benchmark ask for the same replies as it
+asks of this app; without it the peer sends no options, as the twenty-line version would.
 """
 
 from __future__ import annotations
@@ -15,14 +18,18 @@ import gradio as gr
 import ollama
 
 
-def build_plain_chat(backend_url: str, model: str) -> gr.ChatInterface:
+def build_plain_chat(
+    backend_url: str, model: str, num_predict: int | None = None
+) -> gr.ChatInterface:
     client = ollama.AsyncClient(host=backend_url)
+    options = {"num_predict": num_predict} if num_predict else None
 
     async def respond(message: str, history: list[dict[str, str]]) -> AsyncIterator[str]:
         messages = [{"role": m["role"], "content": m["content"]} for m in history]
         messages.append({"role": "user", "content": message})
         reply = ""
-        async for part in await client.chat(model=model, messages=messages, stream=True):
+        stream = await client.chat(model=model, messages=messages, stream=True, options=options)
+        async for part in stream:
             reply += part.message.content or ""
             yield reply
 
@@ -35,6 +42,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=7861)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--model", default="smollm2:135m")
+    parser.add_argument("--num-predict", type=int, default=None, help="reply length, tokens")
     parser.add_argument(
         "--concurrency",
         type=int,
@@ -42,7 +50,7 @@ def main() -> None:
         help="the event's concurrency limit (Gradio's default is 1)",
     )
     args = parser.parse_args()
-    demo = build_plain_chat(args.backend, args.model)
+    demo = build_plain_chat(args.backend, args.model, args.num_predict)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=400)
     demo.launch(server_name=args.host, server_port=args.port, show_error=False)
 
