@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from devtools.testkit.procs import refusing_url
+from devtools.testkit.procs import refusing_url, silent_url
 from ui.backend_access.client import BackendClient, ModelInfo
 from ui.backend_access.models import ModelDirectory
 from ui.backend_access.status import BackendWatch, GpuPrice, money, reply_cost_text
@@ -118,6 +118,33 @@ def test_picker_offers_the_catalog_meanwhile_then_the_last_list_seen() -> None:
     # A backend on this machine: the embedded engine's models (catalog), not the GPU image's.
     assert {label.tag for label in choices.labels} == {"gemma3:270m", "smollm2:135m"}
     assert directory.last_seen() is None
+
+
+def test_pages_asking_at_once_share_one_list_request_and_its_failure() -> None:
+    """A page's load fills Chat, Compare, Battle and the status line at once (ui/pages/
+    page_load.py). On a backend that does not answer, they share one request and its
+    timeout instead of each waiting out its own after the others'; and no page then asks the
+    silent backend what a model can do (the catalog says, until the backend answers)."""
+    with silent_url() as (url, requests):
+        settings = Settings(backend_url=url, auth="none", probe_timeout=0.5)
+        directory = ModelDirectory(settings, BackendClient(settings))
+
+        async def a_page(model: str) -> tuple[bool, bool]:  # its list, then its image control
+            choices = await directory.choices(deadline=5.0)
+            return choices.provisional, await directory.can_see(model)
+
+        async def a_page_load() -> list[tuple[bool, bool]]:
+            models = ["gemma3:4b", "smollm2:135m", "gemma3:4b", "smollm2:135m"]
+            return await asyncio.gather(*(a_page(model) for model in models))
+
+        pages = asyncio.run(a_page_load())
+        at_once = list(requests)
+        asyncio.run(directory.choices(deadline=5.0))  # one caller alone, for comparison
+        alone = requests[len(at_once) :]
+    assert pages == [(True, True), (True, False)] * 2  # provisional lists; the catalog's answer
+    tags = [line for line in at_once if "/api/tags" in line]
+    assert tags and len(tags) == len([line for line in alone if "/api/tags" in line])
+    assert not [line for line in requests if "/api/show" in line]
 
 
 def test_picker_offers_the_allow_list_before_the_catalog() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -101,6 +103,40 @@ def refusing_url() -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@contextmanager
+def silent_url() -> Iterator[tuple[str, list[str]]]:
+    """A URL where connections are taken and requests read but never answered (a backend
+    still starting behind a front end that holds requests); yields it with the request
+    lines received so far ("GET /api/tags HTTP/1.1", ...)."""
+    lines: list[str] = []
+    held: list[socket.socket] = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+
+        def take() -> None:
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return  # closed at the end of the test
+                held.append(conn)
+                threading.Thread(target=read, args=(conn,), daemon=True).start()
+
+        def read(conn: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                head = conn.recv(65536).decode("latin-1")
+                if head:
+                    lines.append(head.split("\r\n", 1)[0])
+
+        threading.Thread(target=take, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.getsockname()[1]}", lines
+        finally:
+            for conn in held:
+                conn.close()
 
 
 @contextmanager

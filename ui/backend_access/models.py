@@ -10,7 +10,8 @@ Model checks for chat requests (the API can be called without the dropdown):
 
 Whether a model sees images (`can_see`) is its backend's /api/show `capabilities`
 containing "vision", asked once per model and kept for the process's life (a model's
-capabilities are fixed by its files). While the backend cannot be asked, the catalog says
+capabilities are fixed by its files). While the backend cannot be asked (its /api/show
+fails, or its model list went unanswered), the catalog says
 (`ModelSpec.vision`: the GPU image's Gemma 3), and nothing is kept, so the backend's own
 answer is asked again next time. A backend that says nothing of capabilities (older
 Ollama, other APIs) counts as blind unless the catalog says otherwise.
@@ -64,7 +65,8 @@ class ModelDirectory:
         self.ttl = ttl
         self.allowed = [normalize_tag(m) for m in settings.allowed_models]
         self._cached: tuple[float, list[ModelInfo]] | None = None
-        self._lock = asyncio.Lock()
+        self._asking: asyncio.Future[None] | None = None  # the list request under way
+        self._unanswered = False  # the last list request failed (the backend is cold or down)
         self.on_answer: list[Callable[[], None]] = []  # told when a backend answered
         self.on_held: list[Callable[[], None]] = []  # told when a list was held unanswered
         self._vision: dict[str, bool] = {}  # normalized tag -> the backend's answer
@@ -72,6 +74,7 @@ class ModelDirectory:
     def remember(self, models: list[ModelInfo]) -> None:
         """A list the backends just gave (also from the pre-warm): cache it."""
         self._cached = (time.monotonic(), models)
+        self._unanswered = False
         for callback in self.on_answer:
             callback()
 
@@ -97,14 +100,27 @@ class ModelDirectory:
         return not self.allowed or normalize_tag(tag) in self.allowed
 
     async def available(self, *, deadline: float | None = None) -> list[ModelInfo]:
-        """Allow-listed models the backends offer. Raises BackendError if none answered."""
-        async with self._lock:
-            now = time.monotonic()
-            if self._cached is None or now - self._cached[0] > self.ttl:
-                self.remember(await self.client.list_models(deadline=deadline))
-                assert self._cached is not None
-            models = self._cached[1]
-        return [m for m in models if self.is_allowed(m.name)]
+        """Allow-listed models the backends offer. Raises BackendError if none answered.
+        Callers at the same time share one request, its answer or its failure: a page's
+        load fills several pages at once (ui/pages/page_load.py), and on a cold backend
+        each would otherwise wait out its own deadline after the others'."""
+        if self._cached is None or time.monotonic() - self._cached[0] > self.ttl:
+            if self._asking is None or self._asking.done():
+                self._asking = asyncio.ensure_future(self._ask(deadline))
+                # Retrieved here too, so a request whose callers all left logs no warning.
+                self._asking.add_done_callback(lambda f: f.cancelled() or f.exception())
+            # shield: a caller that leaves (a closed page) does not cancel the others' request.
+            await asyncio.shield(self._asking)
+        assert self._cached is not None
+        return [m for m in self._cached[1] if self.is_allowed(m.name)]
+
+    async def _ask(self, deadline: float | None) -> None:
+        try:
+            models = await self.client.list_models(deadline=deadline)
+        except BackendError:
+            self._unanswered = True
+            raise
+        self.remember(models)
 
     async def choices(self, *, deadline: float | None = None) -> ModelChoices:
         """Picker entries. While the backend cannot be asked (e.g. still starting), what
@@ -148,6 +164,10 @@ class ModelDirectory:
         if known is not None:
             return known
         spec = find(model)
+        if self._unanswered:
+            # A backend that did not give its list in time will not say what a model can
+            # within the probe either: the catalog answers until the backend does.
+            return bool(spec and spec.vision)
         try:
             capabilities = await self.client.capabilities(
                 model, deadline=self.settings.probe_timeout
