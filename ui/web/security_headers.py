@@ -44,6 +44,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ui.compat.gradio_internals import page_template_style_attributes
+from ui.web.static_assets import GRADIO_BUILD_FILES
 
 
 def style_attribute_sources() -> str:
@@ -67,11 +68,11 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-frame-options", b"SAMEORIGIN"),
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
 )
-# Gradio's own built scripts, styles and fonts never render as a document, so the headers
-# that only documents use (CSP, framing, referrer) would be dead weight on each of the ~90
-# files a page loads: ~550 bytes apiece, 40 KB of a phone's first load. They keep nosniff.
-GRADIO_BUILD_FILES = ("/assets/", "/static/")
-BUILD_FILE_HEADERS = SECURITY_HEADERS[:1]
+# Gradio's own built scripts, styles and fonts (GRADIO_BUILD_FILES) never render as a
+# document, so the headers that only documents use (CSP, framing, referrer) would be dead
+# weight on each of the ~90 files a page loads: ~550 bytes apiece, 40 KB of a phone's first
+# load. They keep nosniff.
+BUILD_FILE_HEADERS = tuple(h for h in SECURITY_HEADERS if h[0] == b"x-content-type-options")
 
 
 class SecurityHeaders:

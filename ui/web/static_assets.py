@@ -23,9 +23,12 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 COMPRESS_FROM_BYTES = 1024  # smaller answers gain less than the header costs
+HASHED_BUILD_FILES = "/assets/"  # Gradio's built scripts and styles, content-hashed names
+STATIC_BUILD_FILES = "/static/"  # Gradio's own scripts and images, names kept across versions
+GRADIO_BUILD_FILES = (HASHED_BUILD_FILES, STATIC_BUILD_FILES)
 CACHE_CONTROL_BY_PREFIX: tuple[tuple[str, bytes], ...] = (
-    ("/assets/", b"public, max-age=31536000, immutable"),  # content-hashed names
-    ("/static/", b"public, max-age=86400"),
+    (HASHED_BUILD_FILES, b"public, max-age=31536000, immutable"),
+    (STATIC_BUILD_FILES, b"public, max-age=86400"),
 )
 
 
