@@ -9,8 +9,11 @@ until a load is done). See tests/test_engine_ollama.py for the Ollama source of 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -19,6 +22,7 @@ import pytest
 from gradio_client import Client
 
 from devtools.testkit.chat_app import chat_args, running_app
+from devtools.testkit.fake_ollama import FakeOllama
 from devtools.testkit.procs import Proc, refusing_url, start_engine
 from ui.backend_access.client import BackendClient, ReplyDone, TokenDelta
 from ui.backend_access.status import BackendWatch, GpuPrice
@@ -156,6 +160,78 @@ async def test_replies_finishing_between_looks_are_not_a_load(engine: str) -> No
         await asyncio.gather(others, return_exceptions=True)
         await client.aclose()
     assert seen == [None] * 8, seen
+
+
+class ScriptedPs(FakeOllama):
+    """/api/ps lists `fake-ok` with the expires_at `expiry(look)` gives for the look-th
+    request, answered after `delay` seconds."""
+
+    def __init__(self, expiry: Callable[[int], float], delay: float = 0.0) -> None:
+        super().__init__()
+        self.expiry, self.delay, self.looks = expiry, delay, 0
+        self._looks_lock = threading.Lock()
+
+    def _handler_class(self) -> type:
+        base: type = super()._handler_class()
+        fake = self
+
+        class Handler(base):  # type: ignore[misc, valid-type]
+            def do_GET(self) -> None:
+                if self.path != "/api/ps":
+                    super().do_GET()
+                    return
+                time.sleep(fake.delay)
+                with fake._looks_lock:
+                    look, fake.looks = fake.looks, fake.looks + 1
+                when = dt.datetime.fromtimestamp(fake.expiry(look), dt.UTC)
+                model = ollama.ProcessResponse.Model(name="fake-ok", model="fake-ok")
+                model.expires_at = when
+                self._json(200, ollama.ProcessResponse(models=[model]))
+
+        return Handler
+
+
+async def _looks(fake: ScriptedPs, n: int) -> list[str | None]:
+    client = client_for(fake.url)
+    detector = PhaseDetector(client, "fake-ok")
+    seen: list[str | None] = []
+    for _ in range(n):
+        seen.append(await detector.detect())
+        await asyncio.sleep(0.1)
+    await client.aclose()
+    return seen
+
+
+KEEP_ALIVE_S = 300.0
+
+
+async def test_a_loading_model_is_told_by_its_constant_offset_from_the_clock() -> None:
+    """Ollama 0.24 lists a loading model with expires_at = now + keep_alive (routes.go
+    PsHandler, "if v.expiresAt == epoch"): "loading" after FOLLOWING_LOOKS intervals."""
+    fake = ScriptedPs(lambda _: time.time() + KEEP_ALIVE_S)
+    with fake:
+        seen = await _looks(fake, PhaseDetector.FOLLOWING_LOOKS + 2)
+    needed = PhaseDetector.FOLLOWING_LOOKS
+    assert seen == [None] * needed + ["loading", "loading"], seen
+
+
+async def test_offsets_that_creep_look_after_look_are_not_a_load() -> None:
+    """Replies that end a little longer before each look (15 ms more each time): every
+    step is within a look's precision, the whole run is not, so no "loading"."""
+    fake = ScriptedPs(lambda look: time.time() - 0.015 * look + KEEP_ALIVE_S)
+    with fake:
+        seen = await _looks(fake, 8)
+    assert seen == [None] * 8, seen
+
+
+async def test_slow_looks_prove_nothing() -> None:
+    """A /api/ps answer slower than MAX_LOOK_LATENCY_S bounds the offset too loosely to
+    tell a loading model from a busy one: no "loading" from such looks."""
+    delay = PhaseDetector.MAX_LOOK_LATENCY_S * 1.5
+    fake = ScriptedPs(lambda _: time.time() + KEEP_ALIVE_S, delay=delay)
+    with fake:
+        seen = await _looks(fake, PhaseDetector.FOLLOWING_LOOKS + 2)
+    assert seen == [None] * (PhaseDetector.FOLLOWING_LOOKS + 2), seen
 
 
 async def test_no_answer_is_starting() -> None:

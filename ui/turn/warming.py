@@ -100,10 +100,21 @@ BACKOFF = wait_exponential(multiplier=1, max=8)
 
 
 @dataclass(frozen=True)
-class _PsLook:
-    at: float  # monotonic time of the look (the middle of its /api/ps request)
-    latency: float  # how long that request took
-    expires_at: dt.datetime | None  # the model's /api/ps expires_at, None if not listed
+class _Offsets:
+    """Where expires_at - the server's clock can lie, from one or more /api/ps looks: the
+    server read its clock between sending and receiving (monotonic times), so the offset
+    is within [expires_at - received, expires_at - sent], widened by the slack."""
+
+    low: float
+    high: float
+
+    @classmethod
+    def of_look(cls, expires_at: float, sent: float, received: float, slack: float) -> _Offsets:
+        return cls(expires_at - received - slack, expires_at - sent + slack)
+
+    def common(self, other: _Offsets) -> _Offsets | None:
+        low, high = max(self.low, other.low), min(self.high, other.high)
+        return _Offsets(low, high) if low <= high else None
 
 
 class PhaseDetector:
@@ -114,27 +125,33 @@ class PhaseDetector:
       requests while an instance starts);
     - it answers, /api/ps does not: "loading" (0.32.4+ holds /api/ps while a model loads);
     - /api/ps does not list the model: "loading" (it is not in memory);
-    - /api/ps lists it with an expires_at that keeps the same distance to the clock (the
-      server's now + keep_alive) over FOLLOWING_LOOKS intervals: "loading" (0.24 lists a
-      loading model, and both list a just-loaded one, with expires_at = now + keep_alive
-      until a request on it finished; a model that has served a request keeps the
-      expires_at of its last finish);
+    - /api/ps lists it with an expires_at at one constant offset from the server's clock
+      (now + keep_alive) over FOLLOWING_LOOKS intervals: "loading" (0.24 lists a loading
+      model, and both list a just-loaded one, with expires_at = now + keep_alive until a
+      request on it finished: routes.go PsHandler "if v.expiresAt == epoch"; a model that
+      has served a request keeps the expires_at of its last finish, sched.go
+      processCompleted);
     - otherwise: warm (None).
     On a warm, busy backend other requests finish between looks and move expires_at too,
-    to their finish time + keep_alive: its distance to the clock then changes by the time
-    between the last finish and each look, which varies from look to look. The distance is
-    measured from the middle of each /api/ps request, so it is exact to within half of each
-    answer's latency; several intervals in a row make a coincidence negligible.
+    to their finish time + keep_alive: its offset from the clock then shrinks by the time
+    since the last finish, which varies from look to look. Each look bounds the offset to
+    the span of its request (the server read its clock within it); "loading" needs one
+    offset inside every look's span of the run, not only a small change from look to look
+    (with short replies finishing just before each look, small changes add up). How sharp
+    that is depends on the latency, so a look slower than MAX_LOOK_LATENCY_S proves nothing
+    and starts the run anew: a missed "loading" costs the banner's wording, a false one
+    would tell the user of a warm backend that a model loads.
     """
 
-    FOLLOWING_LOOKS = 3  # intervals in a row with a constant distance: "loading"
-    SLACK_S = 0.02  # clock resolution and scheduling on top of the latency bound
+    FOLLOWING_LOOKS = 4  # intervals in a row at one offset from the clock: "loading"
+    SLACK_S = 0.01  # clock resolution and scheduling, on each side of a look's span
+    MAX_LOOK_LATENCY_S = 0.05  # a slower /api/ps answer is too blunt to tell
 
     def __init__(self, client: BackendClient, model: str) -> None:
         self.client = client
         self.model = model
-        self._last: _PsLook | None = None
-        self._following = 0  # consecutive intervals in which expires_at followed the clock
+        self._run: _Offsets | None = None  # the offsets all looks of the current run allow
+        self._following = 0  # intervals in the current run
 
     async def detect(self) -> Phase | None:
         client = self.client
@@ -158,20 +175,21 @@ class PhaseDetector:
             return "loading"  # the instance answered; its /api/ps waits for a load
         except BackendError:
             return "starting"
+        received = time.monotonic()
         entry = next((m for m in running if m.name == self.model), None)
         if entry is None:
-            self._last, self._following = None, 0
+            self._run, self._following = None, 0
             return "loading"
-        received = time.monotonic()
-        look = _PsLook((sent + received) / 2, received - sent, _parse_time(entry.expires_at))
-        last, self._last = self._last, look
-        if last is None or look.expires_at is None or last.expires_at is None:
-            self._following = 0
+        expires_at = _parse_time(entry.expires_at)
+        if expires_at is None or received - sent > self.MAX_LOOK_LATENCY_S:
+            self._run, self._following = None, 0
             return None
-        moved = (look.expires_at - last.expires_at).total_seconds()
-        drift = abs(moved - (look.at - last.at))  # change of the distance to the clock
-        follows = drift <= (look.latency + last.latency) / 2 + self.SLACK_S
-        self._following = self._following + 1 if follows else 0
+        look = _Offsets.of_look(expires_at.timestamp(), sent, received, self.SLACK_S)
+        common = self._run.common(look) if self._run is not None else None
+        if common is None:
+            self._run, self._following = look, 0
+        else:
+            self._run, self._following = common, self._following + 1
         return "loading" if self._following >= self.FOLLOWING_LOOKS else None
 
 
@@ -361,7 +379,7 @@ def _record_cold_start(tracker: ColdStartTracker, model: str, took: float) -> No
 async def _detect(opening: _Opening) -> None:
     """Find the cold phase, and look again every second until the first token (which
     cancels this): "starting" moves on to "loading", and a model listed in /api/ps needs
-    three looks to tell loading from warm (PhaseDetector). Once a cold phase was seen, a
+    several looks to tell loading from warm (PhaseDetector). Once a cold phase was seen, a
     later "warm" shows as "loading": the model came up and the reply is on its way (a
     backend that reports no loads: "ready", the instance answers)."""
     # A warm backend usually sends its first token before this; the check is then
